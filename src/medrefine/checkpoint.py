@@ -1,0 +1,76 @@
+"""Weights files: safetensors (tensors only, nothing runs on load) with the config that
+rebuilds the model stored as JSON in the file's metadata, so one file is self-describing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from medrefine import __version__
+from medrefine.errors import InputError
+
+META_KEY = "medrefine"
+
+
+def save_weights(path: str | Path, model: torch.nn.Module, info: dict[str, Any]) -> Path:
+    """Write ``model``'s state dict and ``info`` (JSON-serialisable) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
+    meta = {META_KEY: json.dumps({**info, "medrefine_version": __version__})}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_info(path: str | Path) -> dict[str, Any]:
+    """The config/info stored in a weights file, without loading the tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(f"{path}: not a safetensors weights file ({err}); medrefine loads only "
+                         ".safetensors files it wrote") from err
+    if META_KEY not in meta:
+        raise InputError(f"{path}: safetensors file has no medrefine metadata; it was not written "
+                         "by medrefine")
+    return json.loads(meta[META_KEY])
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read weights ({err})") from err
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module inside DistributedDataParallel (or torch.compile)."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model

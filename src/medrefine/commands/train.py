@@ -1,0 +1,108 @@
+"""``medrefine train``: train the coarse model, the diffusion refiner, or both.
+
+Keeps the design's flags (``--model cpunet|diffusion|both``, ``--data_dir``, ``--output_dir``,
+``--epochs``, ``--batch_size``, ``--lr``, ``--device``) beside ``--stage coarse|refiner|both``.
+A ``--config`` YAML/JSON file holds everything else; explicit flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from medrefine.config import build_dataclass, load_config_file
+from medrefine.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+STAGE_ALIASES = {"cpunet": "coarse", "coarse": "coarse", "diffusion": "refiner",
+                 "refiner": "refiner", "both": "both"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train the coarse model and/or the diffusion refiner",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", "--model", dest="stage", default=None,
+                   choices=sorted(STAGE_ALIASES), help="what to train (default: both)")
+    p.add_argument("--config", type=Path, help="YAML/JSON training config")
+    p.add_argument("--data", "--data_dir", "--data-dir", dest="data_dir",
+                   help="folder with images/ and masks/ (and optionally manifest.json)")
+    p.add_argument("-o", "--output_dir", "--output-dir", dest="output_dir",
+                   help="run folder (default ./checkpoints)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--arch", choices=["cpunet", "unet", "unet3plus"],
+                   help="coarse architecture (default cpunet)")
+    p.add_argument("--encoder", choices=["scratch", "efficientnet_lite0"])
+    p.add_argument("--size", type=int, help="model grid side in pixels (default 256)")
+    p.add_argument("--num-classes", type=int, help="foreground classes (multi-class masks)")
+    p.add_argument("--mask-dir", help="mask sub-folder name (default masks)")
+    p.add_argument("--coarse-weights", "--cpunet_weights", dest="coarse_weights",
+                   help="coarse weights the refiner learns to correct (stage refiner)")
+    p.add_argument("--max-minutes", type=float, help="stop after this wall time")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output_dir")
+    p.add_argument("--no-amp", action="store_true", help="train in float32 (no bf16 autocast)")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="do not load ImageNet encoder weights")
+    p.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
+    p.set_defaults(func=run)
+
+
+def _coarse_config(args, base: dict):
+    from medrefine.training.coarse import CoarseTrainConfig
+
+    data = dict(base.get("coarse", base))
+    model = dict(data.get("model", {}))
+    pre = dict(data.get("preprocess", {}))
+    for key, value in [("data_dir", args.data_dir), ("epochs", args.epochs),
+                       ("batch_size", args.batch_size), ("lr", args.lr),
+                       ("device", args.device), ("seed", args.seed),
+                       ("mask_dir", args.mask_dir), ("max_minutes", args.max_minutes),
+                       ("workers", args.workers)]:
+        if value is not None:
+            data[key] = value
+    data["output_dir"] = str(Path(args.output_dir or data.get("output_dir", "checkpoints")) /
+                             ("coarse" if args.stage == "both" else ""))
+    if args.arch:
+        model["name"] = args.arch
+    if args.encoder:
+        model["encoder"] = args.encoder
+    if args.arch == "unet3plus" and not args.encoder:
+        model["encoder"] = "scratch"
+    if args.num_classes:
+        model["num_classes"] = args.num_classes
+        data.setdefault("class_names", [f"class{i}" for i in range(1, args.num_classes + 1)])
+    if args.size:
+        pre["size"] = [args.size, args.size]
+    data.update(model=model, preprocess=pre)
+    if args.resume:
+        data["resume"] = True
+    if args.no_amp:
+        data["amp"] = False
+    if args.no_pretrained:
+        data["pretrained"] = False
+    if "data_dir" not in data:
+        raise ConfigError("train needs --data DIR (a folder with images/ and masks/)")
+    return build_dataclass(CoarseTrainConfig, data, "coarse config")
+
+
+def run(args) -> int:
+    base = load_config_file(args.config) if args.config else {}
+    args.stage = STAGE_ALIASES[args.stage or base.get("stage", "both")]
+    if args.stage in ("coarse", "both"):
+        from medrefine.training.coarse import train_coarse
+
+        cfg = _coarse_config(args, base)
+        run_dir = train_coarse(cfg)
+        print(f"coarse model: {run_dir / 'best.safetensors'}")
+        if args.stage == "both":
+            args.coarse_weights = str(run_dir / "best.safetensors")
+    if args.stage in ("refiner", "both"):
+        from medrefine.training.refiner import train_refiner_from_args
+
+        train_refiner_from_args(args, base)
+    return 0

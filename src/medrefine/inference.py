@@ -1,0 +1,98 @@
+"""Running a trained coarse model: weights file -> probabilities on the original pixel grid.
+
+Shared by ``segment``, ``evaluate`` and the validation step of training, so all three score
+exactly the same computation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medrefine.checkpoint import load_state, read_info
+from medrefine.errors import ConfigError, InputError
+from medrefine.models.registry import SegModelConfig, build_seg_model
+from medrefine.preprocess import GridInfo, PreprocessConfig, from_grid, preprocess
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device "
+                          "cpu")
+    return torch.device(device)
+
+
+def preprocess_config_from(data: dict) -> PreprocessConfig:
+    data = dict(data)
+    for key in ("size", "percentiles"):
+        if key in data:
+            data[key] = tuple(data[key])
+    if isinstance(data.get("window"), list):
+        data["window"] = tuple(data["window"])
+    return PreprocessConfig(**data)
+
+
+class CoarseSegmenter:
+    """A coarse model with the preprocessing it was trained with.
+
+    ``predict_grid`` takes image01 batches on the model grid; ``predict`` takes a raw image.
+    Probabilities have K channels: K = 1 (foreground) for binary models, otherwise one per
+    class including background (softmax).
+    """
+
+    def __init__(self, model: torch.nn.Module, model_cfg: SegModelConfig,
+                 pre_cfg: PreprocessConfig, device: torch.device | str = "cpu",
+                 info: dict | None = None):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.model_cfg = model_cfg
+        self.pre_cfg = pre_cfg
+        self.info = info or {}
+
+    @classmethod
+    def from_weights(cls, path: str | Path, device: str = "auto") -> CoarseSegmenter:
+        info = read_info(path)
+        if info.get("kind") != "coarse":
+            raise InputError(f"{path}: holds a {info.get('kind')!r} model, not a coarse "
+                             "segmentation model")
+        model_cfg = SegModelConfig.from_dict(info["model"])
+        model = build_seg_model(model_cfg, pretrained=False)
+        model.load_state_dict(load_state(path))
+        return cls(model, model_cfg, preprocess_config_from(info["preprocess"]),
+                   resolve_device(device), info)
+
+    def describe(self) -> dict:
+        return {"model": self.model_cfg.to_dict(), "preprocess": asdict(self.pre_cfg)}
+
+    @torch.inference_mode()
+    def predict_grid(self, image01: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """image01 (B, C, H, W) on the grid -> probabilities (B, K, H, W) float32 tensor."""
+        x = torch.as_tensor(image01, dtype=torch.float32, device=self.device)
+        logits = self.model(x)
+        if isinstance(logits, list):
+            logits = logits[0]
+        logits = logits.float()
+        return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+    def prepare(self, image: np.ndarray, source_dtype: str = "float32"
+                ) -> tuple[np.ndarray, GridInfo]:
+        """Raw (C, H, W) -> image01 on the model grid, checking the channel count."""
+        if image.ndim != 3:
+            raise InputError(f"expected a 2D image (C, H, W), got shape {image.shape}")
+        return preprocess(image, self.pre_cfg, source_dtype)
+
+    def predict(self, image: np.ndarray, source_dtype: str = "float32") -> np.ndarray:
+        """Raw (C, H, W) -> probabilities (K, H, W) on the original grid."""
+        image01, grid = self.prepare(image, source_dtype)
+        probs = self.predict_grid(image01[None])[0].cpu().numpy()
+        return from_grid(probs, grid)

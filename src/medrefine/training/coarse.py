@@ -1,0 +1,213 @@
+"""Training the coarse segmenter (CPUNet and alternatives).
+
+An explicit loop: AdamW with warm-up + cosine schedule, Dice + BCE/CE loss with deep
+supervision, bf16 autocast on CPUs that have it, validation Dice each epoch computed by the
+same ``CoarseSegmenter.predict`` that ``segment`` uses (on the original image size), best and
+last weights in safetensors, resume, and DDP when launched by torchrun.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from medrefine.checkpoint import save_weights, unwrap
+from medrefine.errors import ConfigError
+from medrefine.inference import CoarseSegmenter, resolve_device
+from medrefine.io import read_image
+from medrefine.metrics import dice
+from medrefine.models.registry import SegModelConfig, build_seg_model
+from medrefine.preprocess import PreprocessConfig
+from medrefine.training import distributed as D
+from medrefine.training.data import (
+    AugmentConfig,
+    Pair,
+    SegmentationDataset,
+    find_pairs,
+    read_label_map,
+    split_pairs,
+)
+from medrefine.training.losses import deep_supervision_loss
+from medrefine.training.runlog import (
+    RunLog,
+    load_resume_state,
+    save_resume_state,
+    warmup_cosine,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CoarseTrainConfig:
+    data_dir: str
+    output_dir: str
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mask_dir: str = "masks"
+    class_names: tuple[str, ...] = ("foreground",)
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    workers: int = 0
+    resume: bool = False
+    pretrained: bool = True
+    max_minutes: float = 0.0  # stop after this wall time (0 = no limit); the schedule is kept
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+        if len(self.class_names) != self.model.num_classes:
+            raise ConfigError(f"{len(self.class_names)} class names for "
+                              f"{self.model.num_classes} classes")
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast: about 2x faster training steps on CPUs with AMX/AVX512-BF16."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def validate(segmenter: CoarseSegmenter, pairs: list[Pair], num_classes: int) -> list[float]:
+    """Dice per image (mean over foreground classes) at the original resolution."""
+    scores = []
+    for pair in pairs:
+        loaded = read_image(pair.image)
+        probs = segmenter.predict(loaded.array, loaded.meta["source_dtype"])
+        labels = read_label_map(pair.mask, num_classes)
+        if num_classes == 1:
+            scores.append(dice(probs[0] > 0.5, labels == 1))
+        else:
+            pred = probs.argmax(0)
+            valid = labels != 255
+            scores.append(float(np.mean([dice((pred == c) & valid, (labels == c) & valid)
+                                         for c in range(1, num_classes + 1)])))
+    return scores
+
+
+def weights_info(cfg: CoarseTrainConfig, extra: dict) -> dict:
+    return {
+        "kind": "coarse",
+        "model": cfg.model.to_dict(),
+        "preprocess": asdict(cfg.preprocess),
+        "class_names": list(cfg.class_names),
+        "training": {"data_dir": cfg.data_dir, "seed": cfg.seed, **extra},
+    }
+
+
+def train_coarse(cfg: CoarseTrainConfig) -> Path:
+    """Train; returns the run folder (holding best.safetensors)."""
+    device = resolve_device(cfg.device)
+    dist_info = D.init_distributed(device)
+    device = D.local_device(device, dist_info)
+    torch.manual_seed(cfg.seed + dist_info.rank)
+    np.random.seed(cfg.seed + dist_info.rank)
+    run = RunLog(cfg.output_dir, enabled=dist_info.is_main)
+    run.write_config({"stage": "coarse", **asdict(cfg), "world_size": dist_info.world_size})
+
+    pairs = find_pairs(cfg.data_dir, cfg.mask_dir)
+    split = split_pairs(cfg.data_dir, pairs, cfg.seed)
+    if not split["train"] or not split["val"]:
+        raise ConfigError(f"{cfg.data_dir}: the split has no train or no val cases")
+    train_set = SegmentationDataset(split["train"], cfg.preprocess, cfg.model.num_classes,
+                                    cfg.augment)
+    sampler = (DistributedSampler(train_set, seed=cfg.seed) if dist_info.enabled
+               else RandomSampler(train_set))
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+    if len(loader) == 0:
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set "
+                          f"({len(train_set)} cases per process)")
+
+    model = build_seg_model(cfg.model, pretrained=cfg.pretrained).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * len(loader)
+    warmup = max(1, round(cfg.warmup_epochs * len(loader)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total, warmup))
+    start_epoch, best = 1, -1.0
+    resume_path = Path(cfg.output_dir) / "resume.pt"
+    if cfg.resume and resume_path.is_file():
+        state = load_resume_state(resume_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        run.truncate(state["epoch"])
+        logger.info("resumed from %s at epoch %d", resume_path, start_epoch)
+    train_model = (DistributedDataParallel(model) if dist_info.enabled else model)
+    use_amp = cfg.amp and (device.type == "cuda" or _cpu_has_bf16())
+    val_pairs = split["val"][dist_info.rank::dist_info.world_size]
+    t0 = time.time()
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        train_model.train()
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not dist_info.is_main,
+                   mininterval=10, leave=False)
+        for image01, labels in bar:
+            image01 = image01.to(device, non_blocking=True).contiguous(
+                memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            with autocast(device, use_amp):
+                outputs = train_model(image01)
+            loss = deep_supervision_loss(outputs, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
+        segmenter = CoarseSegmenter(unwrap(model), cfg.model, cfg.preprocess, device)
+        scores = validate(segmenter, val_pairs, cfg.model.num_classes)
+        total_dice, count = D.all_reduce_sum([float(np.sum(scores)), float(len(scores))],
+                                             dist_info)
+        val_dice = total_dice / max(count, 1.0)
+        train_loss = D.all_reduce_sum([float(np.mean(losses))], dist_info)[0] / \
+            dist_info.world_size
+        elapsed = time.time() - t0
+        row = {"epoch": epoch, "train_loss": train_loss, "val_dice": val_dice,
+               "lr": scheduler.get_last_lr()[0], "minutes": elapsed / 60}
+        if dist_info.is_main:
+            improved = val_dice > best
+            best = max(best, val_dice)
+            extra = {"epoch": epoch, "val_dice": val_dice, "epochs_planned": cfg.epochs}
+            save_weights(run.dir / "last.safetensors", model, weights_info(cfg, extra))
+            if improved:
+                save_weights(run.dir / "best.safetensors", model, weights_info(cfg, extra))
+            save_resume_state(resume_path, {
+                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best})
+            run.log({**row, "best_val_dice": best}, ("train_loss", "val_dice"))
+            logger.info("epoch %d loss %.4f val dice %.4f (best %.4f) %.1f min", epoch,
+                        train_loss, val_dice, best, elapsed / 60)
+        over = float(bool(cfg.max_minutes) and elapsed > cfg.max_minutes * 60)
+        if D.all_reduce_sum([over], dist_info)[0] > 0:  # every rank stops at the same epoch
+            logger.warning("stopping after %.1f minutes (max_minutes)", elapsed / 60)
+            break
+    D.barrier(dist_info)
+    D.shutdown(dist_info)
+    return run.dir
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

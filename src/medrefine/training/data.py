@@ -1,0 +1,191 @@
+"""Training data: a folder with ``images/`` and ``masks/`` paired by file stem, split by the
+folder's ``manifest.json`` when it has one (else a seeded 80/10/10 split), cached in memory on
+a slightly larger grid than the model's so augmentations can crop and rescale."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medrefine.errors import ConfigError, InputError
+from medrefine.io import read_image, stem_of
+from medrefine.preprocess import PreprocessConfig, preprocess
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class Pair:
+    stem: str
+    image: Path
+    mask: Path
+
+
+def find_pairs(data_dir: str | Path, mask_dir: str = "masks") -> dict[str, Pair]:
+    """Pair ``images/<stem>.*`` with ``<mask_dir>/<stem>.*``."""
+    root = Path(data_dir)
+    images, masks = root / "images", root / mask_dir
+    for d in (images, masks):
+        if not d.is_dir():
+            raise InputError(f"{root}: expected sub-folders images/ and {mask_dir}/; {d} is missing")
+
+    def index(folder: Path) -> dict[str, Path]:
+        return {stem_of(p): p for p in sorted(folder.iterdir())
+                if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)}
+
+    imgs, msks = index(images), index(masks)
+    missing = sorted(set(imgs) - set(msks))
+    if missing:
+        logger.warning("%d images have no mask and are skipped (e.g. %s)", len(missing), missing[0])
+    pairs = {s: Pair(s, imgs[s], msks[s]) for s in sorted(imgs) if s in msks}
+    if not pairs:
+        raise InputError(f"{root}: no image/mask pairs with matching stems found")
+    return pairs
+
+
+def split_pairs(data_dir: str | Path, pairs: dict[str, Pair], seed: int = 0
+                ) -> dict[str, list[Pair]]:
+    """train/val/test lists: the manifest's fixed split if present, else seeded 80/10/10."""
+    manifest = Path(data_dir) / "manifest.json"
+    if manifest.is_file():
+        split = json.loads(manifest.read_text()).get("split")
+        if split:
+            out = {k: [pairs[s] for s in split.get(k, []) if s in pairs]
+                   for k in ("train", "val", "test")}
+            logger.info("split from %s: %s", manifest,
+                        {k: len(v) for k, v in out.items()})
+            return out
+    stems = sorted(pairs)
+    random.Random(seed).shuffle(stems)
+    n = len(stems)
+    n_val, n_test = max(1, round(0.1 * n)), max(1, round(0.1 * n))
+    if n < 3:
+        raise InputError(f"{data_dir}: need at least 3 image/mask pairs, found {n}")
+    test, val, train = stems[:n_test], stems[n_test:n_test + n_val], stems[n_test + n_val:]
+    return {"train": [pairs[s] for s in train], "val": [pairs[s] for s in val],
+            "test": [pairs[s] for s in test]}
+
+
+def read_label_map(path: Path, num_classes: int) -> np.ndarray:
+    """A mask file as uint8 labels (H, W): binary masks map >127 to 1; multi-class masks keep
+    their label values; values above ``num_classes`` become 255 (ignored in the loss)."""
+    loaded = read_image(path)
+    mask = loaded.array
+    if mask.ndim != 3:
+        raise InputError(f"{path}: a 2D mask was expected, got shape {mask.shape}")
+    mask = mask[0] if mask.shape[0] in (1, 2) else mask[:3].max(0)
+    if num_classes == 1:
+        return (mask > (127 if mask.max() > 1 else 0)).astype(np.uint8)
+    labels = np.rint(mask).astype(np.int64)
+    labels[labels > num_classes] = 255
+    return labels.astype(np.uint8)
+
+
+def load_pair(pair: Pair, pre: PreprocessConfig, num_classes: int, size: tuple[int, int]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(image01 (C, *size) float16, labels (*size) uint8) on a ``size`` grid."""
+    loaded = read_image(pair.image)
+    labels = read_label_map(pair.mask, num_classes)
+    if labels.shape != loaded.spatial_shape:
+        raise InputError(f"{pair.mask}: mask size {labels.shape} differs from image size "
+                         f"{loaded.spatial_shape} of {pair.image}")
+    image01, _ = preprocess(loaded.array, _with_size(pre, size), loaded.meta["source_dtype"])
+    labels = cv2.resize(labels, size[::-1], interpolation=cv2.INTER_NEAREST)
+    return image01.astype(np.float16), labels
+
+
+def _with_size(pre: PreprocessConfig, size: tuple[int, int]) -> PreprocessConfig:
+    from dataclasses import replace
+
+    return replace(pre, size=tuple(size))
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Paired augmentations (image and mask move together)."""
+
+    hflip: bool = True
+    vflip: bool = True
+    rotate_deg: float = 20.0
+    scale: tuple[float, float] = (0.8, 1.25)
+    translate: float = 0.1
+    brightness: float = 0.15
+    contrast: float = 0.2
+    gamma: float = 0.2
+    noise_std: float = 0.02
+
+    def __post_init__(self):
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"augment.scale must be 0 < lo <= hi, got {self.scale}")
+
+
+class SegmentationDataset(Dataset):
+    """Cached (image01, labels) pairs; ``augment`` draws a random affine + intensity change.
+
+    Items: image01 float32 (C, H, W) and labels int64 (H, W) on the model grid.
+    """
+
+    def __init__(self, pairs: list[Pair], pre: PreprocessConfig, num_classes: int = 1,
+                 augment: AugmentConfig | None = None, cache_scale: float = 1.25):
+        self.pairs, self.pre, self.num_classes, self.augment = pairs, pre, num_classes, augment
+        size = pre.size
+        self.cache_size = ((round(size[0] * cache_scale), round(size[1] * cache_scale))
+                           if augment else size)
+        self.items = [load_pair(p, pre, num_classes, self.cache_size) for p in pairs]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image01, labels = self.items[idx]
+        image01 = image01.astype(np.float32)
+        if self.augment is not None:
+            image01, labels = augment_pair(image01, labels, self.pre.size, self.augment)
+        return torch.from_numpy(image01), torch.from_numpy(labels.astype(np.int64))
+
+
+def augment_pair(image01: np.ndarray, labels: np.ndarray, size: tuple[int, int],
+                 aug: AugmentConfig, rng: np.random.Generator | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Random flip/rotate/scale/translate to ``size`` plus brightness/contrast/gamma/noise."""
+    rng = rng or np.random.default_rng(torch.randint(0, 2**31, ()).item())
+    _, h, w = image01.shape
+    oh, ow = size
+    angle = rng.uniform(-aug.rotate_deg, aug.rotate_deg)
+    scale = np.exp(rng.uniform(np.log(aug.scale[0]), np.log(aug.scale[1]))) * (oh / h)
+    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    matrix[:, 2] += (ow / 2 - w / 2, oh / 2 - h / 2)
+    matrix[:, 2] += rng.uniform(-aug.translate, aug.translate, 2) * (ow, oh)
+    hwc = np.ascontiguousarray(np.moveaxis(image01, 0, -1))
+    img = cv2.warpAffine(hwc, matrix, (ow, oh), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT_101)
+    img = img[..., None] if img.ndim == 2 else img
+    lab = cv2.warpAffine(labels, matrix, (ow, oh), flags=cv2.INTER_NEAREST,
+                         borderMode=cv2.BORDER_REFLECT_101)
+    img = np.moveaxis(img, -1, 0)
+    if aug.hflip and rng.random() < 0.5:
+        img, lab = img[:, :, ::-1], lab[:, ::-1]
+    if aug.vflip and rng.random() < 0.5:
+        img, lab = img[:, ::-1, :], lab[::-1, :]
+    if aug.contrast:
+        mean = img.mean()
+        img = (img - mean) * rng.uniform(1 - aug.contrast, 1 + aug.contrast) + mean
+    if aug.brightness:
+        img = img + rng.uniform(-aug.brightness, aug.brightness)
+    img = np.clip(img, 0.0, 1.0)
+    if aug.gamma:
+        img = img ** np.exp(rng.uniform(-aug.gamma, aug.gamma))
+    if aug.noise_std:
+        img = img + rng.normal(0.0, aug.noise_std * rng.random(), img.shape)
+    img = np.clip(img, 0.0, 1.0)
+    return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(lab)
