@@ -346,11 +346,16 @@ def _directed(
     return dist[edges_from]
 
 
+def _one_empty(distances: tuple[np.ndarray, np.ndarray]) -> bool:
+    """True when exactly one mask is empty (no surface on one side: inf or no distances)."""
+    return any(d.size == 0 or np.isinf(d).any() for d in distances)
+
+
 def _hd95_from(distances: _Distances) -> float:
     if distances is None:
         return 0.0
     d_pred, d_gt = distances
-    if d_pred.size == 0 or d_gt.size == 0 or np.isinf(d_pred).any() or np.isinf(d_gt).any():
+    if _one_empty(distances):
         return NAN
     # np.percentile's default "linear" method is torch.quantile's, which MONAI uses
     return float(max(np.percentile(d_pred, 95), np.percentile(d_gt, 95)))
@@ -359,18 +364,17 @@ def _hd95_from(distances: _Distances) -> float:
 def _assd_from(distances: _Distances) -> float:
     if distances is None:
         return 0.0
-    d_pred, d_gt = distances
-    if d_pred.size == 0 or d_gt.size == 0 or np.isinf(d_pred).any() or np.isinf(d_gt).any():
+    if _one_empty(distances):
         return NAN
-    return float(np.concatenate([d_pred, d_gt]).mean())
+    return float(np.concatenate(distances).mean())
 
 
 def _bf_from(distances: _Distances, tolerance: float) -> float:
     if distances is None:
         return 1.0
-    d_pred, d_gt = distances
-    if d_pred.size == 0 or d_gt.size == 0:
+    if _one_empty(distances):
         return 0.0
+    d_pred, d_gt = distances
     b_precision = float(np.mean(d_pred <= tolerance))
     b_recall = float(np.mean(d_gt <= tolerance))
     if b_precision + b_recall == 0:
