@@ -1,0 +1,383 @@
+"""DICOM image files: single-frame, multi-frame (enhanced CT/MR), colour and compressed.
+
+Values come back in the units of the modality LUT (CT in HU). MONOCHROME1 images are inverted
+so that bright means dense everywhere (the stored window is inverted with them). Series folders
+are read in ``dicom_series.py``, DICOM-SEG in ``dicom_seg.py``.
+
+Array layout: (C, H, W) for one frame, (C, D, H, W) for a multi-frame file, where the D axis
+runs along the slice normal (row direction x column direction of ImageOrientationPatient),
+i.e. frames are sorted by ImagePositionPatient projected on the normal; ``meta["frame_order"]``
+gives the stored frame index of each D slice so writers can put results back.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from medrefine.errors import InputError, UnsupportedFormatError
+from medrefine.io.base import MAX_VOXELS, LoadedImage, check_size, finite_float32
+
+logger = logging.getLogger(__name__)
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+@dataclass
+class DecodedFrames:
+    """Pixels and geometry of one DICOM instance, frames in stored order.
+
+    array: float32 (C, F, H, W) in modality-LUT units; positions: (F, 3) or None.
+    """
+
+    array: np.ndarray
+    source_dtype: str
+    photometric: str
+    inverted: bool
+    orientation: np.ndarray | None  # (6,) row then column direction cosines
+    positions: np.ndarray | None  # (F, 3) ImagePositionPatient per frame
+    pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing) in mm
+    slice_spacing: float | None  # SpacingBetweenSlices, else SliceThickness
+    window: tuple[float, float] | None  # (center, width) in output units
+    rescale: tuple[float, float] | None  # (slope, intercept) of the first frame
+
+
+def read_dicom(path: Path) -> LoadedImage:
+    """Read one DICOM image file (any SOP class with pixel data except SEG/RTSTRUCT).
+
+    Returns:
+        LoadedImage with array (C, H, W) or, for multi-frame files, (C, D, H, W); C is 1 for
+        gray and 3 for colour (RGB). See ``dicom_meta`` for the meta keys.
+    """
+    path = Path(path)
+    ds = open_dicom(path)
+    refuse_non_image(ds, path)
+    frames = decode_frames(ds, path)
+    order = frame_order(frames.array.shape[1], frames.positions, frames.orientation, path)
+    array = frames.array[:, order]  # (C, D, H, W)
+    positions = frames.positions[order] if frames.positions is not None else None
+    spacing = volume_spacing(frames, positions, path)
+    if array.shape[1] == 1:
+        array = array[:, 0]
+        spacing = spacing[1:] if spacing is not None else None
+    meta = dicom_meta([ds], frames, positions)
+    meta["number_of_frames"] = int(frames.array.shape[1])
+    meta["frame_order"] = [int(i) for i in order]
+    return LoadedImage(finite_float32(array, path), spacing, meta, path)
+
+
+def open_dicom(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
+    """``pydicom.dcmread`` with every failure turned into ``InputError`` naming the file.
+
+    Files without the 128-byte preamble are read with ``force=True`` and then checked to hold
+    at least a SOP Class UID, a modality or pixel data, so non-DICOM files are refused.
+    """
+    try:
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError:
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        if not any(k in ds for k in ("SOPClassUID", "Modality", *_PIXEL_KEYWORDS)):
+            raise InputError(f"{path}: not a DICOM file (no SOP Class, modality or pixel "
+                             "data found); check that it is really DICOM")
+        return ds
+    except InputError:
+        raise
+    except Exception as err:  # pydicom raises many types for damaged files
+        raise InputError(f"{path}: cannot parse DICOM ({type(err).__name__}: {err}); the file "
+                         "is probably truncated or not DICOM") from err
+
+
+def sop_class_uid(ds: Dataset) -> str:
+    uid = ds.get("SOPClassUID") or ds.get("file_meta", Dataset()).get("MediaStorageSOPClassUID")
+    return str(uid or "")
+
+
+def refuse_non_image(ds: Dataset, path: Path) -> None:
+    """Raise ``UnsupportedFormatError`` for DICOM objects that are not images."""
+    sop = sop_class_uid(ds)
+    modality = str(ds.get("Modality", ""))
+    if sop == RTSTRUCT_SOP_CLASS or modality == "RTSTRUCT":
+        raise UnsupportedFormatError(
+            f"{path}: RTSTRUCT holds contours, not pixels; convert it to a DICOM-SEG or a label "
+            "image (e.g. with rt-utils or plastimatch) and give the CT/MR images it refers to"
+        )
+    if sop == SEG_SOP_CLASS or modality == "SEG":
+        raise UnsupportedFormatError(
+            f"{path}: is a DICOM-SEG (a segmentation, not an image); read it with "
+            "medrefine.io.read_mask or give the image it segments"
+        )
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        name = UID(sop).name if sop else "unknown SOP class"
+        raise UnsupportedFormatError(
+            f"{path}: DICOM object ({name}, modality {modality or '?'}) has no pixel data; give "
+            "an image file such as CT, MR, CR, DX or US"
+        )
+
+
+def decode_frames(ds: Dataset, path: Path) -> DecodedFrames:
+    """Decode pixels (any transfer syntax pydicom has a plugin for) and apply the modality LUT."""
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if rows <= 0 or cols <= 0:
+        raise InputError(f"{path}: DICOM has no valid Rows/Columns ({rows}x{cols}); the header "
+                         "is damaged")
+    check_size(path, (n_frames, rows, cols, samples), MAX_VOXELS)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    stored = _pixel_array(ds, path)
+    source_dtype = str(stored.dtype)
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        stored = apply_color_lut(stored, ds)
+        samples = 3
+    # pydicom gives (H, W), (F, H, W), (H, W, 3) or (F, H, W, 3); make it (C, F, H, W).
+    if samples == 1:
+        stored = stored.reshape(n_frames, rows, cols)[None]
+    else:
+        stored = np.moveaxis(stored.reshape(n_frames, rows, cols, samples), -1, 0)
+    array, rescale = _apply_modality(ds, stored, samples)
+    window = _window(ds)
+    inverted = False
+    if photometric == "MONOCHROME1":
+        array, window = _invert(ds, array, window, rescale)
+        inverted = True
+    return DecodedFrames(
+        array=array, source_dtype=source_dtype, photometric=photometric, inverted=inverted,
+        orientation=_orientation(ds), positions=_positions(ds, n_frames),
+        pixel_spacing=_pixel_spacing(ds), slice_spacing=_slice_spacing(ds), window=window,
+        rescale=rescale,
+    )
+
+
+def frame_order(n_frames: int, positions: np.ndarray | None, orientation: np.ndarray | None,
+                path: Path) -> np.ndarray:
+    """Indices that sort frames along the slice normal; stored order when that is undefined."""
+    if positions is None or orientation is None or n_frames < 2:
+        return np.arange(n_frames)
+    normal = np.cross(orientation[:3], orientation[3:])
+    projected = positions @ normal
+    if len(np.unique(np.round(projected, 4))) != len(projected):
+        logger.warning("%s: several frames share a slice position (time points or echoes?); "
+                       "keeping the stored frame order", path)
+        return np.arange(len(positions))
+    return np.argsort(projected, kind="stable")
+
+
+def volume_spacing(frames: DecodedFrames, positions: np.ndarray | None,
+                   path: Path) -> tuple[float, float, float] | None:
+    """(slice, row, col) spacing in mm; None when the in-plane spacing is unknown."""
+    if frames.pixel_spacing is None:
+        return None
+    slice_spacing = frames.slice_spacing
+    if positions is not None and frames.orientation is not None and len(positions) > 1:
+        normal = np.cross(frames.orientation[:3], frames.orientation[3:])
+        gaps = np.diff(positions @ normal)
+        if np.all(gaps > 0):
+            slice_spacing = float(np.median(gaps))
+            if np.ptp(gaps) > 0.01 * slice_spacing + 1e-3:
+                logger.warning("%s: slice gaps vary from %.3g to %.3g mm; using the median %.3g",
+                               path, gaps.min(), gaps.max(), slice_spacing)
+    if slice_spacing is None or slice_spacing <= 0:
+        slice_spacing = 1.0
+        if frames.array.shape[1] > 1:
+            logger.warning("%s: slice spacing unknown; assuming 1 mm", path)
+    return (float(slice_spacing), *frames.pixel_spacing)
+
+
+def dicom_meta(datasets: list[Dataset], frames: DecodedFrames,
+               positions: np.ndarray | None) -> dict[str, Any]:
+    """Meta shared by single files and series; datasets in array (D) order, pixels dropped."""
+    first = datasets[0]
+    sop = sop_class_uid(first)
+    ts = first.get("file_meta", Dataset()).get("TransferSyntaxUID")
+    for ds in datasets:  # keep headers for highdicom, not a second copy of the pixels
+        for keyword in _PIXEL_KEYWORDS:
+            if keyword in ds:
+                delattr(ds, keyword)
+    return {
+        "format": "dicom",
+        "source_dtype": frames.source_dtype,
+        "modality": str(first.get("Modality", "OT") or "OT"),
+        "photometric": frames.photometric,
+        "inverted": frames.inverted,
+        "transfer_syntax": UID(ts).name if ts else None,
+        "sop_class_uid": sop,
+        "sop_class": UID(sop).name if sop else None,
+        "study_instance_uid": str(first.get("StudyInstanceUID", "")) or None,
+        "series_instance_uid": str(first.get("SeriesInstanceUID", "")) or None,
+        "sop_instance_uids": [str(ds.get("SOPInstanceUID", "")) for ds in datasets],
+        "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")) or None,
+        "series_description": str(first.get("SeriesDescription", "")) or None,
+        "window_center": frames.window[0] if frames.window else None,
+        "window_width": frames.window[1] if frames.window else None,
+        "rescale_slope": frames.rescale[0] if frames.rescale else None,
+        "rescale_intercept": frames.rescale[1] if frames.rescale else None,
+        "image_orientation": (frames.orientation.tolist()
+                              if frames.orientation is not None else None),
+        "image_positions": positions.tolist() if positions is not None else None,
+        "source_datasets": datasets,
+    }
+
+
+# ---------------------------------------------------------------------------- decoding helpers
+def _pixel_array(ds: Dataset, path: Path) -> np.ndarray:
+    ts = ds.get("file_meta", Dataset()).get("TransferSyntaxUID")
+    ts_name = UID(ts).name if ts else "unknown transfer syntax"
+    try:
+        return ds.pixel_array
+    except (NotImplementedError, RuntimeError) as err:
+        if "decod" in str(err).lower() or "plugin" in str(err).lower():
+            raise UnsupportedFormatError(
+                f"{path}: cannot decode {ts_name} pixel data ({err}); install a decoder "
+                "(pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle or python-gdcm) or "
+                "decompress the file (gdcmconv --raw)"
+            ) from err
+        raise InputError(f"{path}: cannot decode {ts_name} pixel data ({err}); the file is "
+                         "probably truncated or corrupt") from err
+    except Exception as err:
+        raise InputError(f"{path}: cannot decode {ts_name} pixel data ({type(err).__name__}: "
+                         f"{err}); the file is probably truncated or corrupt") from err
+
+
+def _group_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
+    """First item of a functional-group sequence for ``frame`` (per-frame wins over shared)."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame),
+                          ("SharedFunctionalGroupsSequence", 0)):
+        seq = ds.get(groups)
+        if seq is not None and len(seq) > index:
+            inner = seq[index].get(sequence)
+            if inner is not None and len(inner) > 0:
+                return inner[0]
+    return None
+
+
+def _apply_modality(ds: Dataset, stored: np.ndarray,
+                    samples: int) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Modality LUT / rescale per frame (enhanced files may rescale each frame differently)."""
+    if samples != 1:
+        return stored.astype(np.float32), None
+    n_frames = stored.shape[1]
+    if "ModalityLUTSequence" in ds and "PerFrameFunctionalGroupsSequence" not in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        return apply_modality_lut(stored, ds).astype(np.float32), None
+    out = np.empty(stored.shape, np.float32)
+    first = None
+    for f in range(n_frames):
+        item = _group_item(ds, f, "PixelValueTransformationSequence") or ds
+        slope = float(item.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(item.get("RescaleIntercept", 0.0) or 0.0)
+        first = first or (slope, intercept)
+        out[:, f] = stored[:, f].astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    has_rescale = "RescaleSlope" in ds or _group_item(ds, 0, "PixelValueTransformationSequence")
+    return out, first if has_rescale else None
+
+
+def _window(ds: Dataset) -> tuple[float, float] | None:
+    item = _group_item(ds, 0, "FrameVOILUTSequence") or ds
+    center, width = item.get("WindowCenter"), item.get("WindowWidth")
+    if center is None or width is None:
+        return None
+    try:
+        center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
+        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (center, width) if width > 0 else None
+
+
+def _invert(ds: Dataset, array: np.ndarray, window: tuple[float, float] | None,
+            rescale: tuple[float, float] | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """MONOCHROME1 -> MONOCHROME2 by reflecting values in the range the bit depth allows."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    if int(ds.get("PixelRepresentation", 0)) == 0:
+        lo, hi = 0.0, float(2**bits - 1)
+    else:
+        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    if rescale is not None:
+        slope, intercept = rescale
+        lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+    elif "ModalityLUTSequence" in ds:
+        lo, hi = float(array.min()), float(array.max())
+    inverted = np.float32(lo + hi) - array
+    if window is not None:
+        window = (lo + hi - window[0], window[1])
+    return inverted, window
+
+
+def _floats(value: Any, n: int) -> np.ndarray | None:
+    try:
+        out = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return out if out.shape == (n,) and np.all(np.isfinite(out)) else None
+
+
+def _orientation(ds: Dataset) -> np.ndarray | None:
+    item = _group_item(ds, 0, "PlaneOrientationSequence") or ds
+    value = item.get("ImageOrientationPatient")
+    return _floats(value, 6) if value is not None else None
+
+
+def _positions(ds: Dataset, n_frames: int) -> np.ndarray | None:
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        found = []
+        for f in range(n_frames):
+            item = _group_item(ds, f, "PlanePositionSequence")
+            found.append(_floats(item.get("ImagePositionPatient"), 3) if item else None)
+        if all(p is not None for p in found):
+            return np.stack(found)
+        return None
+    value = ds.get("ImagePositionPatient")
+    if value is None or n_frames != 1:
+        return None
+    pos = _floats(value, 3)
+    return pos[None] if pos is not None else None
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    item = _group_item(ds, 0, "PixelMeasuresSequence") or ds
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = item.get(keyword) or ds.get(keyword)
+        spacing = _floats(value, 2) if value is not None else None
+        if spacing is not None and np.all(spacing > 0):
+            return (float(spacing[0]), float(spacing[1]))
+    return _ultrasound_spacing(ds)
+
+
+def _ultrasound_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """Spacing from the first ultrasound region when its physical units are cm (code 3)."""
+    regions = ds.get("SequenceOfUltrasoundRegions")
+    if not regions:
+        return None
+    deltas = {(float(r.get("PhysicalDeltaY", 0) or 0), float(r.get("PhysicalDeltaX", 0) or 0))
+              for r in regions
+              if r.get("PhysicalUnitsXDirection") == 3 and r.get("PhysicalUnitsYDirection") == 3}
+    if len(deltas) != 1:
+        return None
+    dy, dx = deltas.pop()
+    return (abs(dy) * 10.0, abs(dx) * 10.0) if dx and dy else None
+
+
+def _slice_spacing(ds: Dataset) -> float | None:
+    item = _group_item(ds, 0, "PixelMeasuresSequence") or ds
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        value = item.get(keyword) if keyword in item else ds.get(keyword)
+        try:
+            if value is not None and float(value) > 0:
+                return float(value)
+        except (TypeError, ValueError):
+            continue
+    return None
