@@ -120,8 +120,8 @@ def refuse_non_image(ds: Dataset, path: Path) -> None:
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         name = UID(sop).name if sop else "unknown SOP class"
         raise UnsupportedFormatError(
-            f"{path}: DICOM object ({name}, modality {modality or '?'}) has no pixel data; give "
-            "an image file such as CT, MR, CR, DX or US"
+            f"{path}: DICOM object ({name}, modality {modality or '?'}) has no pixel data (or "
+            "the file is cut off before it); give a complete image file such as CT, MR, CR or US"
         )
 
 

@@ -88,7 +88,7 @@ def write_dicom_seg(
             manufacturer_model_name=algorithm_name,
             software_versions=__version__,
             device_serial_number="0",
-            omit_empty_frames=True,
+            omit_empty_frames=False,  # keep every frame so the SEG alone spans the volume
         )
     except Exception as err:  # highdicom raises ValueError/TypeError/AttributeError on bad input
         raise InputError(f"{path}: cannot build a DICOM-SEG for {like.path} "
@@ -131,7 +131,8 @@ def read_dicom_seg(path: Path, like: LoadedImage | None = None) -> LoadedMask:
 
     Returns:
         LoadedMask with mask (H, W) or (D, H, W); without ``like`` the slices are sorted along
-        the slice normal as ``read_dicom`` sorts image frames.
+        the slice normal as ``read_dicom`` sorts image frames, and span only the planes the SEG
+        stores (SEGs written elsewhere may omit empty frames; ours keep them all).
     """
     import highdicom as hd
 

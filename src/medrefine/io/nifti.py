@@ -5,7 +5,9 @@ the closest L-P-S grid and transposed, so the array is (C, D, H, W) with D runni
 superior, H anterior -> posterior and W right -> left: an axial slice ``array[:, d]`` looks like
 an axial DICOM slice in a radiology viewer (patient's right on the image left, anterior at the
 top), and D matches the slice order of our DICOM reader. ``spacing`` is (D, H, W) in mm.
-With ``reorient=False`` the array is the voxel grid transposed: (C, k, j, i).
+With ``reorient=False`` the array is the voxel grid transposed: (C, k, j, i). A 2D file
+(or one with a single slice) gives (C, H, W); it is flipped in-plane to the same L-P display
+when its plane is axial and left in voxel order (transposed) otherwise.
 
 ``meta`` keeps what a writer needs to put a result back on the exact input grid: ``affine``
 (4x4), ``header`` (a copy of the nibabel header), ``nifti_shape`` (the data shape on disk),
