@@ -1,0 +1,63 @@
+"""Shipped models. A preset names a coarse model, a diffusion refiner, and the post-processing
+and refinement defaults chosen for them on the validation split. Weights live in
+``medrefine/weights/<preset>/`` inside the package, beside their model cards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from medrefine.errors import ConfigError
+from medrefine.postprocess import PostprocessConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    sample: str = ""  # a shipped sample image under medrefine/samples/
+
+    @property
+    def folder(self) -> Path:
+        return Path(str(resources.files("medrefine") / "weights" / self.name))
+
+    @property
+    def coarse_weights(self) -> Path:
+        return self.folder / "coarse.safetensors"
+
+    @property
+    def refiner_weights(self) -> Path:
+        return self.folder / "refiner.safetensors"
+
+
+PRESETS: dict[str, Preset] = {
+    "polyp": Preset(
+        "polyp", "colonoscopy polyps (trained on Kvasir-SEG)",
+        PostprocessConfig(fill_holes=True, min_object_fraction=0.001),
+        sample="kvasir_polyp.jpg",
+    ),
+    "skin": Preset(
+        "skin", "dermoscopy skin lesions (trained on PH2)",
+        PostprocessConfig(fill_holes=True, keep_largest=True),
+        sample="ph2_lesion.jpg",
+    ),
+    "lung": Preset(
+        "lung", "lung fields on chest X-rays (trained on COVID CXR with V7 masks)",
+        PostprocessConfig(fill_holes=True, keep_top_k=2),
+        sample="cxr_lungs.jpg",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def sample_path(name: str) -> Path:
+    """The bundled sample image of a preset."""
+    preset = get_preset(name)
+    return Path(str(resources.files("medrefine") / "samples" / preset.sample))

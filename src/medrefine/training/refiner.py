@@ -1,0 +1,328 @@
+"""Training the diffusion refiner to turn coarse masks into the ground truth.
+
+Each batch pairs an augmented image with a "coarse" mask that is either the shipped coarse
+model's prediction on that augmented image (its real mistakes) or a synthetic corruption of the
+ground truth (``corrupt.py``), in proportion ``p_model``. The noisy input x_t is made from the
+ground truth or from that coarse mask (so training sees what refinement starts from: a noised
+coarse mask), and the target is always the ground truth:
+
+* Gaussian, x0-prediction: BCE + soft Dice on the predicted mask.
+* Gaussian, epsilon-prediction: MSE to the noise that leads from the ground truth to x_t.
+* Bernoulli (BerDiff): KL between true and predicted one-step posteriors + BCE.
+
+Validation refines the coarse model's predictions on the val split with the default settings
+and scores Dice at the original resolution; at the end a small grid of strength x steps is
+scored on val and the best becomes the weights' default (never chosen on test).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from medrefine.checkpoint import read_info, save_weights, unwrap
+from medrefine.diffusion import DiffusionConfig, build_diffusion
+from medrefine.errors import ConfigError
+from medrefine.inference import CoarseSegmenter, resolve_device
+from medrefine.io import read_image
+from medrefine.metrics import dice
+from medrefine.models.denoiser import Denoiser, DenoiserConfig
+from medrefine.preprocess import from_grid
+from medrefine.refine import RefineParams, Refiner
+from medrefine.training import distributed as D
+from medrefine.training.coarse import _cpu_has_bf16, autocast
+from medrefine.training.corrupt import corrupt_mask
+from medrefine.training.data import (
+    AugmentConfig,
+    SegmentationDataset,
+    find_pairs,
+    read_label_map,
+    split_pairs,
+)
+from medrefine.training.losses import segmentation_loss
+from medrefine.training.runlog import RunLog, load_resume_state, save_resume_state, warmup_cosine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RefinerTrainConfig:
+    data_dir: str
+    output_dir: str
+    coarse_weights: str
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mask_dir: str = "masks"
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    workers: int = 0
+    resume: bool = False
+    pretrained: bool = True
+    max_minutes: float = 0.0
+    p_model: float = 0.5  # share of coarse masks that are the coarse model's own predictions
+    p_noise_from_gt: float = 0.5  # share of x_t made by noising the ground truth
+    t_focus: float = 0.6  # most training timesteps lie in [0, t_focus * T) ...
+    p_full_range: float = 0.25  # ... the rest anywhere in [0, T) (sampling from pure noise)
+    val_params: RefineParams = field(default_factory=RefineParams)
+    tune_strengths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
+    tune_steps: tuple[int, ...] = (2, 4, 8)
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+        for name in ("p_model", "p_noise_from_gt", "t_focus", "p_full_range"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1]")
+
+
+class CachedVal:
+    """Val cases with the coarse model's grid prediction computed once."""
+
+    def __init__(self, coarse: CoarseSegmenter, pairs):
+        self.items = []
+        for pair in pairs:
+            loaded = read_image(pair.image)
+            image01, grid = coarse.prepare(loaded.array, loaded.meta["source_dtype"])
+            probs = coarse.predict_grid(image01[None])[0, 0].cpu().numpy()
+            gt = read_label_map(pair.mask, 1) == 1
+            self.items.append((image01, probs, grid, gt))
+
+    def score(self, refiner: Refiner | None, params: RefineParams) -> list[float]:
+        scores = []
+        for image01, probs, grid, gt in self.items:
+            if refiner is not None:
+                probs = refiner.refine_grid(image01, probs, params).probs
+            full = from_grid(probs[None], grid)[0]
+            scores.append(dice(full > 0.5, gt))
+        return scores
+
+
+def make_coarse_batch(coarse: CoarseSegmenter, image01: torch.Tensor, labels: torch.Tensor,
+                      p_model: float, rng: np.random.Generator) -> torch.Tensor:
+    """(B, 1, H, W) coarse probabilities: model predictions or corrupted ground truth."""
+    use_model = rng.random(image01.shape[0]) < p_model
+    out = torch.empty(image01.shape[0], 1, *image01.shape[-2:])
+    if use_model.any():
+        out[use_model] = coarse.predict_grid(image01[use_model])[:, :1].cpu()
+    for i in np.nonzero(~use_model)[0]:
+        out[i, 0] = torch.from_numpy(corrupt_mask(labels[i].numpy().astype(np.uint8), rng))
+    return out
+
+
+def sample_timesteps(n: int, cfg: RefinerTrainConfig, T: int, gen: torch.Generator
+                     ) -> torch.Tensor:
+    focus = torch.randint(0, max(1, int(cfg.t_focus * T)), (n,), generator=gen)
+    full = torch.randint(0, T, (n,), generator=gen)
+    return torch.where(torch.rand(n, generator=gen) < cfg.p_full_range, full, focus)
+
+
+def refiner_loss(model, diffusion, kind: str, image01, coarse, gt, t, cfg, gen, device, amp):
+    """One batch's loss; all tensors (B, ., H, W) on ``device``, gt in {0, 1}."""
+    from_gt = (torch.rand(gt.shape[0], generator=gen) < cfg.p_noise_from_gt).to(device)
+    source = torch.where(from_gt[:, None, None, None], gt, coarse)
+    if kind == "gaussian":
+        noise = torch.randn(gt.shape, generator=gen).to(device)
+        x_t = diffusion.add_noise(2 * source - 1, noise, t.cpu())
+        net_in = x_t
+    else:
+        x_t = diffusion.add_noise((source > 0.5).float(), t.cpu(), gen)
+        net_in = 2 * x_t - 1
+    with autocast(device, amp):
+        out = model(net_in, t, (image01, coarse))
+    out = out.float()
+    labels = gt[:, 0].long()
+    if kind == "gaussian" and diffusion.prediction == "epsilon":
+        target = diffusion.epsilon_target(2 * gt - 1, x_t, t.cpu())
+        return torch.nn.functional.mse_loss(out, target)
+    loss = segmentation_loss(out, labels)
+    if kind == "bernoulli":
+        tt = t.clamp(min=1)
+        loss = loss + diffusion.kl_loss(x_t, gt, torch.sigmoid(out), tt.cpu())
+    return loss
+
+
+class _CondWrapper(torch.nn.Module):
+    """Lets DDP see one forward: (x_t, t, (image01, coarse)) -> output."""
+
+    def __init__(self, denoiser: Denoiser):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, x_t, t, image_and_coarse):
+        image01, coarse = image_and_coarse
+        return self.denoiser(x_t, t, self.denoiser.encode_condition(image01, coarse))
+
+
+def weights_info(cfg: RefinerTrainConfig, pre: dict, params: RefineParams, extra: dict) -> dict:
+    return {"kind": "refiner", "denoiser": cfg.denoiser.to_dict(),
+            "diffusion": cfg.diffusion.to_dict(), "preprocess": pre,
+            "refine_defaults": asdict(params),
+            "training": {"data_dir": cfg.data_dir, "seed": cfg.seed,
+                         "coarse_weights": Path(cfg.coarse_weights).name, **extra}}
+
+
+def train_refiner(cfg: RefinerTrainConfig) -> Path:
+    device = resolve_device(cfg.device)
+    dist_info = D.init_distributed(device)
+    device = D.local_device(device, dist_info)
+    torch.manual_seed(cfg.seed + dist_info.rank)
+    rng = np.random.default_rng(cfg.seed + dist_info.rank)
+    gen = torch.Generator().manual_seed(cfg.seed + 1000 * dist_info.rank)
+    run = RunLog(cfg.output_dir, enabled=dist_info.is_main)
+    run.write_config({"stage": "refiner", **asdict(cfg), "world_size": dist_info.world_size})
+
+    coarse = CoarseSegmenter.from_weights(cfg.coarse_weights, str(device))
+    if coarse.model_cfg.num_classes != 1:
+        raise ConfigError("the refiner refines binary masks; the coarse model is multi-class")
+    pre = coarse.pre_cfg
+    pairs = find_pairs(cfg.data_dir, cfg.mask_dir)
+    split = split_pairs(cfg.data_dir, pairs, cfg.seed)
+    train_set = SegmentationDataset(split["train"], pre, 1, cfg.augment)
+    sampler = (DistributedSampler(train_set, seed=cfg.seed) if dist_info.enabled
+               else RandomSampler(train_set))
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+    val = CachedVal(coarse, split["val"][dist_info.rank::dist_info.world_size])
+    coarse_val = D.all_reduce_sum([float(np.sum(val.score(None, cfg.val_params))),
+                                   float(len(val.items))], dist_info)
+    coarse_val_dice = coarse_val[0] / max(coarse_val[1], 1)
+
+    denoiser_cfg = replace(cfg.denoiser, image_channels=coarse.model_cfg.in_channels)
+    cfg = replace(cfg, denoiser=denoiser_cfg)
+    model = Denoiser(denoiser_cfg, pretrained=cfg.pretrained).to(device)
+    wrapped = _CondWrapper(model)
+    diffusion = build_diffusion(cfg.diffusion)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total, warmup = cfg.epochs * len(loader), max(1, round(cfg.warmup_epochs * len(loader)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total, warmup))
+    start_epoch, best = 1, -1.0
+    resume_path = Path(cfg.output_dir) / "resume.pt"
+    if cfg.resume and resume_path.is_file():
+        state = load_resume_state(resume_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        run.truncate(state["epoch"])
+    train_model = DistributedDataParallel(wrapped) if dist_info.enabled else wrapped
+    amp = cfg.amp and (device.type == "cuda" or _cpu_has_bf16())
+    pre_dict = asdict(pre)
+    t0 = time.time()
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        train_model.train()
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        losses = []
+        bar = tqdm(loader, desc=f"refiner epoch {epoch}/{cfg.epochs}", mininterval=10,
+                   disable=not dist_info.is_main, leave=False)
+        for image01, labels in bar:
+            coarse_probs = make_coarse_batch(coarse, image01, labels, cfg.p_model, rng)
+            image01, coarse_probs = image01.to(device), coarse_probs.to(device)
+            gt = (labels == 1).float().unsqueeze(1).to(device)
+            t = sample_timesteps(gt.shape[0], cfg, diffusion.num_timesteps, gen).to(device)
+            loss = refiner_loss(train_model, diffusion, cfg.diffusion.kind, image01,
+                                coarse_probs, gt, t, cfg, gen, device, amp)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
+        refiner = Refiner(model, cfg.diffusion, pre, device)
+        scores = val.score(refiner, cfg.val_params)
+        model.train()
+        s, n = D.all_reduce_sum([float(np.sum(scores)), float(len(scores))], dist_info)
+        val_dice = s / max(n, 1)
+        elapsed = time.time() - t0
+        if dist_info.is_main:
+            improved = val_dice > best
+            best = max(best, val_dice)
+            extra = {"epoch": epoch, "val_dice_refined": val_dice,
+                     "val_dice_coarse": coarse_val_dice, "epochs_planned": cfg.epochs}
+            info = weights_info(cfg, pre_dict, cfg.val_params, extra)
+            save_weights(run.dir / "last.safetensors", model, info)
+            if improved:
+                save_weights(run.dir / "best.safetensors", model, info)
+            save_resume_state(resume_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best})
+            run.log({"epoch": epoch, "train_loss": float(np.mean(losses)),
+                     "val_dice": val_dice, "val_dice_coarse": coarse_val_dice,
+                     "lr": scheduler.get_last_lr()[0], "minutes": elapsed / 60},
+                    ("train_loss", "val_dice"))
+            logger.info("refiner epoch %d loss %.4f val dice %.4f (coarse %.4f, best %.4f)",
+                        epoch, np.mean(losses), val_dice, coarse_val_dice, best)
+        over = float(bool(cfg.max_minutes) and elapsed > cfg.max_minutes * 60)
+        if D.all_reduce_sum([over], dist_info)[0] > 0:
+            break
+    D.barrier(dist_info)
+    if dist_info.is_main and (run.dir / "best.safetensors").is_file():
+        tune_defaults(run.dir / "best.safetensors", val, cfg, str(device))
+    D.shutdown(dist_info)
+    return run.dir
+
+
+def tune_defaults(weights: Path, val: CachedVal, cfg: RefinerTrainConfig, device: str) -> None:
+    """Score strength x steps on val; store the best (ties: fewer steps) as the default."""
+    refiner = Refiner.from_weights(weights, device)
+    results = []
+    for steps in cfg.tune_steps:
+        for strength in cfg.tune_strengths:
+            params = replace(cfg.val_params, steps=steps, strength=strength)
+            results.append((float(np.mean(val.score(refiner, params))), -steps, params))
+            logger.info("val dice %.4f at steps=%d strength=%.2f", results[-1][0], steps,
+                        strength)
+    best_dice, _, best_params = max(results, key=lambda r: (round(r[0], 3), r[1]))
+    info = read_info(weights)
+    info["refine_defaults"] = asdict(best_params)
+    info["training"]["val_tuning"] = [
+        {"steps": p.steps, "strength": p.strength, "val_dice": d} for d, _, p in results]
+    save_weights(weights, refiner.model, info)
+    logger.info("default refinement: steps=%d strength=%.2f (val dice %.4f)", best_params.steps,
+                best_params.strength, best_dice)
+
+
+def train_refiner_from_args(args, base: dict) -> Path:
+    """``medrefine train --stage refiner`` (called by commands/train.py)."""
+    from medrefine.config import build_dataclass
+
+    data = dict(base.get("refiner", {}))
+    for key in ("data_dir", "epochs", "batch_size", "lr", "device", "seed", "mask_dir",
+                "max_minutes", "workers", "coarse_weights"):
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = value
+    data.setdefault("data_dir", base.get("coarse", {}).get("data_dir"))
+    out = Path(args.output_dir or data.get("output_dir", "checkpoints"))
+    data["output_dir"] = str(out / "refiner" if args.stage == "both" else out)
+    if args.resume:
+        data["resume"] = True
+    if args.no_amp:
+        data["amp"] = False
+    if args.no_pretrained:
+        data["pretrained"] = False
+    if not data.get("coarse_weights"):
+        raise ConfigError("training the refiner needs --coarse-weights (the coarse model whose "
+                          "masks it learns to correct), or --stage both")
+    if not data.get("data_dir"):
+        raise ConfigError("train needs --data DIR (a folder with images/ and masks/)")
+    cfg = build_dataclass(RefinerTrainConfig, data, "refiner config")
+    run_dir = train_refiner(cfg)
+    print(f"refiner: {run_dir / 'best.safetensors'}")
+    return run_dir
