@@ -1,0 +1,269 @@
+"""SegmentationPipeline: load -> preprocess -> coarse -> diffusion refinement -> postprocess.
+
+    pipe = SegmentationPipeline(preset="polyp")
+    mask = pipe.segment_image("polyp.jpg")                  # (H, W) uint8 0/1, input size
+    res = pipe.segment_image("polyp.jpg", return_intermediate=True)
+    res["coarse_mask"], res["refined_mask"], res["uncertainty"], res["timings"]
+
+Volumes ((C, D, H, W): NIfTI, multi-frame or series DICOM) are segmented slice by slice and
+post-processed in 3D.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medrefine import __version__
+from medrefine.checkpoint import file_sha256
+from medrefine.errors import ConfigError, InputError
+from medrefine.fusion import review_score
+from medrefine.inference import CoarseSegmenter
+from medrefine.io import LoadedImage, read_image
+from medrefine.postprocess import PostprocessConfig, postprocess, postprocess_labels
+from medrefine.preprocess import from_grid, to_grid
+from medrefine.presets import get_preset
+from medrefine.refine import RefineParams, Refiner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentationResult:
+    """Everything one run produced, on the input's original grid.
+
+    mask: uint8 (H, W) or (D, H, W): 0/1 for binary models, labels for multi-class.
+    coarse_probs / refined_probs / uncertainty: float32, same spatial shape (refined and
+    uncertainty are None without refinement).
+    """
+
+    image: LoadedImage
+    mask: np.ndarray
+    coarse_probs: np.ndarray
+    refined_probs: np.ndarray | None
+    uncertainty: np.ndarray | None
+    review_score: float | None
+    timings: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def coarse_mask(self) -> np.ndarray:
+        return (self.coarse_probs >= 0.5).astype(np.uint8) if self.coarse_probs.ndim == \
+            self.mask.ndim else self.coarse_probs.argmax(0).astype(np.uint8)
+
+    def as_dict(self) -> dict[str, Any]:
+        refined = None if self.refined_probs is None else (self.refined_probs >= 0.5)
+        return {
+            "input": self.image.array, "original_size": self.image.spatial_shape,
+            "coarse_mask": self.coarse_mask,
+            "refined_mask": None if refined is None else refined.astype(np.uint8),
+            "mask": self.mask, "coarse_probs": self.coarse_probs,
+            "refined_probs": self.refined_probs, "uncertainty": self.uncertainty,
+            "review_score": self.review_score, "timings": self.timings, "params": self.params,
+        }
+
+
+def as_loaded(image: str | Path | np.ndarray | LoadedImage) -> LoadedImage:
+    """A path, a LoadedImage, or a numpy image ((H, W), (H, W, 1|3|4) or (C, H, W))."""
+    if isinstance(image, LoadedImage):
+        return image
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"expected a path, LoadedImage or numpy array, got {type(image).__name__}")
+    array = image
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3 and array.shape[-1] in (1, 3, 4) and array.shape[0] not in (1, 3, 4):
+        array = np.moveaxis(array, -1, 0)
+    elif not (array.ndim == 3 and array.shape[0] in (1, 3, 4)):
+        raise InputError(f"cannot interpret an array of shape {array.shape} as an image; pass "
+                         "(H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4")
+    if array.size == 0:
+        raise InputError("the image array is empty")
+    out = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise InputError("the image array contains NaN or infinite values")
+    meta = {"format": "array", "source_dtype": str(image.dtype), "modality": "OT"}
+    return LoadedImage(out, None, meta, None)
+
+
+class SegmentationPipeline:
+    """Coarse segmentation plus diffusion refinement.
+
+    Args:
+        cpunet_weights: coarse model weights (.safetensors); default: the preset's.
+        diffusion_weights: refiner weights; default: the preset's.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        use_diffusion: refine the coarse mask (False = coarse only).
+        preset: shipped model set used for whatever weights are not given.
+        refine: refinement settings (steps, strength, samples, seed, ...); default: the
+            refiner's own defaults, chosen on its validation split.
+        postprocess: mask clean-up; default: the preset's.
+    """
+
+    def __init__(self, cpunet_weights: str | Path | None = None,
+                 diffusion_weights: str | Path | None = None, device: str = "auto",
+                 use_diffusion: bool = True, preset: str = "polyp",
+                 refine: RefineParams | None = None,
+                 postprocess: PostprocessConfig | None = None):
+        self.preset = get_preset(preset)
+        self.coarse_path = Path(cpunet_weights or self.preset.coarse_weights)
+        self.coarse = CoarseSegmenter.from_weights(self.coarse_path, device)
+        self.refiner: Refiner | None = None
+        self.refiner_path: Path | None = None
+        if use_diffusion:
+            if self.coarse.model_cfg.num_classes != 1:
+                raise ConfigError("diffusion refinement needs a binary coarse model; pass "
+                                  "use_diffusion=False for multi-class models")
+            self.refiner_path = Path(diffusion_weights or self.preset.refiner_weights)
+            self.refiner = Refiner.from_weights(self.refiner_path, device)
+        self.refine_params = refine or (self.refiner.defaults if self.refiner else None)
+        self.post = postprocess or self.preset.postprocess
+
+    # -------------------------------------------------------------- provenance
+    def provenance(self) -> dict[str, Any]:
+        weights = {"coarse": {"path": str(self.coarse_path),
+                              "sha256": file_sha256(self.coarse_path)}}
+        if self.refiner_path:
+            weights["refiner"] = {"path": str(self.refiner_path),
+                                  "sha256": file_sha256(self.refiner_path)}
+        return {"medrefine_version": __version__, "preset": self.preset.name, "weights": weights,
+                "use_diffusion": self.refiner is not None,
+                "refine": asdict(self.refine_params) if self.refine_params else None,
+                "postprocess": asdict(self.post), "device": str(self.coarse.device)}
+
+    # -------------------------------------------------------------- core
+    def _slice_probs(self, image: np.ndarray, source_dtype: str, timings: dict,
+                     coarse_mask: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One 2D (C, H, W) image -> coarse, refined, uncertainty on the original grid."""
+        t = time.perf_counter()
+        image01, grid = self.coarse.prepare(image, source_dtype)
+        timings["preprocess"] = timings.get("preprocess", 0) + time.perf_counter() - t
+        t = time.perf_counter()
+        if coarse_mask is None:
+            coarse_grid = self.coarse.predict_grid(image01[None])[0].cpu().numpy()
+        else:
+            coarse_grid = to_grid(coarse_mask[None].astype(np.float32), grid.grid_size,
+                                  grid.mode)[0]
+        timings["coarse"] = timings.get("coarse", 0) + time.perf_counter() - t
+        coarse = from_grid(coarse_grid, grid)
+        if self.refiner is None:
+            return coarse, None, None
+        t = time.perf_counter()
+        out = self.refiner.refine_grid(image01, coarse_grid[0], self.refine_params)
+        timings["refine"] = timings.get("refine", 0) + time.perf_counter() - t
+        both = from_grid(np.stack([out.probs, out.uncertainty]), grid)
+        return coarse, both[0], both[1]
+
+    def run(self, image: str | Path | np.ndarray | LoadedImage,
+            coarse_mask: np.ndarray | None = None) -> SegmentationResult:
+        """Segment one image or volume (``coarse_mask``: refine this mask instead of the
+        coarse model's, values 0/1, 0/255 or probabilities, same spatial size)."""
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        loaded = as_loaded(image)
+        timings["load"] = time.perf_counter() - t
+        if coarse_mask is not None:
+            coarse_mask = _as_probability_mask(coarse_mask, loaded)
+        dtype = loaded.meta.get("source_dtype", "float32")
+        if loaded.is_volume:
+            per_slice = [self._slice_probs(loaded.array[:, d], dtype, timings,
+                                           None if coarse_mask is None else coarse_mask[d])
+                         for d in range(loaded.array.shape[1])]
+            coarse = np.stack([s[0] for s in per_slice], axis=-3)  # (K, D, H, W)
+            refined = (np.stack([s[1] for s in per_slice]) if self.refiner else None)
+            uncertainty = (np.stack([s[2] for s in per_slice]) if self.refiner else None)
+        else:
+            coarse, refined, uncertainty = self._slice_probs(loaded.array, dtype, timings,
+                                                             coarse_mask)
+        t = time.perf_counter()
+        spacing = loaded.spacing
+        if coarse.shape[0] > 1:  # multi-class: labels from the softmax, cleaned per class
+            mask = postprocess_labels(coarse.argmax(0).astype(np.uint8), self.post,
+                                      spacing=spacing)
+            coarse_out = coarse
+        else:
+            coarse_out = coarse[0]
+            probs = refined if refined is not None else coarse_out
+            mask = postprocess(probs, self.post, spacing=spacing)
+        timings["postprocess"] = time.perf_counter() - t
+        score = (review_score(uncertainty, mask) if uncertainty is not None and mask.ndim == 2
+                 else None)
+        timings["total"] = sum(timings.values())
+        params = {"refine": asdict(self.refine_params) if self.refiner else None,
+                  "postprocess": asdict(self.post), "preset": self.preset.name}
+        return SegmentationResult(loaded, mask, coarse_out, refined, uncertainty, score,
+                                  timings, params)
+
+    # -------------------------------------------------------------- the design's API
+    def segment_image(self, path_or_array: str | Path | np.ndarray,
+                      return_intermediate: bool = False):
+        """The mask at the input's original size, or (``return_intermediate``) a dict with
+        input, coarse_mask, refined_mask, original_size, uncertainty, timings and params."""
+        result = self.run(path_or_array)
+        return result.as_dict() if return_intermediate else result.mask
+
+    def segment_batch(self, paths: list[str | Path]) -> list[np.ndarray]:
+        return [self.run(p).mask for p in paths]
+
+    def refine(self, image: str | Path | np.ndarray, mask: str | Path | np.ndarray,
+               return_intermediate: bool = False):
+        """Refine a mask made by any segmenter (nnU-Net, SAM, your own)."""
+        if self.refiner is None:
+            raise ConfigError("this pipeline was built with use_diffusion=False; it cannot refine")
+        if isinstance(mask, (str, Path)):
+            from medrefine.io import read_mask
+
+            mask = read_mask(mask)
+        result = self.run(image, coarse_mask=np.asarray(mask))
+        return result.as_dict() if return_intermediate else result.mask
+
+    def visualize(self, path_or_array, save_path: str | Path | None = None,
+                  ground_truth: np.ndarray | None = None) -> np.ndarray:
+        """image | coarse | refined (| ground truth) | uncertainty panel as RGB uint8."""
+        from medrefine.visualize import comparison_panel, save_png, uncertainty_heatmap
+
+        result = self.run(path_or_array)
+        if result.image.is_volume:
+            raise InputError("visualize shows 2D images; pick a slice of the volume first")
+        image01, _ = to_grid(result.image.array, result.image.spatial_shape)
+        image01 = replace_range(image01, result.image.meta.get("source_dtype", "float32"))
+        panels: dict[str, np.ndarray] = {"coarse": result.coarse_mask}
+        if result.refined_probs is not None:
+            panels["refined"] = result.mask
+        if ground_truth is not None:
+            panels["ground truth"] = np.asarray(ground_truth) > 0
+        if result.uncertainty is not None:
+            panels["uncertainty"] = uncertainty_heatmap(result.uncertainty, image01, vmax=1.0)
+        rgb = comparison_panel(image01, panels)
+        if save_path is not None:
+            save_png(rgb, save_path)
+        return rgb
+
+
+def replace_range(image: np.ndarray, source_dtype: str) -> np.ndarray:
+    """Raw intensities -> [0, 1] for display (the same rule as preprocessing's ``auto``)."""
+    from medrefine.preprocess import normalize_intensity, to_channels
+
+    out = normalize_intensity(image, "auto", source_dtype=source_dtype)
+    return to_channels(out, 3 if out.shape[0] >= 3 else 1)
+
+
+def _as_probability_mask(mask: np.ndarray, like: LoadedImage) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim == len(like.spatial_shape) + 1 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.shape != like.spatial_shape:
+        raise InputError(f"the mask has shape {mask.shape} but the image is "
+                         f"{like.spatial_shape}; pass a mask of the image's size")
+    mask = mask.astype(np.float32)
+    if mask.max(initial=0) > 1:
+        mask = mask / (255.0 if mask.max() > 1 and mask.max() <= 255 else mask.max())
+    return np.clip(mask, 0, 1)
