@@ -59,16 +59,22 @@ def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.dcm").write_text("not dicom at all\n")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(
-        tmp_path / "full.png")
+        tmp_path / "full.png"
+    )
     data = (tmp_path / "full.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
-    return {"zero-byte": tmp_path / "empty.png", "text-dcm": tmp_path / "notes.dcm",
-            "truncated": tmp_path / "cut.png", "missing": tmp_path / "missing.png"}
+    return {
+        "zero-byte": tmp_path / "empty.png",
+        "text-dcm": tmp_path / "notes.dcm",
+        "truncated": tmp_path / "cut.png",
+        "missing": tmp_path / "missing.png",
+    }
 
 
 @pytest.mark.parametrize("case", ["zero-byte", "text-dcm", "truncated", "missing"])
-def test_bad_input_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                   case: str) -> None:
+def test_bad_input_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
     path = _bad_inputs(tmp_path)[case]
     code, out, err = _run(capsys, str(path))
     assert code == 2 and out == ""
@@ -77,18 +83,25 @@ def test_bad_input_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "Traceback" not in err
 
 
-def test_several_files_report_bad_ones_at_the_end(tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_several_files_report_bad_ones_at_the_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = _bad_inputs(tmp_path)
-    code, out, err = _run(capsys, str(tmp_path / "full.png"), str(bad["zero-byte"]),
-                          str(bad["missing"]))
+    code, out, err = _run(
+        capsys, str(tmp_path / "full.png"), str(bad["zero-byte"]), str(bad["missing"])
+    )
     assert code == 2 and "full.png" in out
     assert len(err.strip().splitlines()) == 1 and "2 of 3 files" in err
 
 
 def test_subprocess_no_traceback(tmp_path: Path) -> None:
     path = _bad_inputs(tmp_path)["text-dcm"]
-    result = subprocess.run([sys.executable, "-m", "medrefine.cli", "info", str(path)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "medrefine.cli", "info", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "notes.dcm" in result.stderr

@@ -9,8 +9,16 @@ import pytest
 
 from medrefine.io import read_image, read_mask
 
-FOLDERS = ["kvasir_seg", "ph2", "covid_cxr_lungs_v7", "covid_cxr_lungs", "busi",
-           "covid_ct_lung_infection_ma", "medseg_covid_ct_infnet", "mni152_nifti/slices2d"]
+FOLDERS = [
+    "kvasir_seg",
+    "ph2",
+    "covid_cxr_lungs_v7",
+    "covid_cxr_lungs",
+    "busi",
+    "covid_ct_lung_infection_ma",
+    "medseg_covid_ct_infnet",
+    "mni152_nifti/slices2d",
+]
 
 
 @pytest.mark.parametrize("name", FOLDERS)

@@ -167,8 +167,9 @@ def test_series_folder_sorted_by_position(dicom_dir: Path, tmp_path: Path, make_
     assert len(image.meta["source_datasets"]) == 4 and image.path == tmp_path / "series"
 
 
-def test_series_folder_falls_back_to_instance_number(dicom_dir: Path, tmp_path: Path,
-                                                     make_series) -> None:
+def test_series_folder_falls_back_to_instance_number(
+    dicom_dir: Path, tmp_path: Path, make_series
+) -> None:
     make_series(tmp_path / "series", dicom_dir / "CT_small.dcm", positions=False)
     image = read_image(tmp_path / "series")
     single = read_image(dicom_dir / "CT_small.dcm").array[0]
@@ -194,3 +195,8 @@ def test_slice_of_a_volume(dicom_dir: Path) -> None:
     assert image.meta["slice"] == 3 and image.meta["volume_shape"] == (10, 64, 64)
     with pytest.raises(InputError, match="outside"):
         read_image(dicom_dir / "emri_small.dcm", slice=10)
+
+
+def test_dicom_named_png_is_read_as_dicom(dicom_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(dicom_dir / "CT_small.dcm", tmp_path / "misnamed.png")
+    assert read_image(tmp_path / "misnamed.png").meta["format"] == "dicom"

@@ -57,9 +57,11 @@ def test_mni_one_slice(mni_path: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "affine",
-    [np.diag([2.0, 3.0, 4.0, 1.0]),  # RAS
-     np.array([[0, 0, -2.0, 10], [-3.0, 0, 0, 5], [0, 4.0, 0, -7], [0, 0, 0, 1]]),  # permuted
-     np.array([[0.9, 0.3, 0, 0], [-0.3, 0.9, 0, 0], [0, 0, -1.5, 0], [0, 0, 0, 1]])],  # oblique
+    [
+        np.diag([2.0, 3.0, 4.0, 1.0]),  # RAS
+        np.array([[0, 0, -2.0, 10], [-3.0, 0, 0, 5], [0, 4.0, 0, -7], [0, 0, 0, 1]]),  # permuted
+        np.array([[0.9, 0.3, 0, 0], [-0.3, 0.9, 0, 0], [0, 0, -1.5, 0], [0, 0, 0, 1]]),
+    ],  # oblique
 )
 def test_any_orientation_round_trips(tmp_path: Path, affine: np.ndarray) -> None:
     data = RNG.integers(0, 5, (6, 7, 8)).astype(np.int16)

@@ -28,9 +28,12 @@ def _png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
 
 @pytest.mark.parametrize(
     ("name", "array", "channels"),
-    [("gray8", GRAY8, 1), ("rgb8", RGB8, 3),
-     ("rgba8", RNG.integers(0, 256, (24, 32, 4), dtype=np.uint8), 4),
-     ("gray16", GRAY16, 1)],
+    [
+        ("gray8", GRAY8, 1),
+        ("rgb8", RGB8, 3),
+        ("rgba8", RNG.integers(0, 256, (24, 32, 4), dtype=np.uint8), 4),
+        ("gray16", GRAY16, 1),
+    ],
 )
 def test_png_round_trip(tmp_path: Path, name: str, array: np.ndarray, channels: int) -> None:
     image = read_image(_png(tmp_path / f"{name}.png", array))

@@ -65,8 +65,9 @@ def test_write_image_png(tmp_path: Path) -> None:
     back = read_image(out)
     np.testing.assert_array_equal(back.array, np.round(image01 * 255))
     gray16 = np.arange(80, dtype=np.uint16).reshape(8, 10) * 800
-    np.testing.assert_array_equal(read_image(write_image_png(gray16, tmp_path / "g.png")).array[0],
-                                  gray16)
+    np.testing.assert_array_equal(
+        read_image(write_image_png(gray16, tmp_path / "g.png")).array[0], gray16
+    )
     with pytest.raises(InputError, match=r"\[0, 1\]"):
         write_image_png(image01 * 2, tmp_path / "bad.png")
 
@@ -92,8 +93,9 @@ def test_nifti_mask_without_nifti_source(tmp_path: Path) -> None:
     assert back.spacing == pytest.approx((2.0, 0.5, 0.7))
 
 
-def test_nifti_from_dicom_series_has_patient_geometry(dicom_dir: Path, tmp_path: Path,
-                                                     make_series) -> None:
+def test_nifti_from_dicom_series_has_patient_geometry(
+    dicom_dir: Path, tmp_path: Path, make_series
+) -> None:
     make_series(tmp_path / "series", dicom_dir / "CT_small.dcm")
     image = read_image(tmp_path / "series")
     out = write_mask(_blob(image.spatial_shape), tmp_path / "m.nii.gz", like=image)
@@ -133,8 +135,9 @@ def test_dicom_seg_multi_frame(dicom_dir: Path, tmp_path: Path) -> None:
     mask[0, 10:50, 10:60] = 1  # only D slice 0 (stored frame 2) is marked
     out = write_mask(mask, tmp_path / "ect_seg.dcm", like=image, label_names=["lesion"])
     seg = _check_seg(out, image, mask)
-    frame = seg.get_pixels_by_source_frame(image.meta["sop_instance_uids"][0], [2],
-                                           combine_segments=True)
+    frame = seg.get_pixels_by_source_frame(
+        image.meta["sop_instance_uids"][0], [2], combine_segments=True
+    )
     assert frame.sum() == mask.sum()  # the mark went to the right stored frame
 
 
@@ -158,3 +161,20 @@ def test_dicom_seg_needs_dicom_source(tmp_path: Path) -> None:
         write_mask(np.zeros((8, 8), np.uint8), tmp_path / "m.dcm", like=like)
     with pytest.raises(ConfigError, match="like="):
         write_mask(np.zeros((8, 8), np.uint8), tmp_path / "m.dcm")
+
+
+def test_dicom_seg_for_one_slice_of_a_volume(dicom_dir: Path, tmp_path: Path) -> None:
+    image = read_image(dicom_dir / "eCT_Supplemental.dcm", slice=1)
+    mask = _blob((512, 512))
+    out = write_mask(mask, tmp_path / "one.dcm", like=image, label_names=["lesion"])
+    np.testing.assert_array_equal(load_mask(out, like=image).mask, mask)
+    volume = read_mask(out)
+    assert volume.shape == (2, 512, 512) and volume[0].sum() == 0
+    np.testing.assert_array_equal(volume[1], mask)
+
+
+def test_failed_dicom_seg_leaves_no_file(dicom_dir: Path, tmp_path: Path) -> None:
+    image = read_image(dicom_dir / "emri_small.dcm")  # no frame of reference: highdicom refuses
+    with pytest.raises(InputError, match=r"emri\.dcm.*cannot build a DICOM-SEG"):
+        write_mask(_blob(image.spatial_shape), tmp_path / "emri.dcm", like=image)
+    assert list(tmp_path.iterdir()) == []

@@ -13,12 +13,27 @@ from medrefine.errors import MedrefineError
 
 # Meta keys shown for DICOM inputs, in this order.
 _DICOM_KEYS = (
-    "sop_class", "photometric", "transfer_syntax", "study_instance_uid", "series_instance_uid",
-    "sop_instance_uids", "frame_of_reference_uid", "window_center", "window_width",
-    "rescale_slope", "rescale_intercept", "inverted",
+    "sop_class",
+    "photometric",
+    "transfer_syntax",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uids",
+    "frame_of_reference_uid",
+    "window_center",
+    "window_width",
+    "rescale_slope",
+    "rescale_intercept",
+    "inverted",
 )
-_SEG_KEYS = ("segment_labels", "labels", "referenced_sop_instance_uids", "study_instance_uid",
-             "series_instance_uid", "sop_instance_uids")
+_SEG_KEYS = (
+    "segment_labels",
+    "labels",
+    "referenced_sop_instance_uids",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uids",
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,14 +41,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "info",
         help="show format, shape, spacing and value range of images, volumes and masks",
         description="Read each file (or DICOM series folder) as medrefine would and print what "
-                    "was found. DICOM-SEG files are read as masks.",
+        "was found. DICOM-SEG files are read as masks.",
     )
-    parser.add_argument("files", nargs="+", metavar="FILE", type=Path,
-                        help="image, volume, DICOM series folder or DICOM-SEG")
-    parser.add_argument("--json", action="store_true",
-                        help="print a JSON list, one object per file")
-    parser.add_argument("--slice", type=int, default=None,
-                        help="describe only this slice (D index) of a volume")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        type=Path,
+        help="image, volume, DICOM series folder or DICOM-SEG",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print a JSON list, one object per file"
+    )
+    parser.add_argument(
+        "--slice", type=int, default=None, help="describe only this slice (D index) of a volume"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -56,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
     if len(failures) == 1 and len(args.files) == 1:
         raise failures[0]
     if failures:
-        raise MedrefineError(f"{len(failures)} of {len(args.files)} files could not be read: "
-                             + "; ".join(str(err) for err in failures))
+        raise MedrefineError(
+            f"{len(failures)} of {len(args.files)} files could not be read: "
+            + "; ".join(str(err) for err in failures)
+        )
     return 0
 
 
@@ -82,8 +106,14 @@ def describe(path: Path, *, slice_index: int | None = None) -> dict[str, Any]:
     return report
 
 
-def _common(path: Path, meta: dict[str, Any], array: np.ndarray,
-            spacing: tuple[float, ...] | None, *, channels: bool) -> dict[str, Any]:
+def _common(
+    path: Path,
+    meta: dict[str, Any],
+    array: np.ndarray,
+    spacing: tuple[float, ...] | None,
+    *,
+    channels: bool,
+) -> dict[str, Any]:
     spatial = array.shape[1:] if channels else array.shape
     axes = ("C, " if channels else "") + ("D, H, W" if len(spatial) == 3 else "H, W")
     return {
@@ -96,8 +126,11 @@ def _common(path: Path, meta: dict[str, Any], array: np.ndarray,
         "modality": meta.get("modality"),
         "min": float(array.min()),
         "max": float(array.max()),
-        "frames": int(meta.get("number_of_frames") or meta.get("frames")
-                      or (spatial[0] if len(spatial) == 3 else 1)),
+        "frames": int(
+            meta.get("number_of_frames")
+            or meta.get("frames")
+            or (spatial[0] if len(spatial) == 3 else 1)
+        ),
         "slice": meta.get("slice"),
     }
 
@@ -115,7 +148,7 @@ def format_report(report: dict[str, Any]) -> str:
             continue
         elif key == "spacing":
             value = " x ".join(f"{s:g}" for s in value) + " mm"
-        elif isinstance(value, list) and len(value) > 4 and key.endswith("uids"):
+        elif isinstance(value, list) and len(value) > 2 and key.endswith("uids"):
             value = f"{value[0]} ... ({len(value)} UIDs)"
         elif isinstance(value, float):
             value = f"{value:g}"

@@ -84,8 +84,10 @@ def _take_slice(image: LoadedImage, index: int) -> LoadedImage:
         raise InputError(f"{image.path}: slice {index} asked of a 2D image; it has only slice 0")
     depth = image.array.shape[1]
     if not 0 <= index < depth:
-        raise InputError(f"{image.path}: slice {index} is outside the volume's 0..{depth - 1} "
-                         "slices; pick a slice in range")
+        raise InputError(
+            f"{image.path}: slice {index} is outside the volume's 0..{depth - 1} "
+            "slices; pick a slice in range"
+        )
     meta = dict(image.meta, slice=index, volume_shape=image.spatial_shape)
     spacing = image.spacing[1:] if image.spacing is not None else None
     return LoadedImage(image.array[:, index].copy(), spacing, meta, image.path)

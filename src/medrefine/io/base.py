@@ -136,8 +136,9 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise InputError(f"{path}: cannot create the output folder ({err}); check the path "
-                         "and your permissions") from err
+        raise InputError(
+            f"{path}: cannot create the output folder ({err}); check the path and your permissions"
+        ) from err
     # A fresh random name (not mkstemp) so the file gets the usual permissions from the umask.
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp{full_suffix(path)}"
     try:
@@ -147,7 +148,8 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(err, OSError):
-            raise InputError(f"{path}: cannot write the file ({err}); check free disk space "
-                             "and permissions") from err
+            raise InputError(
+                f"{path}: cannot write the file ({err}); check free disk space and permissions"
+            ) from err
         raise
     logger.debug("wrote %s", path)

@@ -12,7 +12,10 @@ gives the stored frame index of each D slice so writers can put results back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from medrefine.errors import InputError, UnsupportedFormatError
+from medrefine.io import dicom_geometry as geometry
 from medrefine.io.base import MAX_VOXELS, LoadedImage, check_size, finite_float32
 
 logger = logging.getLogger(__name__)
@@ -63,10 +67,10 @@ def read_dicom(path: Path) -> LoadedImage:
     ds = open_dicom(path)
     refuse_non_image(ds, path)
     frames = decode_frames(ds, path)
-    order = frame_order(frames.array.shape[1], frames.positions, frames.orientation, path)
+    order = geometry.frame_order(frames.array.shape[1], frames.positions, frames.orientation, path)
     array = frames.array[:, order]  # (C, D, H, W)
     positions = frames.positions[order] if frames.positions is not None else None
-    spacing = volume_spacing(frames, positions, path)
+    spacing = geometry.volume_spacing(frames, positions, path)
     if array.shape[1] == 1:
         array = array[:, 0]
         spacing = spacing[1:] if spacing is not None else None
@@ -84,18 +88,24 @@ def open_dicom(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
     """
     try:
         try:
-            return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+            with _quiet(path):
+                return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+            with _quiet(path):
+                ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
         if not any(k in ds for k in ("SOPClassUID", "Modality", *_PIXEL_KEYWORDS)):
-            raise InputError(f"{path}: not a DICOM file (no SOP Class, modality or pixel "
-                             "data found); check that it is really DICOM")
+            raise InputError(
+                f"{path}: not a DICOM file (no SOP Class, modality or pixel "
+                "data found); check that it is really DICOM"
+            )
         return ds
     except InputError:
         raise
     except Exception as err:  # pydicom raises many types for damaged files
-        raise InputError(f"{path}: cannot parse DICOM ({type(err).__name__}: {err}); the file "
-                         "is probably truncated or not DICOM") from err
+        raise InputError(
+            f"{path}: cannot parse DICOM ({type(err).__name__}: {err}); the file "
+            "is probably truncated or not DICOM"
+        ) from err
 
 
 def sop_class_uid(ds: Dataset) -> str:
@@ -131,8 +141,9 @@ def decode_frames(ds: Dataset, path: Path) -> DecodedFrames:
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if rows <= 0 or cols <= 0:
-        raise InputError(f"{path}: DICOM has no valid Rows/Columns ({rows}x{cols}); the header "
-                         "is damaged")
+        raise InputError(
+            f"{path}: DICOM has no valid Rows/Columns ({rows}x{cols}); the header is damaged"
+        )
     check_size(path, (n_frames, rows, cols, samples), MAX_VOXELS)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     stored = _pixel_array(ds, path)
@@ -140,64 +151,48 @@ def decode_frames(ds: Dataset, path: Path) -> DecodedFrames:
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
-        stored = apply_color_lut(stored, ds)
+        try:
+            stored = apply_color_lut(stored, ds)
+        except Exception as err:  # missing or malformed palette tables
+            raise InputError(
+                f"{path}: cannot apply the palette colour table ({err}); the "
+                "DICOM header is incomplete"
+            ) from err
         samples = 3
     # pydicom gives (H, W), (F, H, W), (H, W, 3) or (F, H, W, 3); make it (C, F, H, W).
     if samples == 1:
         stored = stored.reshape(n_frames, rows, cols)[None]
     else:
         stored = np.moveaxis(stored.reshape(n_frames, rows, cols, samples), -1, 0)
-    array, rescale = _apply_modality(ds, stored, samples)
+    try:
+        array, rescale = _apply_modality(ds, stored, samples)
+    except (ValueError, TypeError, IndexError) as err:
+        raise InputError(
+            f"{path}: cannot apply the modality LUT / rescale ({err}); the DICOM "
+            "header values are malformed"
+        ) from err
     window = _window(ds)
     inverted = False
     if photometric == "MONOCHROME1":
         array, window = _invert(ds, array, window, rescale)
         inverted = True
     return DecodedFrames(
-        array=array, source_dtype=source_dtype, photometric=photometric, inverted=inverted,
-        orientation=_orientation(ds), positions=_positions(ds, n_frames),
-        pixel_spacing=_pixel_spacing(ds), slice_spacing=_slice_spacing(ds), window=window,
+        array=array,
+        source_dtype=source_dtype,
+        photometric=photometric,
+        inverted=inverted,
+        orientation=geometry.orientation(ds),
+        positions=geometry.positions(ds, n_frames),
+        pixel_spacing=geometry.pixel_spacing(ds),
+        slice_spacing=geometry.slice_spacing(ds),
+        window=window,
         rescale=rescale,
     )
 
 
-def frame_order(n_frames: int, positions: np.ndarray | None, orientation: np.ndarray | None,
-                path: Path) -> np.ndarray:
-    """Indices that sort frames along the slice normal; stored order when that is undefined."""
-    if positions is None or orientation is None or n_frames < 2:
-        return np.arange(n_frames)
-    normal = np.cross(orientation[:3], orientation[3:])
-    projected = positions @ normal
-    if len(np.unique(np.round(projected, 4))) != len(projected):
-        logger.warning("%s: several frames share a slice position (time points or echoes?); "
-                       "keeping the stored frame order", path)
-        return np.arange(len(positions))
-    return np.argsort(projected, kind="stable")
-
-
-def volume_spacing(frames: DecodedFrames, positions: np.ndarray | None,
-                   path: Path) -> tuple[float, float, float] | None:
-    """(slice, row, col) spacing in mm; None when the in-plane spacing is unknown."""
-    if frames.pixel_spacing is None:
-        return None
-    slice_spacing = frames.slice_spacing
-    if positions is not None and frames.orientation is not None and len(positions) > 1:
-        normal = np.cross(frames.orientation[:3], frames.orientation[3:])
-        gaps = np.diff(positions @ normal)
-        if np.all(gaps > 0):
-            slice_spacing = float(np.median(gaps))
-            if np.ptp(gaps) > 0.01 * slice_spacing + 1e-3:
-                logger.warning("%s: slice gaps vary from %.3g to %.3g mm; using the median %.3g",
-                               path, gaps.min(), gaps.max(), slice_spacing)
-    if slice_spacing is None or slice_spacing <= 0:
-        slice_spacing = 1.0
-        if frames.array.shape[1] > 1:
-            logger.warning("%s: slice spacing unknown; assuming 1 mm", path)
-    return (float(slice_spacing), *frames.pixel_spacing)
-
-
-def dicom_meta(datasets: list[Dataset], frames: DecodedFrames,
-               positions: np.ndarray | None) -> dict[str, Any]:
+def dicom_meta(
+    datasets: list[Dataset], frames: DecodedFrames, positions: np.ndarray | None
+) -> dict[str, Any]:
     """Meta shared by single files and series; datasets in array (D) order, pixels dropped."""
     first = datasets[0]
     sop = sop_class_uid(first)
@@ -224,19 +219,31 @@ def dicom_meta(datasets: list[Dataset], frames: DecodedFrames,
         "window_width": frames.window[1] if frames.window else None,
         "rescale_slope": frames.rescale[0] if frames.rescale else None,
         "rescale_intercept": frames.rescale[1] if frames.rescale else None,
-        "image_orientation": (frames.orientation.tolist()
-                              if frames.orientation is not None else None),
+        "image_orientation": (
+            frames.orientation.tolist() if frames.orientation is not None else None
+        ),
         "image_positions": positions.tolist() if positions is not None else None,
         "source_datasets": datasets,
     }
 
 
 # ---------------------------------------------------------------------------- decoding helpers
+@contextlib.contextmanager
+def _quiet(path: Path) -> Iterator[None]:
+    """Turn pydicom's warnings about odd files into debug log lines (the CLI stays one line)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        logger.debug("%s: %s", path, warning.message)
+
+
 def _pixel_array(ds: Dataset, path: Path) -> np.ndarray:
     ts = ds.get("file_meta", Dataset()).get("TransferSyntaxUID")
     ts_name = UID(ts).name if ts else "unknown transfer syntax"
     try:
-        return ds.pixel_array
+        with _quiet(path):
+            return ds.pixel_array
     except (NotImplementedError, RuntimeError) as err:
         if "decod" in str(err).lower() or "plugin" in str(err).lower():
             raise UnsupportedFormatError(
@@ -244,27 +251,20 @@ def _pixel_array(ds: Dataset, path: Path) -> np.ndarray:
                 "(pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle or python-gdcm) or "
                 "decompress the file (gdcmconv --raw)"
             ) from err
-        raise InputError(f"{path}: cannot decode {ts_name} pixel data ({err}); the file is "
-                         "probably truncated or corrupt") from err
+        raise InputError(
+            f"{path}: cannot decode {ts_name} pixel data ({err}); the file is "
+            "probably truncated or corrupt"
+        ) from err
     except Exception as err:
-        raise InputError(f"{path}: cannot decode {ts_name} pixel data ({type(err).__name__}: "
-                         f"{err}); the file is probably truncated or corrupt") from err
+        raise InputError(
+            f"{path}: cannot decode {ts_name} pixel data ({type(err).__name__}: "
+            f"{err}); the file is probably truncated or corrupt"
+        ) from err
 
 
-def _group_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
-    """First item of a functional-group sequence for ``frame`` (per-frame wins over shared)."""
-    for groups, index in (("PerFrameFunctionalGroupsSequence", frame),
-                          ("SharedFunctionalGroupsSequence", 0)):
-        seq = ds.get(groups)
-        if seq is not None and len(seq) > index:
-            inner = seq[index].get(sequence)
-            if inner is not None and len(inner) > 0:
-                return inner[0]
-    return None
-
-
-def _apply_modality(ds: Dataset, stored: np.ndarray,
-                    samples: int) -> tuple[np.ndarray, tuple[float, float] | None]:
+def _apply_modality(
+    ds: Dataset, stored: np.ndarray, samples: int
+) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Modality LUT / rescale per frame (enhanced files may rescale each frame differently)."""
     if samples != 1:
         return stored.astype(np.float32), None
@@ -276,17 +276,20 @@ def _apply_modality(ds: Dataset, stored: np.ndarray,
     out = np.empty(stored.shape, np.float32)
     first = None
     for f in range(n_frames):
-        item = _group_item(ds, f, "PixelValueTransformationSequence") or ds
+        item = geometry.group_item(ds, f, "PixelValueTransformationSequence") or ds
         slope = float(item.get("RescaleSlope", 1.0) or 1.0)
         intercept = float(item.get("RescaleIntercept", 0.0) or 0.0)
         first = first or (slope, intercept)
         out[:, f] = stored[:, f].astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    has_rescale = "RescaleSlope" in ds or _group_item(ds, 0, "PixelValueTransformationSequence")
+    has_rescale = (
+        "RescaleSlope" in ds
+        or geometry.group_item(ds, 0, "PixelValueTransformationSequence") is not None
+    )
     return out, first if has_rescale else None
 
 
 def _window(ds: Dataset) -> tuple[float, float] | None:
-    item = _group_item(ds, 0, "FrameVOILUTSequence") or ds
+    item = geometry.group_item(ds, 0, "FrameVOILUTSequence") or ds
     center, width = item.get("WindowCenter"), item.get("WindowWidth")
     if center is None or width is None:
         return None
@@ -298,8 +301,12 @@ def _window(ds: Dataset) -> tuple[float, float] | None:
     return (center, width) if width > 0 else None
 
 
-def _invert(ds: Dataset, array: np.ndarray, window: tuple[float, float] | None,
-            rescale: tuple[float, float] | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+def _invert(
+    ds: Dataset,
+    array: np.ndarray,
+    window: tuple[float, float] | None,
+    rescale: tuple[float, float] | None,
+) -> tuple[np.ndarray, tuple[float, float] | None]:
     """MONOCHROME1 -> MONOCHROME2 by reflecting values in the range the bit depth allows."""
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
     if int(ds.get("PixelRepresentation", 0)) == 0:
@@ -315,69 +322,3 @@ def _invert(ds: Dataset, array: np.ndarray, window: tuple[float, float] | None,
     if window is not None:
         window = (lo + hi - window[0], window[1])
     return inverted, window
-
-
-def _floats(value: Any, n: int) -> np.ndarray | None:
-    try:
-        out = np.asarray([float(v) for v in value], dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    return out if out.shape == (n,) and np.all(np.isfinite(out)) else None
-
-
-def _orientation(ds: Dataset) -> np.ndarray | None:
-    item = _group_item(ds, 0, "PlaneOrientationSequence") or ds
-    value = item.get("ImageOrientationPatient")
-    return _floats(value, 6) if value is not None else None
-
-
-def _positions(ds: Dataset, n_frames: int) -> np.ndarray | None:
-    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
-        found = []
-        for f in range(n_frames):
-            item = _group_item(ds, f, "PlanePositionSequence")
-            found.append(_floats(item.get("ImagePositionPatient"), 3) if item else None)
-        if all(p is not None for p in found):
-            return np.stack(found)
-        return None
-    value = ds.get("ImagePositionPatient")
-    if value is None or n_frames != 1:
-        return None
-    pos = _floats(value, 3)
-    return pos[None] if pos is not None else None
-
-
-def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
-    item = _group_item(ds, 0, "PixelMeasuresSequence") or ds
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = item.get(keyword) or ds.get(keyword)
-        spacing = _floats(value, 2) if value is not None else None
-        if spacing is not None and np.all(spacing > 0):
-            return (float(spacing[0]), float(spacing[1]))
-    return _ultrasound_spacing(ds)
-
-
-def _ultrasound_spacing(ds: Dataset) -> tuple[float, float] | None:
-    """Spacing from the first ultrasound region when its physical units are cm (code 3)."""
-    regions = ds.get("SequenceOfUltrasoundRegions")
-    if not regions:
-        return None
-    deltas = {(float(r.get("PhysicalDeltaY", 0) or 0), float(r.get("PhysicalDeltaX", 0) or 0))
-              for r in regions
-              if r.get("PhysicalUnitsXDirection") == 3 and r.get("PhysicalUnitsYDirection") == 3}
-    if len(deltas) != 1:
-        return None
-    dy, dx = deltas.pop()
-    return (abs(dy) * 10.0, abs(dx) * 10.0) if dx and dy else None
-
-
-def _slice_spacing(ds: Dataset) -> float | None:
-    item = _group_item(ds, 0, "PixelMeasuresSequence") or ds
-    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
-        value = item.get(keyword) if keyword in item else ds.get(keyword)
-        try:
-            if value is not None and float(value) > 0:
-                return float(value)
-        except (TypeError, ValueError):
-            continue
-    return None

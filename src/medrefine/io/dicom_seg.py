@@ -51,21 +51,30 @@ def write_dicom_seg(
 
     datasets = like.meta.get("source_datasets")
     if like.meta.get("format") != "dicom" or not datasets:
-        raise ConfigError(f"{path}: a DICOM-SEG needs a DICOM source image to reference, got "
-                          f"{like.meta.get('format')!r}; write .nii.gz or .png instead")
+        raise ConfigError(
+            f"{path}: a DICOM-SEG needs a DICOM source image to reference, got "
+            f"{like.meta.get('format')!r}; write .nii.gz or .png instead"
+        )
     n_labels = int(mask.max())
-    names = list(label_names) if label_names else (
-        ["Foreground"] if n_labels <= 1 else [f"Label {k}" for k in range(1, n_labels + 1)])
+    names = (
+        list(label_names)
+        if label_names
+        else (["Foreground"] if n_labels <= 1 else [f"Label {k}" for k in range(1, n_labels + 1)])
+    )
     if len(names) < max(n_labels, 1):
-        raise ConfigError(f"{path}: mask has labels 1..{n_labels} but only {len(names)} label "
-                          "names were given; give one name per label")
+        raise ConfigError(
+            f"{path}: mask has labels 1..{n_labels} but only {len(names)} label "
+            "names were given; give one name per label"
+        )
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=algorithm_name, version=algorithm_version or __version__,
+        name=algorithm_name,
+        version=algorithm_version or __version__,
         family=codes.DCM.ArtificialIntelligence,
     )
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=k, segment_label=names[k - 1][:64],
+            segment_number=k,
+            segment_label=names[k - 1][:64],
             segmented_property_category=codes.SCT.Tissue,
             segmented_property_type=codes.SCT.Tissue,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -91,9 +100,10 @@ def write_dicom_seg(
             omit_empty_frames=False,  # keep every frame so the SEG alone spans the volume
         )
     except Exception as err:  # highdicom raises ValueError/TypeError/AttributeError on bad input
-        raise InputError(f"{path}: cannot build a DICOM-SEG for {like.path} "
-                         f"({type(err).__name__}: {err}); write the mask as .nii.gz instead") \
-            from err
+        raise InputError(
+            f"{path}: cannot build a DICOM-SEG for {like.path} "
+            f"({type(err).__name__}: {err}); write the mask as .nii.gz instead"
+        ) from err
     seg.SeriesDescription = series_description[:64]
     with atomic_output(path) as tmp:
         seg.save_as(tmp)
@@ -110,8 +120,10 @@ def _source_frame_order(mask: np.ndarray, like: LoadedImage, path: Path) -> np.n
     n_datasets = len(meta["source_datasets"])
     if n_datasets > 1:  # a series: datasets are already in D order
         if mask.ndim != 3 or mask.shape[0] != n_datasets:
-            raise InputError(f"{path}: mask shape {mask.shape} does not match the "
-                             f"{n_datasets}-slice source series")
+            raise InputError(
+                f"{path}: mask shape {mask.shape} does not match the "
+                f"{n_datasets}-slice source series"
+            )
         return mask
     order = meta.get("frame_order")
     if mask.ndim == 3 and order and len(order) == mask.shape[0]:
@@ -143,22 +155,28 @@ def read_dicom_seg(path: Path, like: LoadedImage | None = None) -> LoadedMask:
     try:
         seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
     except Exception as err:
-        raise InputError(f"{path}: not a valid DICOM-SEG ({type(err).__name__}: {err}); check "
-                         "the file") from err
+        raise InputError(
+            f"{path}: not a valid DICOM-SEG ({type(err).__name__}: {err}); check the file"
+        ) from err
     if seg.number_of_segments > 255:
-        raise UnsupportedFormatError(f"{path}: {seg.number_of_segments} segments do not fit a "
-                                     "uint8 label map; split the segmentation")
+        raise UnsupportedFormatError(
+            f"{path}: {seg.number_of_segments} segments do not fit a "
+            "uint8 label map; split the segmentation"
+        )
     try:
         if like is not None and like.meta.get("format") == "dicom":
             mask, spacing = _by_source(seg, like), like.spacing
+            if like.meta.get("slice") is not None:  # like is one slice of the volume
+                mask = mask[int(like.meta["slice"])][None]
         else:
             mask, spacing = _by_geometry(seg, path)
     except InputError:
         raise
     except Exception as err:
-        raise InputError(f"{path}: cannot assemble the DICOM-SEG frames ({type(err).__name__}: "
-                         f"{err}); pass the source image as like= to match frames by UID") \
-            from err
+        raise InputError(
+            f"{path}: cannot assemble the DICOM-SEG frames ({type(err).__name__}: "
+            f"{err}); pass the source image as like= to match frames by UID"
+        ) from err
     if mask.ndim == 3 and mask.shape[0] == 1 and (like is None or not like.is_volume):
         mask = mask[0]
         spacing = spacing[1:] if spacing is not None and len(spacing) == 3 else spacing
@@ -168,8 +186,7 @@ def read_dicom_seg(path: Path, like: LoadedImage | None = None) -> LoadedMask:
         "source_dtype": "bool" if int(seg.BitsAllocated) == 1 else f"uint{seg.BitsAllocated}",
         "modality": "SEG",
         "labels": [int(v) for v in np.unique(mask) if v],
-        "segment_labels": {int(d.SegmentNumber): str(d.SegmentLabel)
-                           for d in seg.SegmentSequence},
+        "segment_labels": {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence},
         "segmentation_type": str(seg.SegmentationType),
         "referenced_sop_instance_uids": [u[2] for u in seg.get_source_image_uids()],
         "study_instance_uid": str(seg.StudyInstanceUID),
@@ -186,8 +203,10 @@ def _by_source(seg, like: LoadedImage) -> np.ndarray:
     order = like.meta.get("frame_order")
     if len(uids) == 1 and order and len(order) > 1:  # multi-frame source
         return seg.get_pixels_by_source_frame(
-            uids[0], source_frame_numbers=[int(i) + 1 for i in order],
-            combine_segments=True, dtype=np.uint8,
+            uids[0],
+            source_frame_numbers=[int(i) + 1 for i in order],
+            combine_segments=True,
+            dtype=np.uint8,
         )
     return seg.get_pixels_by_source_instance(uids, combine_segments=True, dtype=np.uint8)
 
@@ -199,8 +218,9 @@ def _by_geometry(seg, path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]
     except Exception as err:  # no usable geometry (e.g. ultrasound): fall back to source order
         logger.debug("%s: get_volume failed (%s); ordering frames by source instance", path, err)
         uids = list(dict.fromkeys(u[2] for u in seg.get_source_image_uids()))
-        mask = seg.get_pixels_by_source_instance(uids, combine_segments=True, dtype=np.uint8,
-                                                 ignore_spatial_locations=True)
+        mask = seg.get_pixels_by_source_instance(
+            uids, combine_segments=True, dtype=np.uint8, ignore_spatial_locations=True
+        )
         return mask, None
     mask = np.asarray(volume.array)
     affine = np.asarray(volume.affine, dtype=float)

@@ -23,8 +23,9 @@ from medrefine.io.dicom import (
     open_dicom,
     read_dicom,
     refuse_non_image,
-    volume_spacing,
 )
+from medrefine.io.dicom_geometry import volume_spacing
+from medrefine.io.sniff import sniff_format
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ def read_dicom_folder(folder: Path) -> LoadedImage:
     folder = Path(folder)
     headers = _scan(folder)
     if not headers:
-        raise InputError(f"{folder}: folder holds no DICOM image files; give a folder with one "
-                         "series of .dcm slices, or a single file")
+        raise InputError(
+            f"{folder}: folder holds no DICOM image files; give a folder with one "
+            "series of .dcm slices, or a single file"
+        )
     groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     for path, ds in headers:
         groups[str(ds.get("SeriesInstanceUID", "unknown"))].append((path, ds))
@@ -55,16 +58,26 @@ def read_dicom_folder(folder: Path) -> LoadedImage:
             f"{len(items)} files, e.g. {items[0][0].name})"
             for uid, items in groups.items()
         )
-        raise InputError(f"{folder}: folder holds {len(groups)} DICOM series; put each series in "
-                         f"its own folder or give one file. Series: {listing}")
+        raise InputError(
+            f"{folder}: folder holds {len(groups)} DICOM series; put each series in "
+            f"its own folder or give one file. Series: {listing}"
+        )
     items = next(iter(groups.values()))
     if len(items) == 1:
         image = read_dicom(items[0][0])
         image.path = folder
         return image
     first = items[0][1]
-    check_size(folder, (len(items), int(first.Rows), int(first.Columns),
-                        int(first.get("SamplesPerPixel", 1) or 1)), MAX_VOXELS)
+    check_size(
+        folder,
+        (
+            len(items),
+            int(first.Rows),
+            int(first.Columns),
+            int(first.get("SamplesPerPixel", 1) or 1),
+        ),
+        MAX_VOXELS,
+    )
     paths = [p for p, _ in _sort(items, folder)]
     return _read_sorted(folder, paths)
 
@@ -76,6 +89,8 @@ def _scan(folder: Path) -> list[tuple[Path, Dataset]]:
         if not path.is_file() or path.name.startswith(".") or path.name.upper() in _SKIP_NAMES:
             continue
         try:
+            if sniff_format(path) != "dicom":
+                continue
             ds = open_dicom(path, stop_before_pixels=True)
         except InputError:
             logger.debug("%s: not DICOM, skipped", path)
@@ -94,20 +109,26 @@ def _sort(items: list[tuple[Path, Dataset]], folder: Path) -> list[tuple[Path, D
     """Along the slice normal if every file has a position, else by InstanceNumber."""
     sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in items}
     if len(sizes) > 1:
-        raise InputError(f"{folder}: the series mixes image sizes {sorted(sizes)}; it is not one "
-                         "volume, split it into folders by size")
+        raise InputError(
+            f"{folder}: the series mixes image sizes {sorted(sizes)}; it is not one "
+            "volume, split it into folders by size"
+        )
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in items):
-        raise UnsupportedFormatError(f"{folder}: the series mixes several multi-frame files; "
-                                     "give the files one at a time")
+        raise UnsupportedFormatError(
+            f"{folder}: the series mixes several multi-frame files; give the files one at a time"
+        )
     orientation = items[0][1].get("ImageOrientationPatient")
     if orientation is not None and all("ImagePositionPatient" in ds for _, ds in items):
         iop = np.asarray([float(v) for v in orientation])
         normal = np.cross(iop[:3], iop[3:])
-        keys = [float(np.dot([float(v) for v in ds.ImagePositionPatient], normal))
-                for _, ds in items]
+        keys = [
+            float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for _, ds in items
+        ]
         if len(set(np.round(keys, 4))) != len(keys):
-            raise InputError(f"{folder}: several files share a slice position (time points, "
-                             "echoes or duplicates); keep one image per position in the folder")
+            raise InputError(
+                f"{folder}: several files share a slice position (time points, "
+                "echoes or duplicates); keep one image per position in the folder"
+            )
         return [item for _, item in sorted(zip(keys, items, strict=True), key=lambda t: t[0])]
     if all("InstanceNumber" in ds for _, ds in items):
         logger.warning("%s: slices have no ImagePositionPatient; sorted by InstanceNumber", folder)
@@ -127,9 +148,11 @@ def _read_sorted(folder: Path, paths: list[Path]) -> LoadedImage:
             c, _, h, w = frames.array.shape
             array = np.empty((c, len(paths), h, w), np.float32)  # (C, D, H, W)
         if frames.array.shape != (array.shape[0], 1, *array.shape[2:]):
-            raise InputError(f"{path}: channels/size {frames.array.shape} differ from the first "
-                             f"slice {(array.shape[0], 1, *array.shape[2:])}; the folder is not "
-                             "one volume")
+            raise InputError(
+                f"{path}: channels/size {frames.array.shape} differ from the first "
+                f"slice {(array.shape[0], 1, *array.shape[2:])}; the folder is not "
+                "one volume"
+            )
         array[:, index] = frames.array[:, 0]
         frames.array = frames.array[:, :0]  # keep geometry, drop the pixel copy
         datasets.append(ds)
@@ -139,10 +162,16 @@ def _read_sorted(folder: Path, paths: list[Path]) -> LoadedImage:
     if all(f.positions is not None for f in decoded):
         positions = np.concatenate([f.positions for f in decoded], axis=0)
     merged = DecodedFrames(
-        array=array, source_dtype=first.source_dtype, photometric=first.photometric,
-        inverted=first.inverted, orientation=first.orientation, positions=positions,
-        pixel_spacing=first.pixel_spacing, slice_spacing=first.slice_spacing,
-        window=first.window, rescale=first.rescale,
+        array=array,
+        source_dtype=first.source_dtype,
+        photometric=first.photometric,
+        inverted=first.inverted,
+        orientation=first.orientation,
+        positions=positions,
+        pixel_spacing=first.pixel_spacing,
+        slice_spacing=first.slice_spacing,
+        window=first.window,
+        rescale=first.rescale,
     )
     spacing = volume_spacing(merged, positions, folder)
     meta = dicom_meta(datasets, merged, positions)

@@ -55,8 +55,9 @@ def load_mask(path: str | Path, like: LoadedImage | None = None) -> LoadedMask:
             )
         loaded = read_dicom_seg(path, like=like)
     elif fmt == "dicom-folder":
-        raise UnsupportedFormatError(f"{path}: a folder is not a mask; give a DICOM-SEG, NIfTI "
-                                     "or PNG mask file")
+        raise UnsupportedFormatError(
+            f"{path}: a folder is not a mask; give a DICOM-SEG, NIfTI or PNG mask file"
+        )
     elif fmt == "nifti":
         image = read_nifti(path)
         loaded = _to_labels(image, path)
@@ -68,8 +69,10 @@ def load_mask(path: str | Path, like: LoadedImage | None = None) -> LoadedMask:
         if fmt == "jpeg":
             logger.warning("%s: JPEG masks are lossy; labels may be blurred at the edges", path)
     if like is not None and loaded.mask.shape != like.spatial_shape:
-        raise InputError(f"{path}: mask shape {loaded.mask.shape} differs from the image's "
-                         f"{like.spatial_shape}; give the mask made for this image")
+        raise InputError(
+            f"{path}: mask shape {loaded.mask.shape} differs from the image's "
+            f"{like.spatial_shape}; give the mask made for this image"
+        )
     return loaded
 
 
@@ -84,8 +87,9 @@ def _read_palette_indices(path: Path) -> LoadedImage | None:
             check_size(path, img.size, MAX_PIXELS_2D)
             indices = np.asarray(img)
     except (OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"{path}: cannot decode the PNG mask ({err}); the file is probably "
-                         "truncated or corrupt") from err
+        raise InputError(
+            f"{path}: cannot decode the PNG mask ({err}); the file is probably truncated or corrupt"
+        ) from err
     meta = {"format": "png", "source_dtype": "uint8", "modality": "OT", "mode": "P"}
     return LoadedImage(indices[None].astype(np.float32), None, meta, path)
 
@@ -110,8 +114,12 @@ def _to_labels(image: LoadedImage, path: Path) -> LoadedMask:
         labels = (values >= 128).astype(np.uint8)
     else:
         labels = _integer_labels(values, path)
-    meta = {"format": fmt, "source_dtype": image.meta.get("source_dtype"), "modality": "OT",
-            "labels": [int(v) for v in np.unique(labels) if v]}
+    meta = {
+        "format": fmt,
+        "source_dtype": image.meta.get("source_dtype"),
+        "modality": "OT",
+        "labels": [int(v) for v in np.unique(labels) if v],
+    }
     for key in ("affine", "header", "nifti_shape", "ornt_transform", "slice"):
         if key in image.meta:
             meta[key] = image.meta[key]
@@ -120,8 +128,10 @@ def _to_labels(image: LoadedImage, path: Path) -> LoadedMask:
 
 def _integer_labels(values: np.ndarray, path: Path) -> np.ndarray:
     if values.size and not np.array_equal(values, np.round(values)):
-        raise InputError(f"{path}: mask has fractional values (e.g. probabilities); threshold it "
-                         "to integer labels first")
+        raise InputError(
+            f"{path}: mask has fractional values (e.g. probabilities); threshold it "
+            "to integer labels first"
+        )
     lo, hi = float(values.min()), float(values.max())
     if lo < 0:
         raise InputError(f"{path}: mask has negative values (min {lo:g}); labels must be 0..255")
@@ -129,6 +139,8 @@ def _integer_labels(values: np.ndarray, path: Path) -> np.ndarray:
     if len(present) <= 2 and hi in (255.0, 65535.0):
         return (values > 0).astype(np.uint8)  # binary 0/255 or 0/65535 -> 0/1
     if hi > 255:
-        raise InputError(f"{path}: mask has label values up to {hi:g}; medrefine label maps hold "
-                         "0..255, relabel it")
+        raise InputError(
+            f"{path}: mask has label values up to {hi:g}; medrefine label maps hold "
+            "0..255, relabel it"
+        )
     return values.astype(np.uint8)

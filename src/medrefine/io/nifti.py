@@ -54,19 +54,24 @@ def read_nifti(path: Path, *, slice: int | None = None, reorient: bool = True) -
     try:
         img = nib.load(path)
     except Exception as err:  # nibabel raises ImageFileError, OSError, EOFError, zlib.error...
-        raise InputError(f"{path}: cannot read NIfTI header ({type(err).__name__}: {err}); the "
-                         "file is damaged or not NIfTI") from err
+        raise InputError(
+            f"{path}: cannot read NIfTI header ({type(err).__name__}: {err}); the "
+            "file is damaged or not NIfTI"
+        ) from err
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise UnsupportedFormatError(f"{path}: {type(img).__name__} is not NIfTI; convert it to "
-                                     ".nii.gz")
+        raise UnsupportedFormatError(
+            f"{path}: {type(img).__name__} is not NIfTI; convert it to .nii.gz"
+        )
     shape = tuple(int(n) for n in img.shape)
     check_size(path, shape, MAX_VOXELS)
     spatial, channels = _split_shape(shape, path)
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged"))
     except (OSError, EOFError, ValueError, zlib.error) as err:
-        raise InputError(f"{path}: cannot read NIfTI voxel data ({err}); the file is probably "
-                         "truncated, re-export it") from err
+        raise InputError(
+            f"{path}: cannot read NIfTI voxel data ({err}); the file is probably "
+            "truncated, re-export it"
+        ) from err
     data = data.reshape(*spatial, channels)  # (X, Y, Z, C)
     transform = _transform(img.affine, spatial) if reorient else _IDENTITY
     data = apply_orientation(data, transform)
@@ -80,8 +85,10 @@ def read_nifti(path: Path, *, slice: int | None = None, reorient: bool = True) -
     if slice is not None:
         depth = array.shape[1]
         if not 0 <= int(slice) < depth:
-            raise InputError(f"{path}: slice {slice} is outside the volume's 0..{depth - 1} "
-                             "slices; pick a slice in range")
+            raise InputError(
+                f"{path}: slice {slice} is outside the volume's 0..{depth - 1} "
+                "slices; pick a slice in range"
+            )
         array = array[:, int(slice)]
         spacing = spacing[1:]
     elif two_d:
@@ -117,8 +124,9 @@ def _split_shape(shape: tuple[int, ...], path: Path) -> tuple[tuple[int, int, in
                 f"takes at most {MAX_CHANNELS} as channels; split it (e.g. fslsplit) first"
             )
         return (shape[0], shape[1], shape[2]), shape[3]
-    raise UnsupportedFormatError(f"{path}: NIfTI with shape {shape} is not 2D, 3D or 4D; "
-                                 "save one volume per file")
+    raise UnsupportedFormatError(
+        f"{path}: NIfTI with shape {shape} is not 2D, 3D or 4D; save one volume per file"
+    )
 
 
 def _transform(affine: np.ndarray, spatial: tuple[int, int, int]) -> np.ndarray:
@@ -133,8 +141,9 @@ def _transform(affine: np.ndarray, spatial: tuple[int, int, int]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ writer helpers
-def to_disk_voxels(array: np.ndarray, meta: dict[str, Any], path: Path, *,
-                   has_channels: bool = False) -> np.ndarray:
+def to_disk_voxels(
+    array: np.ndarray, meta: dict[str, Any], path: Path, *, has_channels: bool = False
+) -> np.ndarray:
     """Map an array on the ``read_nifti`` grid back to the file's voxel grid.
 
     Args:
@@ -161,8 +170,10 @@ def to_disk_voxels(array: np.ndarray, meta: dict[str, Any], path: Path, *,
         full[:, int(meta["slice"])] = stack
         stack = full
     if stack.ndim != 4 or stack.shape[1:] != (d, h, w):
-        raise InputError(f"{path}: array of shape {array.shape} does not match the source grid "
-                         f"{(d, h, w)} (D, H, W); resample it to the input grid first")
+        raise InputError(
+            f"{path}: array of shape {array.shape} does not match the source grid "
+            f"{(d, h, w)} (D, H, W); resample it to the input grid first"
+        )
     data = np.transpose(stack, (3, 2, 1, 0))  # (X', Y', Z', C)
     data = _undo_orientation(data, transform)  # (X, Y, Z, C)
     if len(disk_shape) == 2:

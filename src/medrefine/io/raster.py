@@ -19,8 +19,14 @@ from medrefine.io.base import MAX_PIXELS_2D, LoadedImage, check_size, finite_flo
 
 logger = logging.getLogger(__name__)
 
-RASTER_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp",
-                   ".tif": "tiff", ".tiff": "tiff"}
+RASTER_SUFFIXES = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".bmp": "bmp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+}
 RASTER_FORMATS = ("png", "jpeg", "bmp", "tiff")
 # Pillow modes we hand over as they are (after np.asarray) and the ones we convert.
 _KEEP_MODES = ("1", "L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")
@@ -63,17 +69,22 @@ def _read_pillow(path: Path, kind: str | None) -> LoadedImage:
     except InputError:
         raise
     except UnidentifiedImageError as err:
-        raise InputError(f"{path}: not a readable {what} file (unrecognised content); check "
-                         "that it is really an image") from err
+        raise InputError(
+            f"{path}: not a readable {what} file (unrecognised content); check "
+            "that it is really an image"
+        ) from err
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
-        raise InputError(f"{path}: cannot decode the {what} file ({err}); the file is "
-                         "probably truncated or corrupt, re-export it") from err
+        raise InputError(
+            f"{path}: cannot decode the {what} file ({err}); the file is "
+            "probably truncated or corrupt, re-export it"
+        ) from err
     except Image.DecompressionBombError as err:
         raise InputError(f"{path}: image is too large ({err}); downsample it first") from err
     if exif_orientation not in (None, 1):
         # Masks are drawn on the stored pixels, so we do not rotate; say so once.
-        logger.warning("%s: EXIF orientation %s ignored; pixels are used as stored",
-                       path, exif_orientation)
+        logger.warning(
+            "%s: EXIF orientation %s ignored; pixels are used as stored", path, exif_orientation
+        )
     source_dtype = "bool" if mode == "1" else str(array.dtype)
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
@@ -82,13 +93,20 @@ def _read_pillow(path: Path, kind: str | None) -> LoadedImage:
     elif array.ndim == 3:
         array = np.moveaxis(array, -1, 0)
     else:
-        raise InputError(f"{path}: unexpected decoded shape {array.shape}; re-save the image "
-                         "as 8-bit gray or RGB")
+        raise InputError(
+            f"{path}: unexpected decoded shape {array.shape}; re-save the image "
+            "as 8-bit gray or RGB"
+        )
     spacing = None
     if dpi and dpi[0] and dpi[1] and float(dpi[0]) > 1 and float(dpi[1]) > 1:
         spacing = (25.4 / float(dpi[1]), 25.4 / float(dpi[0]))
-    meta = {"format": fmt, "source_dtype": source_dtype, "modality": "OT", "mode": mode,
-            "frames": 1}
+    meta = {
+        "format": fmt,
+        "source_dtype": source_dtype,
+        "modality": "OT",
+        "mode": mode,
+        "frames": 1,
+    }
     return LoadedImage(finite_float32(array, path), spacing, meta, path)
 
 
@@ -117,8 +135,9 @@ def _convert_mode(img: Image.Image, path: Path) -> Image.Image:
         return img.convert("RGB")
     if mode in _KEEP_MODES:
         return img
-    raise UnsupportedFormatError(f"{path}: Pillow image mode {mode!r} is not supported; save it "
-                                 "as 8/16-bit gray or RGB(A)")
+    raise UnsupportedFormatError(
+        f"{path}: Pillow image mode {mode!r} is not supported; save it as 8/16-bit gray or RGB(A)"
+    )
 
 
 def _palette_is_gray(img: Image.Image) -> bool:
@@ -157,12 +176,19 @@ def _read_png16_colour(path: Path) -> LoadedImage:
     buffer = np.fromfile(path, dtype=np.uint8)
     array = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if array is None or array.ndim != 3:
-        raise InputError(f"{path}: cannot decode the 16-bit PNG file; the file is probably "
-                         "truncated or corrupt, re-export it")
+        raise InputError(
+            f"{path}: cannot decode the 16-bit PNG file; the file is probably "
+            "truncated or corrupt, re-export it"
+        )
     array = array[..., [2, 1, 0, 3][: array.shape[2]]]  # OpenCV gives BGR(A)
     mode = "RGBA;16" if array.shape[2] == 4 else "RGB;16"
-    meta = {"format": "png", "source_dtype": str(array.dtype), "modality": "OT", "mode": mode,
-            "frames": 1}
+    meta = {
+        "format": "png",
+        "source_dtype": str(array.dtype),
+        "modality": "OT",
+        "mode": mode,
+        "frames": 1,
+    }
     return LoadedImage(finite_float32(np.moveaxis(array, -1, 0), path), None, meta, path)
 
 
@@ -182,8 +208,10 @@ def _read_tiff(path: Path, tiff_pages: str) -> LoadedImage:
     except InputError:
         raise
     except Exception as err:  # tifffile raises many types for corrupt files
-        raise InputError(f"{path}: cannot read TIFF ({err}); the file is probably truncated or "
-                         "corrupt, re-export it") from err
+        raise InputError(
+            f"{path}: cannot read TIFF ({err}); the file is probably truncated or "
+            "corrupt, re-export it"
+        ) from err
     source_dtype = str(array.dtype)
     array = _tiff_to_channel_first(array, axes, path)
     if photometric.endswith("PALETTE") and colormap is not None and array.shape[0] == 1:
@@ -195,12 +223,19 @@ def _read_tiff(path: Path, tiff_pages: str) -> LoadedImage:
         array = array.astype(np.uint8) * 255
     frames = int(array.shape[1]) if array.ndim == 4 else 1
     if array.ndim == 4 and tiff_pages == "error":
-        raise InputError(f"{path}: multi-page TIFF ({frames} pages) where one 2D image was "
-                         "expected; split the pages or read it as a stack")
+        raise InputError(
+            f"{path}: multi-page TIFF ({frames} pages) where one 2D image was "
+            "expected; split the pages or read it as a stack"
+        )
     if array.ndim == 4 and spacing is not None:
         spacing = (1.0, *spacing)  # page spacing is unknown; 1 keeps the in-plane values usable
-    meta = {"format": "tiff", "source_dtype": source_dtype, "modality": "OT", "mode": "tiff",
-            "frames": frames}
+    meta = {
+        "format": "tiff",
+        "source_dtype": source_dtype,
+        "modality": "OT",
+        "mode": "tiff",
+        "frames": frames,
+    }
     return LoadedImage(finite_float32(array, path), spacing, meta, path)
 
 
@@ -231,8 +266,10 @@ class _StackedPages:
 def _tiff_to_channel_first(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
     """Normalise tifffile axes (Y, X, samples S/C, pages I/Q/Z/T...) to (C, [D,] H, W)."""
     if "Y" not in axes or "X" not in axes:
-        raise InputError(f"{path}: TIFF with axes {axes!r} has no Y/X plane; re-save it as an "
-                         "ordinary image or stack")
+        raise InputError(
+            f"{path}: TIFF with axes {axes!r} has no Y/X plane; re-save it as an "
+            "ordinary image or stack"
+        )
     # Drop size-1 axes other than Y/X so e.g. 'TZCYX' ImageJ files with T=C=1 work.
     keep = [i for i, a in enumerate(axes) if a in "YX" or array.shape[i] > 1]
     array = array.reshape([array.shape[i] for i in keep])
@@ -240,8 +277,10 @@ def _tiff_to_channel_first(array: np.ndarray, axes: str, path: Path) -> np.ndarr
     channel_axes = [i for i, a in enumerate(axes) if a in "SC"]
     page_axes = [i for i, a in enumerate(axes) if a not in "SCYX"]
     if len(channel_axes) > 1 or len(page_axes) > 1:
-        raise InputError(f"{path}: TIFF with axes {axes!r} and shape {array.shape} has more "
-                         "than one channel or page axis; split it into single stacks")
+        raise InputError(
+            f"{path}: TIFF with axes {axes!r} and shape {array.shape} has more "
+            "than one channel or page axis; split it into single stacks"
+        )
     order = channel_axes + page_axes + [axes.index("Y"), axes.index("X")]
     array = np.transpose(array, order)
     if not channel_axes:

@@ -19,8 +19,16 @@ logger = logging.getLogger(__name__)
 
 # Format names returned by ``sniff_format``.
 SUFFIX_FORMATS = {
-    ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp", ".tif": "tiff",
-    ".tiff": "tiff", ".dcm": "dicom", ".dicom": "dicom", ".ima": "dicom", ".nii": "nifti",
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".bmp": "bmp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".dcm": "dicom",
+    ".dicom": "dicom",
+    ".ima": "dicom",
+    ".nii": "nifti",
     ".nii.gz": "nifti",
 }
 _MAGIC = (
@@ -71,8 +79,9 @@ def sniff_format(path: Path) -> str:
             "(unrecognised or damaged file); check that it is really an image"
         )
     if by_suffix is not None and by_suffix != found:
-        logger.warning("%s: suffix %r but the content is %s; reading it as %s",
-                       path, suffix, found, found)
+        logger.warning(
+            "%s: suffix %r but the content is %s; reading it as %s", path, suffix, found, found
+        )
     return found
 
 

@@ -22,8 +22,14 @@ from medrefine.io.base import LoadedImage, atomic_output, full_suffix
 logger = logging.getLogger(__name__)
 
 MASK_FORMATS = {".png": "png", ".nii": "nifti", ".nii.gz": "nifti", ".dcm": "dicom-seg"}
-_FORMAT_ALIASES = {"png": "png", "nifti": "nifti", "nii": "nifti", "dicom-seg": "dicom-seg",
-                   "dicom": "dicom-seg", "seg": "dicom-seg"}
+_FORMAT_ALIASES = {
+    "png": "png",
+    "nifti": "nifti",
+    "nii": "nifti",
+    "dicom-seg": "dicom-seg",
+    "dicom": "dicom-seg",
+    "seg": "dicom-seg",
+}
 
 
 def write_mask(
@@ -57,9 +63,13 @@ def write_mask(
     fmt = _mask_format(path, format)
     labels = _as_label_map(mask, like, path)
     if fmt == "png":
+        if labels.ndim == 3 and labels.shape[0] == 1:
+            labels = labels[0]
         if labels.ndim != 2:
-            raise InputError(f"{path}: PNG holds one 2D mask but the mask has shape "
-                             f"{labels.shape}; write volumes as .nii.gz or DICOM-SEG")
+            raise InputError(
+                f"{path}: PNG holds one 2D mask but the mask has shape "
+                f"{labels.shape}; write volumes as .nii.gz or DICOM-SEG"
+            )
         binary = int(labels.max(initial=0)) <= 1
         _save_png(labels * np.uint8(255) if binary else labels, path)
         return path
@@ -69,14 +79,21 @@ def write_mask(
     from medrefine.io.dicom_seg import write_dicom_seg
 
     if like is None:
-        raise ConfigError(f"{path}: a DICOM-SEG must reference the DICOM image it segments; pass "
-                          "like=<the LoadedImage>, or write .nii.gz/.png")
-    return write_dicom_seg(labels, path, like, label_names=label_names,
-                           algorithm_name=algorithm_name, series_description=series_description)
+        raise ConfigError(
+            f"{path}: a DICOM-SEG must reference the DICOM image it segments; pass "
+            "like=<the LoadedImage>, or write .nii.gz/.png"
+        )
+    return write_dicom_seg(
+        labels,
+        path,
+        like,
+        label_names=label_names,
+        algorithm_name=algorithm_name,
+        series_description=series_description,
+    )
 
 
-def write_float_nifti(array: np.ndarray, path: str | Path,
-                      like: LoadedImage | None = None) -> Path:
+def write_float_nifti(array: np.ndarray, path: str | Path, like: LoadedImage | None = None) -> Path:
     """Write a float32 map (probabilities, uncertainty) as NIfTI on the input grid.
 
     Args:
@@ -90,8 +107,9 @@ def write_float_nifti(array: np.ndarray, path: str | Path,
     _mask_format(path, "nifti")
     array = np.asarray(array, dtype=np.float32)
     if not np.isfinite(array).all():
-        raise InputError(f"{path}: map contains NaN or infinite values; fix the computation "
-                         "that produced it")
+        raise InputError(
+            f"{path}: map contains NaN or infinite values; fix the computation that produced it"
+        )
     spatial_ndim = len(like.spatial_shape) if like is not None else min(array.ndim, 3)
     has_channels = array.ndim == spatial_ndim + 1
     if like is not None:
@@ -114,28 +132,40 @@ def write_image_png(image: np.ndarray, path: str | Path) -> Path:
     if array.ndim == 3 and array.shape[0] in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)
     elif not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
-        raise InputError(f"{path}: cannot write an image of shape {array.shape} as PNG; expected "
-                         "(H, W), (C, H, W) or (H, W, C) with C in 1, 3, 4")
+        raise InputError(
+            f"{path}: cannot write an image of shape {array.shape} as PNG; expected "
+            "(H, W), (C, H, W) or (H, W, C) with C in 1, 3, 4"
+        )
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     elif array.dtype.kind == "f":
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise InputError(f"{path}: float image must lie in [0, 1] (got "
-                             f"{np.nanmin(array):g}..{np.nanmax(array):g}); normalise it first")
+            raise InputError(
+                f"{path}: float image must lie in [0, 1] (got "
+                f"{np.nanmin(array):g}..{np.nanmax(array):g}); normalise it first"
+            )
         array = np.round(array * 255).astype(np.uint8)
     elif array.dtype == np.uint16 and array.ndim != 2:
         raise InputError(f"{path}: 16-bit PNG output is gray only; convert colour to uint8")
     elif array.dtype not in (np.uint8, np.uint16):
-        raise InputError(f"{path}: image dtype {array.dtype} cannot be written as PNG; give "
-                         "uint8, uint16, bool or float in [0, 1]")
+        raise InputError(
+            f"{path}: image dtype {array.dtype} cannot be written as PNG; give "
+            "uint8, uint16, bool or float in [0, 1]"
+        )
     _save_png(array, path)
     return path
 
 
-def write_nifti(array: np.ndarray, path: Path, like: LoadedImage | None, *,
-                dtype: type, has_channels: bool = False) -> None:
+def write_nifti(
+    array: np.ndarray,
+    path: Path,
+    like: LoadedImage | None,
+    *,
+    dtype: type,
+    has_channels: bool = False,
+) -> None:
     """Shared NIfTI writer: on ``like``'s disk grid when it is NIfTI, else a fresh affine."""
     from medrefine.io.nifti import to_disk_voxels
 
@@ -196,16 +226,20 @@ def _mask_format(path: Path, format: str | None) -> str:  # noqa: A002
     by_suffix = MASK_FORMATS.get(full_suffix(path))
     if format is None:
         if by_suffix is None:
-            raise ConfigError(f"{path}: cannot tell the output format from suffix "
-                              f"{full_suffix(path)!r}; use .png, .nii.gz or .dcm")
+            raise ConfigError(
+                f"{path}: cannot tell the output format from suffix "
+                f"{full_suffix(path)!r}; use .png, .nii.gz or .dcm"
+            )
         return by_suffix
     fmt = _FORMAT_ALIASES.get(format.lower())
     if fmt is None:
         raise ConfigError(f"unknown mask format {format!r}; use png, nifti or dicom-seg")
     if by_suffix != fmt:
         expected = {"png": ".png", "nifti": ".nii.gz", "dicom-seg": ".dcm"}[fmt]
-        raise ConfigError(f"{path}: suffix {full_suffix(path)!r} does not fit format {fmt!r}; "
-                          f"name the file *{expected}")
+        raise ConfigError(
+            f"{path}: suffix {full_suffix(path)!r} does not fit format {fmt!r}; "
+            f"name the file *{expected}"
+        )
     return fmt
 
 
@@ -223,8 +257,10 @@ def _as_label_map(mask: np.ndarray, like: LoadedImage | None, path: Path) -> np.
         return array.astype(np.uint8)
     if array.dtype.kind == "f":
         if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
-            raise InputError(f"{path}: mask has fractional or non-finite values; threshold "
-                             "probabilities first, or write them with write_float_nifti")
+            raise InputError(
+                f"{path}: mask has fractional or non-finite values; threshold "
+                "probabilities first, or write them with write_float_nifti"
+            )
     elif array.dtype.kind not in "ui":
         raise InputError(f"{path}: mask dtype {array.dtype} is not bool, integer or float")
     if array.size and (array.min() < 0 or array.max() > 255):
@@ -237,8 +273,10 @@ def _as_label_map(mask: np.ndarray, like: LoadedImage | None, path: Path) -> np.
 
 def _check_shape(shape: tuple[int, ...], like: LoadedImage, path: Path) -> None:
     if tuple(shape) != tuple(like.spatial_shape):
-        raise InputError(f"{path}: mask shape {tuple(shape)} differs from the input image's "
-                         f"{like.spatial_shape}; map it back to the input grid first")
+        raise InputError(
+            f"{path}: mask shape {tuple(shape)} differs from the input image's "
+            f"{like.spatial_shape}; map it back to the input grid first"
+        )
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
