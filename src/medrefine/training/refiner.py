@@ -81,6 +81,7 @@ class RefinerTrainConfig:
     val_params: RefineParams = field(default_factory=RefineParams)
     tune_strengths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
     tune_steps: tuple[int, ...] = (2, 4, 8)
+    init_from_coarse: bool = True  # start the image encoder from the coarse model's encoder
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -156,6 +157,23 @@ def refiner_loss(model, diffusion, kind: str, image01, coarse, gt, t, cfg, gen, 
     return loss
 
 
+def init_encoder_from_coarse(model: Denoiser, coarse: CoarseSegmenter) -> bool:
+    """Copy the coarse model's image encoder into the refiner's condition encoder when both
+    are the same architecture: it already knows this kind of image."""
+    source = getattr(coarse.model, "encoder", None)
+    target = model.condition.backbone
+    src_state, tgt_state = ({} if source is None else source.state_dict()), target.state_dict()
+    same = src_state.keys() == tgt_state.keys() and all(
+        src_state[k].shape == v.shape for k, v in tgt_state.items())
+    if not same:
+        logger.info("refiner image encoder not initialised from the coarse model (different "
+                    "architecture)")
+        return False
+    target.load_state_dict(src_state)
+    logger.info("refiner image encoder initialised from the coarse model's encoder")
+    return True
+
+
 class _CondWrapper(torch.nn.Module):
     """Lets DDP see one forward: (x_t, t, (image01, coarse)) -> output."""
 
@@ -205,6 +223,8 @@ def train_refiner(cfg: RefinerTrainConfig) -> Path:
     denoiser_cfg = replace(cfg.denoiser, image_channels=coarse.model_cfg.in_channels)
     cfg = replace(cfg, denoiser=denoiser_cfg)
     model = Denoiser(denoiser_cfg, pretrained=cfg.pretrained).to(device)
+    if cfg.init_from_coarse:
+        init_encoder_from_coarse(model, coarse)
     wrapped = _CondWrapper(model)
     diffusion = build_diffusion(cfg.diffusion)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

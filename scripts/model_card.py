@@ -1,0 +1,101 @@
+"""Write a preset's model card from a training run folder and the output of
+``medrefine evaluate`` (its printed table, captured to a file, and its summary.json).
+
+    python scripts/model_card.py --preset polyp --stage coarse --run runs/polyp_coarse \
+        --train-command "medrefine train ..." --eval-dir eval/polyp_coarse \
+        --eval-command "medrefine evaluate ..."
+
+Copies ``<run>/best.safetensors`` to ``src/medrefine/weights/<preset>/<stage>.safetensors`` and
+writes ``MODEL_CARD.md`` beside it (one section per stage; the other stage's section is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import shutil
+from pathlib import Path
+
+from medrefine.checkpoint import file_sha256, read_info
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- {stage}:begin -->", "<!-- {stage}:end -->"
+
+
+def section(args) -> str:
+    run = Path(args.run)
+    config = json.loads((run / "config.json").read_text())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    info = read_info(run / "best.safetensors")
+    manifest = Path(config["data_dir"]) / "manifest.json"
+    split = json.loads(manifest.read_text())["split"] if manifest.is_file() else {}
+    printed = (Path(args.eval_dir) / "printed.txt").read_text().rstrip()
+    wall = rows[-1]["minutes"] if rows else float("nan")
+    best_epoch = info["training"].get("epoch")
+    val_key = "val_dice" if args.stage == "coarse" else "val_dice_refined"
+    lines = [
+        BEGIN.format(stage=args.stage),
+        f"## {args.stage} model: `{args.stage}.safetensors`",
+        "",
+        f"- sha256: `{file_sha256(run / 'best.safetensors')}`",
+        f"- architecture: `{json.dumps(info.get('model') or info.get('denoiser'))}`",
+    ]
+    if args.stage == "refiner":
+        lines.append(f"- diffusion: `{json.dumps(info['diffusion'])}`")
+        lines.append(f"- default refinement (chosen on val): `{json.dumps(info['refine_defaults'])}`")
+    lines += [
+        f"- preprocessing: `{json.dumps(info['preprocess'])}`",
+        f"- data: `{config['data_dir']}` (split from its manifest.json: "
+        + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + ")",
+        f"- seed: {config['seed']}; epochs: {len(rows)} run of {config['epochs']} planned; "
+        f"best epoch on val: {best_epoch} (val Dice {info['training'].get(val_key, float('nan')):.4f})",
+        f"- wall time: {wall:.1f} min on {args.machine}",
+        "",
+        "Training command:",
+        "```bash",
+        args.train_command,
+        "```",
+        "",
+        "Test metrics, as printed by:",
+        "```bash",
+        args.eval_command,
+        "```",
+        "```",
+        printed,
+        "```",
+        END.format(stage=args.stage),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--preset", required=True)
+    p.add_argument("--stage", choices=["coarse", "refiner"], required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--eval-dir", required=True)
+    p.add_argument("--train-command", required=True)
+    p.add_argument("--eval-command", required=True)
+    p.add_argument("--machine", default=f"{platform.machine()} CPU, 2 cores (this project's "
+                   "workstation class), bf16 autocast")
+    p.add_argument("--title", default="")
+    args = p.parse_args()
+    folder = ROOT / "src" / "medrefine" / "weights" / args.preset
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(args.run) / "best.safetensors", folder / f"{args.stage}.safetensors")
+    card = folder / "MODEL_CARD.md"
+    text = card.read_text() if card.is_file() else (
+        f"# medrefine preset `{args.preset}`\n\n{args.title}\n\n"
+        f"{BEGIN.format(stage='coarse')}\n{END.format(stage='coarse')}\n\n"
+        f"{BEGIN.format(stage='refiner')}\n{END.format(stage='refiner')}\n")
+    pattern = re.compile(re.escape(BEGIN.format(stage=args.stage)) + ".*?" +
+                         re.escape(END.format(stage=args.stage)), re.S)
+    text = pattern.sub(lambda _: section(args), text)
+    card.write_text(text)
+    print(f"wrote {card} and {folder / (args.stage + '.safetensors')}")
+
+
+if __name__ == "__main__":
+    main()
