@@ -1,0 +1,116 @@
+"""Fusing sampled masks (mean, vote, STAPLE), entropy and the review score on hand cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medrefine.errors import ConfigError
+from medrefine.fusion import binary_entropy, fuse, review_score, staple
+
+
+def _square(n=20, top=5, side=10):
+    m = np.zeros((n, n), bool)
+    m[top : top + side, top : top + side] = True
+    return m
+
+
+def test_staple_all_agree_gives_that_mask():
+    mask = _square()
+    out = staple(np.stack([mask] * 4))
+    assert out.shape == mask.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out > 0.5, mask)
+    assert out[mask].min() > 0.99 and out[~mask].max() < 0.01
+
+
+def test_staple_follows_the_majority_where_raters_err_in_different_places():
+    truth = _square()
+    raters = []
+    for k in range(3):  # each rater adds a different false pixel block and misses another
+        r = truth.copy()
+        r[0:2, 6 * k : 6 * k + 2] = True
+        r[6 + k, 6:8] = False
+        raters.append(r)
+    out = staple(np.stack(raters))
+    np.testing.assert_array_equal(out > 0.5, truth)
+    vote = fuse(np.stack(raters).astype(np.float32), "vote")
+    np.testing.assert_array_equal(vote > 0.5, truth)
+
+
+def test_staple_trusts_two_agreeing_raters_over_a_contrary_one():
+    truth = _square()
+    out = staple(np.stack([truth, truth, ~truth]))
+    np.testing.assert_array_equal(out > 0.5, truth)
+
+
+def test_staple_single_rater_and_empty():
+    mask = _square()
+    np.testing.assert_array_equal(staple(mask[None]), mask.astype(np.float32))
+    empty = np.zeros((3, 8, 8), bool)
+    out = staple(empty)
+    assert np.isfinite(out).all() and out.max() < 0.5
+
+
+def test_staple_keeps_nd_shape():
+    d = np.zeros((3, 4, 5, 6), bool)
+    d[:, 1:3, 1:4, 2:5] = True
+    assert staple(d).shape == (4, 5, 6)
+
+
+def test_fuse_methods():
+    samples = np.array([[[0.9, 0.2]], [[0.6, 0.4]], [[0.2, 0.45]]], np.float32)  # (3, 1, 2)
+    np.testing.assert_allclose(fuse(samples, "mean"), [[0.5666667, 0.35]], atol=1e-6)
+    np.testing.assert_allclose(fuse(samples, "vote"), [[2 / 3, 0.0]], atol=1e-6)
+    st = fuse(samples, "staple")
+    assert st.shape == (1, 2) and st[0, 0] > 0.5 > st[0, 1]
+    with pytest.raises(ConfigError):
+        fuse(samples, "median")
+
+
+def test_binary_entropy():
+    assert binary_entropy(np.array(0.5)) == pytest.approx(1.0)
+    p = np.array([0.0, 1e-3, 0.25, 0.75, 1.0], np.float32)
+    h = binary_entropy(p)
+    assert h.dtype == np.float32
+    assert h[0] < 1e-4 and h[-1] < 1e-4
+    assert h[2] == pytest.approx(h[3]) == pytest.approx(0.8112781, abs=1e-6)
+    assert (h >= 0).all() and (h <= 1).all()
+
+
+def test_review_score_zero_for_certain_masks():
+    mask = _square()
+    assert review_score(np.zeros(mask.shape, np.float32), mask) == 0.0
+    assert review_score(np.zeros(mask.shape, np.float32), np.zeros_like(mask)) == 0.0
+
+
+def test_review_score_grows_with_boundary_uncertainty():
+    mask = _square(40, 10, 20)
+    inner = np.zeros(mask.shape, np.float32)
+    inner[18:22, 18:22] = 0.3  # deep inside the mask, not uncertain enough to count as "far"
+    boundary = binary_entropy(np.clip(_blurred(mask), 0, 1))
+    low = review_score(inner, mask)
+    high = review_score(boundary, mask)
+    assert low == pytest.approx(0.0)
+    assert high > 0.2
+    assert review_score(boundary * 0.5, mask) < high
+
+
+def test_review_score_counts_uncertainty_far_from_the_mask():
+    mask = _square(40, 10, 10)
+    far = np.zeros(mask.shape, np.float32)
+    far[30:40, 30:40] = 0.9  # an uncertain region far from the boundary
+    score = review_score(far, mask)
+    ring_free = (~_ring(mask)).sum()
+    assert score == pytest.approx(100 / ring_free)
+
+
+def _blurred(mask):
+    from scipy import ndimage as ndi
+
+    return ndi.gaussian_filter(mask.astype(np.float32), 1.5)
+
+
+def _ring(mask, band=3):
+    from scipy import ndimage as ndi
+
+    return ndi.binary_dilation(mask, iterations=band) & ~ndi.binary_erosion(mask, iterations=band)
