@@ -32,27 +32,34 @@ def tiny_weights(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("weights")
     pre = PreprocessConfig(size=GRID, channels=3)
     torch.manual_seed(0)
-    model_cfg = SegModelConfig(encoder="scratch", widths=(4, 8, 8, 8, 8),
-                               decoder_widths=(8, 8, 8, 4))
-    coarse_info = {"kind": "coarse", "model": model_cfg.to_dict(), "preprocess": asdict(pre),
-                   "class_names": ["foreground"],
-                   "training": {"data_dir": "tiny", "seed": 0}}
-    coarse = save_weights(folder / "coarse.safetensors", build_seg_model(model_cfg),
-                          coarse_info)
-    den_cfg = DenoiserConfig(encoder="scratch", widths=(8, 8, 8, 8), attention=False,
-                             time_dim=16)
+    model_cfg = SegModelConfig(
+        encoder="scratch", widths=(4, 8, 8, 8, 8), decoder_widths=(8, 8, 8, 4)
+    )
+    coarse_info = {
+        "kind": "coarse",
+        "model": model_cfg.to_dict(),
+        "preprocess": asdict(pre),
+        "class_names": ["foreground"],
+        "training": {"data_dir": "tiny", "seed": 0},
+    }
+    coarse = save_weights(folder / "coarse.safetensors", build_seg_model(model_cfg), coarse_info)
+    den_cfg = DenoiserConfig(encoder="scratch", widths=(8, 8, 8, 8), attention=False, time_dim=16)
     params = RefineParams(steps=2, strength=0.3, samples=2, seed=0)
-    refiner_info = {"kind": "refiner", "denoiser": den_cfg.to_dict(),
-                    "diffusion": DiffusionConfig().to_dict(), "preprocess": asdict(pre),
-                    "refine_defaults": asdict(params),
-                    "training": {"data_dir": "tiny", "seed": 0,
-                                 "coarse_weights": "coarse.safetensors"}}
+    refiner_info = {
+        "kind": "refiner",
+        "denoiser": den_cfg.to_dict(),
+        "diffusion": DiffusionConfig().to_dict(),
+        "preprocess": asdict(pre),
+        "refine_defaults": asdict(params),
+        "training": {"data_dir": "tiny", "seed": 0, "coarse_weights": "coarse.safetensors"},
+    }
     refiner = save_weights(folder / "refiner.safetensors", Denoiser(den_cfg), refiner_info)
     return {"coarse": coarse, "refiner": refiner}
 
 
-def disk_case(rng: np.random.Generator, shape: tuple[int, int] = (40, 48)
-              ) -> tuple[np.ndarray, np.ndarray]:
+def disk_case(
+    rng: np.random.Generator, shape: tuple[int, int] = (40, 48)
+) -> tuple[np.ndarray, np.ndarray]:
     """A noisy RGB uint8 image with a bright disk, and its 0/255 mask."""
     h, w = shape
     yy, xx = np.mgrid[:h, :w]

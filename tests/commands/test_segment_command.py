@@ -12,19 +12,36 @@ from medrefine.cli import main
 
 
 def _weights_args(weights: dict[str, Path]) -> list[str]:
-    return ["--weights", str(weights["coarse"]), "--refiner-weights", str(weights["refiner"]),
-            "--device", "cpu"]
+    return [
+        "--weights",
+        str(weights["coarse"]),
+        "--refiner-weights",
+        str(weights["refiner"]),
+        "--device",
+        "cpu",
+    ]
 
 
 def _png(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
-def test_segment_writes_binary_masks_of_input_size(tiny_weights, tiny_data, kvasir_image,
-                                                   tmp_path, capsys):
+def test_segment_writes_binary_masks_of_input_size(
+    tiny_weights, tiny_data, kvasir_image, tmp_path, capsys
+):
     out = tmp_path / "out"
-    code = main(["segment", str(tiny_data / "images"), str(kvasir_image), "-o", str(out),
-                 "--format", "png,overlay,uncertainty", *_weights_args(tiny_weights)])
+    code = main(
+        [
+            "segment",
+            str(tiny_data / "images"),
+            str(kvasir_image),
+            "-o",
+            str(out),
+            "--format",
+            "png,overlay,uncertainty",
+            *_weights_args(tiny_weights),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     inputs = sorted((tiny_data / "images").glob("*.png")) + [kvasir_image]
     for image_path in inputs:
@@ -63,9 +80,21 @@ def test_segment_skips_a_corrupt_file_and_exits_2(tiny_weights, tiny_data, tmp_p
 
 def test_segment_no_refine_and_glob(tiny_weights, tiny_data, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["segment", str(tiny_data / "images" / "case[01].png"), "-o", str(out),
-                 "--weights", str(tiny_weights["coarse"]), "--no-refine", "--device", "cpu",
-                 "--keep-largest", "--fill-holes"])
+    code = main(
+        [
+            "segment",
+            str(tiny_data / "images" / "case[01].png"),
+            "-o",
+            str(out),
+            "--weights",
+            str(tiny_weights["coarse"]),
+            "--no-refine",
+            "--device",
+            "cpu",
+            "--keep-largest",
+            "--fill-holes",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.glob("*.png")) == ["case0.png", "case1.png"]
     report = json.loads((out / "report.json").read_text())
@@ -79,11 +108,32 @@ def test_segment_option_errors_exit_2(tiny_weights, tiny_data, tmp_path, capsys)
     coarse = str(tiny_weights["coarse"])
     code = main(["segment", image, "-o", str(tmp_path / "a"), "--weights", coarse])
     assert code == 2 and "--refiner-weights" in capsys.readouterr().err
-    code = main(["segment", image, "-o", str(tmp_path / "b"), "--weights", coarse,
-                 "--no-refine", "--format", "png,uncertainty"])
+    code = main(
+        [
+            "segment",
+            image,
+            "-o",
+            str(tmp_path / "b"),
+            "--weights",
+            coarse,
+            "--no-refine",
+            "--format",
+            "png,uncertainty",
+        ]
+    )
     assert code == 2 and "needs refinement" in capsys.readouterr().err
-    code = main(["segment", str(tmp_path / "missing.png"), image, "-o", str(tmp_path / "c"),
-                 "--weights", coarse, "--no-refine"])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "missing.png"),
+            image,
+            "-o",
+            str(tmp_path / "c"),
+            "--weights",
+            coarse,
+            "--no-refine",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 2 and "missing.png" in captured.err
     assert (tmp_path / "c" / "case0.png").is_file()
@@ -91,9 +141,25 @@ def test_segment_option_errors_exit_2(tiny_weights, tiny_data, tmp_path, capsys)
 
 def test_segment_refine_options_reach_the_pipeline(tiny_weights, tiny_data, tmp_path):
     out = tmp_path / "out"
-    code = main(["segment", str(tiny_data / "images" / "case0.png"), "-o", str(out),
-                 *_weights_args(tiny_weights), "--steps", "1", "--samples", "3", "--seed", "7",
-                 "--fusion", "vote", "--threshold", "0.4"])
+    code = main(
+        [
+            "segment",
+            str(tiny_data / "images" / "case0.png"),
+            "-o",
+            str(out),
+            *_weights_args(tiny_weights),
+            "--steps",
+            "1",
+            "--samples",
+            "3",
+            "--seed",
+            "7",
+            "--fusion",
+            "vote",
+            "--threshold",
+            "0.4",
+        ]
+    )
     assert code == 0
     prov = json.loads((out / "report.json").read_text())["provenance"]
     assert prov["refine"]["steps"] == 1 and prov["refine"]["samples"] == 3

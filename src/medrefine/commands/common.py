@@ -21,7 +21,7 @@ import numpy as np
 
 from medrefine.errors import ConfigError, InputError, MedrefineError
 from medrefine.fusion import FUSIONS
-from medrefine.io import atomic_output, sniff_format, stem_of, write_mask
+from medrefine.io import LoadedImage, atomic_output, sniff_format, stem_of, write_mask
 from medrefine.io.base import full_suffix
 from medrefine.io.sniff import SUFFIX_FORMATS
 from medrefine.pipeline import SegmentationPipeline, SegmentationResult, replace_range
@@ -39,31 +39,47 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = False
     group = parser.add_mutually_exclusive_group(required=required)
     default = "" if required else f" (default {DEFAULT_PRESET} without --weights)"
     group.add_argument("--preset", choices=sorted(PRESETS), help="shipped model set" + default)
-    group.add_argument("--weights", type=Path, metavar="COARSE.safetensors",
-                       help="coarse model weights; post-processing then defaults to a plain "
-                       "0.5 threshold (add the switches below)")
-    parser.add_argument("--refiner-weights", type=Path, metavar="R.safetensors",
-                        help="diffusion refiner weights (needed with --weights unless "
-                        "--no-refine; with --preset it replaces the preset's refiner)")
-    parser.add_argument("--no-refine", action="store_true",
-                        help="coarse model only, no diffusion refinement")
+    group.add_argument(
+        "--weights",
+        type=Path,
+        metavar="COARSE.safetensors",
+        help="coarse model weights; post-processing then defaults to a plain "
+        "0.5 threshold (add the switches below)",
+    )
+    parser.add_argument(
+        "--refiner-weights",
+        type=Path,
+        metavar="R.safetensors",
+        help="diffusion refiner weights (needed with --weights unless "
+        "--no-refine; with --preset it replaces the preset's refiner)",
+    )
+    parser.add_argument(
+        "--no-refine", action="store_true", help="coarse model only, no diffusion refinement"
+    )
     add_device_option(parser)
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="where the models run (default auto: cuda when available)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the models run (default auto: cuda when available)",
+    )
 
 
 def add_refine_options(parser: argparse.ArgumentParser) -> None:
     """Refinement settings; unset ones keep the refiner's own validated defaults."""
     g = parser.add_argument_group("refinement (default: the refiner's tuned settings)")
     g.add_argument("--steps", type=int, help="denoising steps")
-    g.add_argument("--strength", type=float,
-                   help="share of the noise schedule to re-run, in (0, 1]; higher trusts the "
-                   "coarse mask less")
-    g.add_argument("--samples", type=int, help="samples per image (> 1 adds sample spread to "
-                   "the uncertainty)")
+    g.add_argument(
+        "--strength",
+        type=float,
+        help="share of the noise schedule to re-run, in (0, 1]; higher trusts the coarse mask less",
+    )
+    g.add_argument(
+        "--samples", type=int, help="samples per image (> 1 adds sample spread to the uncertainty)"
+    )
     g.add_argument("--seed", type=int, help="noise seed (same seed, same mask)")
     g.add_argument("--fusion", choices=FUSIONS, help="how samples are combined")
 
@@ -72,12 +88,21 @@ def add_postprocess_options(parser: argparse.ArgumentParser) -> None:
     """Switches over the preset's post-processing (unset ones keep the preset's value)."""
     g = parser.add_argument_group("post-processing (default: the preset's)")
     g.add_argument("--threshold", type=float, help="foreground probability threshold")
-    g.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
-                   help="fill enclosed holes")
-    g.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep only the largest connected component")
-    g.add_argument("--min-object-size", type=int, metavar="PIXELS",
-                   help="remove components smaller than this")
+    g.add_argument(
+        "--fill-holes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fill enclosed holes",
+    )
+    g.add_argument(
+        "--keep-largest",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep only the largest connected component",
+    )
+    g.add_argument(
+        "--min-object-size", type=int, metavar="PIXELS", help="remove components smaller than this"
+    )
     g.add_argument("--opening", type=int, metavar="RADIUS", help="binary opening radius")
     g.add_argument("--closing", type=int, metavar="RADIUS", help="binary closing radius")
     g.add_argument("--smooth", type=float, metavar="SIGMA", help="boundary smoothing sigma")
@@ -93,20 +118,28 @@ FORMATS = {
 
 
 def add_format_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", default="png", metavar="LIST",
-                        help="comma-separated outputs per input: "
-                        + "; ".join(f"{k} = {v}" for k, v in FORMATS.items()) + " (default png)")
+    parser.add_argument(
+        "--format",
+        default="png",
+        metavar="LIST",
+        help="comma-separated outputs per input: "
+        + "; ".join(f"{k} = {v}" for k, v in FORMATS.items())
+        + " (default png)",
+    )
 
 
 def parse_formats(text: str, refining: bool) -> list[str]:
     formats = [f.strip().lower() for f in text.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise ConfigError(f"--format {text!r}: unknown format(s) {unknown}; choose a "
-                          f"comma-separated list from {sorted(FORMATS)}")
+        raise ConfigError(
+            f"--format {text!r}: unknown format(s) {unknown}; choose a "
+            f"comma-separated list from {sorted(FORMATS)}"
+        )
     if "uncertainty" in formats and not refining:
-        raise ConfigError("--format uncertainty needs refinement; drop --no-refine or the "
-                          "uncertainty format")
+        raise ConfigError(
+            "--format uncertainty needs refinement; drop --no-refine or the uncertainty format"
+        )
     return list(dict.fromkeys(formats))
 
 
@@ -124,16 +157,23 @@ def postprocess_config(args: argparse.Namespace, base: PostprocessConfig) -> Pos
         changes["keep_largest"] = args.keep_largest
         if args.keep_largest:
             changes["keep_top_k"] = 0  # keep_largest replaces a preset's top-k
-    for flag, key in (("min_object_size", "min_object_size"), ("opening", "opening_radius"),
-                      ("closing", "closing_radius"), ("smooth", "smooth_sigma")):
+    for flag, key in (
+        ("min_object_size", "min_object_size"),
+        ("opening", "opening_radius"),
+        ("closing", "closing_radius"),
+        ("smooth", "smooth_sigma"),
+    ):
         if getattr(args, flag) is not None:
             changes[key] = getattr(args, flag)
     return replace(base, **changes)
 
 
 def refine_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in ("steps", "strength", "samples", "seed", "fusion")
-            if getattr(args, k, None) is not None}
+    return {
+        k: getattr(args, k)
+        for k in ("steps", "strength", "samples", "seed", "fusion")
+        if getattr(args, k, None) is not None
+    }
 
 
 def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
@@ -141,14 +181,20 @@ def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
     the refinement and post-processing switches describe."""
     use_diffusion = not args.no_refine
     if args.weights is not None and use_diffusion and args.refiner_weights is None:
-        raise ConfigError("--weights gives only the coarse model; pass --refiner-weights "
-                          "R.safetensors as well, or --no-refine for coarse masks only")
+        raise ConfigError(
+            "--weights gives only the coarse model; pass --refiner-weights "
+            "R.safetensors as well, or --no-refine for coarse masks only"
+        )
     preset = args.preset or DEFAULT_PRESET
     base_post = get_preset(preset).postprocess if args.weights is None else PostprocessConfig()
-    pipe = SegmentationPipeline(cpunet_weights=args.weights,
-                                diffusion_weights=args.refiner_weights, device=args.device,
-                                use_diffusion=use_diffusion, preset=preset,
-                                postprocess=postprocess_config(args, base_post))
+    pipe = SegmentationPipeline(
+        cpunet_weights=args.weights,
+        diffusion_weights=args.refiner_weights,
+        device=args.device,
+        use_diffusion=use_diffusion,
+        preset=preset,
+        postprocess=postprocess_config(args, base_post),
+    )
     overrides = refine_overrides(args)
     if overrides and pipe.refiner is None:
         logger.warning("--%s ignored: refinement is off (--no-refine)", next(iter(overrides)))
@@ -186,13 +232,19 @@ def expand_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
             if cand.is_dir():
                 found = folder_inputs(cand)
                 if not found and not from_pattern:
-                    problems.append((spec, "folder holds no supported images (PNG, JPEG, "
-                                     "TIFF, BMP, DICOM, NIfTI)"))
+                    problems.append(
+                        (
+                            spec,
+                            "folder holds no supported images (PNG, JPEG, TIFF, BMP, DICOM, NIfTI)",
+                        )
+                    )
                 inputs.extend(found)
             elif not from_pattern or _looks_supported(cand):
                 inputs.append(cand)
-    unique = list({p.resolve(): p for p in reversed(inputs)}.values())[::-1]
-    return unique, problems
+    first: dict[Path, Path] = {}
+    for path in inputs:  # the same file named twice is segmented once
+        first.setdefault(path.resolve(), path)
+    return list(first.values()), problems
 
 
 def folder_inputs(folder: Path) -> list[Path]:
@@ -242,36 +294,67 @@ def unique_stems(paths: list[Path]) -> list[str]:
         stem = stem_of(path)
         seen[stem] = seen.get(stem, 0) + 1
         if seen[stem] > 1:
-            logger.warning("%s: another input has the stem %r; writing it as %s_%d", path, stem,
-                           stem, seen[stem])
+            logger.warning(
+                "%s: another input has the stem %r; writing it as %s_%d",
+                path,
+                stem,
+                stem,
+                seen[stem],
+            )
             stem = f"{stem}_{seen[stem]}"
         stems.append(stem)
     return stems
 
 
 # ---------------------------------------------------------------- outputs
+def prepare_out_dir(path: Path) -> Path:
+    """Create the output folder; refuse a path that is a file."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"-o {path}: is a file; give a folder for the outputs")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"-o {path}: cannot create the output folder ({err}); check the "
+            "path and your permissions"
+        ) from err
+    return path
+
+
 def display_image01(result: SegmentationResult) -> np.ndarray:
     """The input as (1|3, H, W) in [0, 1] for pictures."""
     image = result.image
     return replace_range(image.array, image.meta.get("source_dtype", "float32"))
 
 
-def write_outputs(result: SegmentationResult, out_dir: Path, stem: str,
-                  formats: list[str]) -> list[Path]:
+def check_formats_fit(image: LoadedImage, formats: list[str]) -> None:
+    """Refuse a volume when a 2D picture format is asked for (before segmenting it)."""
+    pictures = [f for f in formats if f in ("png", "overlay", "uncertainty")]
+    if image.is_volume and pictures:
+        raise InputError(
+            f"{image.path}: is a volume {image.spatial_shape}; the "
+            f"{', '.join(pictures)} output(s) hold 2D images only; use "
+            "--format nifti"
+        )
+
+
+def write_outputs(
+    result: SegmentationResult, out_dir: Path, stem: str, formats: list[str]
+) -> list[Path]:
     """Write each requested format for one result; returns the paths written."""
     from medrefine.visualize import overlay, save_png, uncertainty_heatmap
 
-    pictures = [f for f in formats if f in ("png", "overlay", "uncertainty")]
-    if result.mask.ndim != 2 and pictures:
-        raise InputError(f"{result.image.path}: is a volume {result.mask.shape}; PNG outputs "
-                         f"({', '.join(pictures)}) hold 2D images only; use --format nifti")
+    check_formats_fit(result.image, formats)
     written = []
     for fmt in formats:
         if fmt == "png":
             written.append(write_mask(result.mask, out_dir / f"{stem}.png", like=result.image))
         elif fmt == "nifti":
-            written.append(write_mask(result.mask, out_dir / f"{stem}.nii.gz",
-                                      like=result.image, format="nifti"))
+            written.append(
+                write_mask(
+                    result.mask, out_dir / f"{stem}.nii.gz", like=result.image, format="nifti"
+                )
+            )
         elif fmt == "overlay":
             rgb = overlay(display_image01(result), result.mask > 0)
             written.append(save_png(rgb, out_dir / f"{stem}_overlay.png"))
@@ -316,7 +399,7 @@ def failure_reason(err: Exception) -> str:
 def report_failure(name: str, reason: str, echo: Callable[[str], None] | None = None) -> None:
     """Print ``medrefine: skipped NAME: REASON`` on stderr (one line)."""
     if reason.startswith(f"{name}: "):  # the message already names the file
-        reason = reason[len(name) + 2:]
+        reason = reason[len(name) + 2 :]
     line = f"medrefine: skipped {name}: {reason}"
     if echo is not None:
         echo(line)

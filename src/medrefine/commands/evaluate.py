@@ -45,6 +45,7 @@ from medrefine.commands.common import (
     build_pipeline,
     display_image01,
     failure_reason,
+    prepare_out_dir,
     provenance,
     report_failure,
     write_json,
@@ -64,20 +65,50 @@ AUROC_SEED = 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = sub.add_parser("evaluate", help="score a model set on a data split",
-                            description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", "--data-dir", dest="data", type=Path, required=True,
-                        help="folder with images/, masks/ and manifest.json")
-    parser.add_argument("--split", choices=SPLITS, default="test",
-                        help="which cases (default test; all = every pair in the folder)")
-    parser.add_argument("-o", "--out", "--output", dest="out", type=Path, required=True,
-                        help="output folder (created if missing)")
+    parser = sub.add_parser(
+        "evaluate",
+        help="score a model set on a data split",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        "--data-dir",
+        dest="data",
+        type=Path,
+        required=True,
+        help="folder with images/, masks/ and manifest.json",
+    )
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="test",
+        help="which cases (default test; all = every pair in the folder)",
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="out",
+        type=Path,
+        required=True,
+        help="output folder (created if missing)",
+    )
     parser.add_argument("--mask-dir", default="masks", help="mask sub-folder (default masks)")
-    parser.add_argument("--panels", type=int, default=8, metavar="N",
-                        help="comparison panels for the first N cases (default 8; 0 = none)")
-    parser.add_argument("--auroc-pixels", type=int, default=5000, metavar="N",
-                        help="pixels sampled per image for the uncertainty AUROC (default 5000)")
+    parser.add_argument(
+        "--panels",
+        type=int,
+        default=8,
+        metavar="N",
+        help="comparison panels for the first N cases (default 8; 0 = none)",
+    )
+    parser.add_argument(
+        "--auroc-pixels",
+        type=int,
+        default=5000,
+        metavar="N",
+        help="pixels sampled per image for the uncertainty AUROC (default 5000)",
+    )
     add_model_options(parser, required=True)
     add_refine_options(parser)
     add_postprocess_options(parser)
@@ -89,8 +120,10 @@ def split_cases(data: Path, split: str, mask_dir: str) -> list[Pair]:
     pairs = find_pairs(data, mask_dir)
     cases = list(pairs.values()) if split == "all" else split_pairs(data, pairs)[split]
     if not cases:
-        raise InputError(f"{data}: the {split} split has no image/mask pairs; check "
-                         "manifest.json or pick another --split")
+        raise InputError(
+            f"{data}: the {split} split has no image/mask pairs; check "
+            "manifest.json or pick another --split"
+        )
     return cases
 
 
@@ -100,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if args.panels < 0 or args.auroc_pixels < 1:
         raise InputError("--panels must be >= 0 and --auroc-pixels >= 1")
     cases = split_cases(args.data, args.split, args.mask_dir)
+    prepare_out_dir(args.out)
     pipe = build_pipeline(args)
     refining = pipe.refiner is not None
     columns = ["stem", *METRICS]
@@ -110,15 +144,18 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     pixels = PixelSample(args.auroc_pixels, AUROC_SEED)
-    bar = tqdm(cases, desc="evaluate", unit="image",
-               disable=True if getattr(args, "quiet", False) else None)
+    bar = tqdm(
+        cases,
+        desc="evaluate",
+        unit="image",
+        disable=True if getattr(args, "quiet", False) else None,
+    )
     with atomic_output(args.out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for case in bar:
             try:
-                row = evaluate_case(pipe, case, args.out, pixels,
-                                    panel=len(rows) < args.panels)
+                row = evaluate_case(pipe, case, args.out, pixels, panel=len(rows) < args.panels)
             except Exception as err:  # go on past a bad case; it is listed in summary.json
                 reason = failure_reason(err)
                 report_failure(case.stem, reason, lambda s: tqdm.write(s, file=sys.stderr))
@@ -129,18 +166,26 @@ def run(args: argparse.Namespace) -> int:
             fh.flush()
 
     summary = build_summary(rows, refining, pixels)
-    summary.update({
-        "data_dir": str(args.data), "split": args.split, "n": len(rows),
-        "n_failed": len(failed), "failed": failed, "started": started,
-        "seconds": time.perf_counter() - t_start, "provenance": provenance(pipe, args),
-    })
+    summary.update(
+        {
+            "data_dir": str(args.data),
+            "split": args.split,
+            "n": len(rows),
+            "n_failed": len(failed),
+            "failed": failed,
+            "started": started,
+            "seconds": time.perf_counter() - t_start,
+            "provenance": provenance(pipe, args),
+        }
+    )
     write_json(args.out / "summary.json", summary)
     print(format_table(summary))
     return 2 if failed else 0
 
 
-def evaluate_case(pipe: SegmentationPipeline, case: Pair, out_dir: Path,
-                  pixels: PixelSample, panel: bool) -> dict[str, Any]:
+def evaluate_case(
+    pipe: SegmentationPipeline, case: Pair, out_dir: Path, pixels: PixelSample, panel: bool
+) -> dict[str, Any]:
     """Run one case, write its mask (and panel), return its metrics row."""
     result = pipe.run(case.image)
     gt = read_mask(case.mask, like=result.image) > 0
@@ -160,8 +205,7 @@ def evaluate_case(pipe: SegmentationPipeline, case: Pair, out_dir: Path,
     return row
 
 
-def write_panel(result, coarse: np.ndarray, pred: np.ndarray, gt: np.ndarray,
-                path: Path) -> None:
+def write_panel(result, coarse: np.ndarray, pred: np.ndarray, gt: np.ndarray, path: Path) -> None:
     from medrefine.visualize import comparison_panel, save_png, uncertainty_heatmap
 
     image01 = display_image01(result)
@@ -194,9 +238,13 @@ class PixelSample:
         if not self.scores:
             return {"auroc": math.nan, "pixels": 0, "wrong_pixels": 0}
         scores, wrong = np.concatenate(self.scores), np.concatenate(self.wrong)
-        return {"auroc": auroc(scores, wrong), "pixels": int(scores.size),
-                "wrong_pixels": int(wrong.sum()), "per_image": self.per_image,
-                "seed": AUROC_SEED}
+        return {
+            "auroc": auroc(scores, wrong),
+            "pixels": int(scores.size),
+            "wrong_pixels": int(wrong.sum()),
+            "per_image": self.per_image,
+            "seed": AUROC_SEED,
+        }
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -223,20 +271,26 @@ def spearman(x: list[float], y: list[float]) -> dict[str, float]:
     return {"rho": float(res.statistic), "p": float(res.pvalue), "n": len(pairs)}
 
 
-def build_summary(rows: list[dict[str, Any]], refining: bool,
-                  pixels: PixelSample) -> dict[str, Any]:
+def build_summary(
+    rows: list[dict[str, Any]], refining: bool, pixels: PixelSample
+) -> dict[str, Any]:
     final = summarize([{m: r[m] for m in METRICS} for r in rows])
-    summary: dict[str, Any] = {"refinement": refining,
-                               "distances": "pixels", "std": "population (ddof=0)"}
+    summary: dict[str, Any] = {
+        "refinement": refining,
+        "distances": "pixels",
+        "std": "population (ddof=0)",
+    }
     if not refining:
         summary.update(coarse=final, refined=None)
         return summary
     summary["refined"] = final
     summary["coarse"] = summarize([{m: r[f"coarse_{m}"] for m in METRICS} for r in rows])
-    summary["coarse_note"] = ("coarse model probabilities with the same post-processing "
-                              "(what --no-refine writes)")
-    summary["review_score_vs_error"] = spearman([r["review_score"] for r in rows],
-                                                [1.0 - r["dice"] for r in rows])
+    summary["coarse_note"] = (
+        "coarse model probabilities with the same post-processing (what --no-refine writes)"
+    )
+    summary["review_score_vs_error"] = spearman(
+        [r["review_score"] for r in rows], [1.0 - r["dice"] for r in rows]
+    )
     summary["uncertainty_auroc"] = pixels.auroc()
     summary["seconds_per_image"] = summarize([{"s": r["seconds"]} for r in rows]).get("s")
     return summary
@@ -244,10 +298,17 @@ def build_summary(rows: list[dict[str, Any]], refining: bool,
 
 def format_table(summary: dict[str, Any]) -> str:
     """The printed summary: n, mean ± std of Dice, IoU, HD95, ASSD, BF for coarse and refined."""
-    head = [("Dice", "dice", 3), ("IoU", "iou", 3), ("HD95 px", "hd95", 1),
-            ("ASSD px", "assd", 1), ("BF", "bf_score", 3)]
-    lines = [f"{summary['data_dir']}  split={summary['split']}  n={summary['n']}"
-             + (f"  ({summary['n_failed']} failed)" if summary["n_failed"] else "")]
+    head = [
+        ("Dice", "dice", 3),
+        ("IoU", "iou", 3),
+        ("HD95 px", "hd95", 1),
+        ("ASSD px", "assd", 1),
+        ("BF", "bf_score", 3),
+    ]
+    lines = [
+        f"{summary['data_dir']}  split={summary['split']}  n={summary['n']}"
+        + (f"  ({summary['n_failed']} failed)" if summary["n_failed"] else "")
+    ]
     lines.append(f"{'':<9}" + "".join(f"{title:>17}" for title, _, _ in head))
     undefined = []
     for name in ("coarse", "refined"):
@@ -267,10 +328,14 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append("HD95/ASSD left out where one mask is empty: " + ", ".join(undefined))
     if summary.get("refinement"):
         sp, au = summary["review_score_vs_error"], summary["uncertainty_auroc"]
-        lines.append(f"review score vs 1 - Dice: Spearman rho = {sp['rho']:.3f} "
-                     f"(p = {sp['p']:.2g}, n = {sp['n']})")
-        lines.append(f"uncertainty AUROC for wrong pixels: {au['auroc']:.3f} "
-                     f"({au['pixels']:,} pixels sampled, {au['wrong_pixels']:,} wrong)")
+        lines.append(
+            f"review score vs 1 - Dice: Spearman rho = {sp['rho']:.3f} "
+            f"(p = {sp['p']:.2g}, n = {sp['n']})"
+        )
+        lines.append(
+            f"uncertainty AUROC for wrong pixels: {au['auroc']:.3f} "
+            f"({au['pixels']:,} pixels sampled, {au['wrong_pixels']:,} wrong)"
+        )
     return "\n".join(lines)
 
 

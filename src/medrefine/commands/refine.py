@@ -31,10 +31,12 @@ from medrefine.commands.common import (
     add_format_option,
     add_postprocess_options,
     add_refine_options,
+    check_formats_fit,
     failure_reason,
     folder_inputs,
     parse_formats,
     postprocess_config,
+    prepare_out_dir,
     refine_overrides,
     report_failure,
     unique_stems,
@@ -58,21 +60,46 @@ DEFAULT_PRESET = "polyp"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = sub.add_parser("refine", help="refine masks made by another tool",
-                            description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", type=Path, required=True,
-                        help="image file or DICOM series folder, or a folder of images")
-    parser.add_argument("--mask", type=Path, required=True,
-                        help="the mask to refine, or a folder of masks named like the images")
-    parser.add_argument("-o", "--out", "--output", dest="out", type=Path, required=True,
-                        metavar="OUT", help="output folder (created if missing)")
+    parser = sub.add_parser(
+        "refine",
+        help="refine masks made by another tool",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--image",
+        type=Path,
+        required=True,
+        help="image file or DICOM series folder, or a folder of images",
+    )
+    parser.add_argument(
+        "--mask",
+        type=Path,
+        required=True,
+        help="the mask to refine, or a folder of masks named like the images",
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="out",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="output folder (created if missing)",
+    )
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--preset", choices=sorted(PRESETS),
-                       help=f"use this preset's refiner (default {DEFAULT_PRESET})")
-    group.add_argument("--weights", type=Path, metavar="R.safetensors",
-                       help="diffusion refiner weights; post-processing then defaults to a "
-                       "plain 0.5 threshold")
+    group.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help=f"use this preset's refiner (default {DEFAULT_PRESET})",
+    )
+    group.add_argument(
+        "--weights",
+        type=Path,
+        metavar="R.safetensors",
+        help="diffusion refiner weights; post-processing then defaults to a plain 0.5 threshold",
+    )
     add_device_option(parser)
     add_format_option(parser)
     add_refine_options(parser)
@@ -85,12 +112,14 @@ def run(args: argparse.Namespace) -> int:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t_start = time.perf_counter()
     formats = parse_formats(args.format, refining=True)
+    prepare_out_dir(args.out)
     pairs, problems = find_mask_pairs(args.image, args.mask)
     preset = args.preset or DEFAULT_PRESET
     refiner_path = args.weights or get_preset(preset).refiner_weights
     base_post = get_preset(preset).postprocess if args.weights is None else PostprocessConfig()
-    pipe = refine_only_pipeline(refiner_path, args.device, postprocess_config(args, base_post),
-                                preset)
+    pipe = refine_only_pipeline(
+        refiner_path, args.device, postprocess_config(args, base_post), preset
+    )
     overrides = refine_overrides(args)
     if overrides:
         pipe.refine_params = replace(pipe.refine_params, **overrides)
@@ -103,8 +132,12 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(line, file=sys.stderr)
 
     stems = unique_stems([image for image, _ in pairs])
-    bar = tqdm(list(zip(pairs, stems, strict=True)), desc="refine", unit="image",
-               disable=True if getattr(args, "quiet", False) else None)
+    bar = tqdm(
+        list(zip(pairs, stems, strict=True)),
+        desc="refine",
+        unit="image",
+        disable=True if getattr(args, "quiet", False) else None,
+    )
     for (image_path, mask_path), stem in bar:
         records.append(refine_one(pipe, image_path, mask_path, stem, args.out, formats, echo))
     n_failed = sum(r["status"] != "ok" for r in records)
@@ -112,19 +145,33 @@ def run(args: argparse.Namespace) -> int:
     prov["weights"].pop("coarse", None)  # the masks came from elsewhere, see refine_only_pipeline
     prov["preset"] = None if args.weights is not None else preset
     prov["coarse"] = "given masks (--mask)"
-    write_json(args.out / "report.json", {
-        "command": "refine", "started": started, "seconds": time.perf_counter() - t_start,
-        "image": str(args.image), "mask": str(args.mask), "out": str(args.out),
-        "formats": formats, "n_inputs": len(records), "n_ok": len(records) - n_failed,
-        "n_failed": n_failed, "provenance": prov, "files": records,
-    })
-    print(f"refined {len(records) - n_failed} of {len(records)} masks into {args.out}"
-          + (f"; {n_failed} failed (listed in report.json)" if n_failed else ""))
+    write_json(
+        args.out / "report.json",
+        {
+            "command": "refine",
+            "started": started,
+            "seconds": time.perf_counter() - t_start,
+            "image": str(args.image),
+            "mask": str(args.mask),
+            "out": str(args.out),
+            "formats": formats,
+            "n_inputs": len(records),
+            "n_ok": len(records) - n_failed,
+            "n_failed": n_failed,
+            "provenance": prov,
+            "files": records,
+        },
+    )
+    print(
+        f"refined {len(records) - n_failed} of {len(records)} masks into {args.out}"
+        + (f"; {n_failed} failed (listed in report.json)" if n_failed else "")
+    )
     return 2 if n_failed else 0
 
 
-def find_mask_pairs(image: Path, mask: Path
-                    ) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+def find_mask_pairs(
+    image: Path, mask: Path
+) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """(image, mask) pairs and [(name, why it has no pair)].
 
     A file (or DICOM series folder) with a mask file is one pair; two folders pair by stem.
@@ -136,10 +183,15 @@ def find_mask_pairs(image: Path, mask: Path
     if not mask.is_dir():
         return [(image, mask)], []  # a folder --image here is a DICOM series (one volume)
     if not image.is_dir():
-        raise ConfigError(f"--mask {mask} is a folder but --image {image} is a file; give both "
-                          "as files, or both as folders to pair by stem")
-    masks = {stem_of(p): p for p in sorted(mask.iterdir())
-             if p.is_file() and SUFFIX_FORMATS.get(full_suffix(p)) is not None}
+        raise ConfigError(
+            f"--mask {mask} is a folder but --image {image} is a file; give both "
+            "as files, or both as folders to pair by stem"
+        )
+    masks = {
+        stem_of(p): p
+        for p in sorted(mask.iterdir())
+        if p.is_file() and SUFFIX_FORMATS.get(full_suffix(p)) is not None
+    }
     pairs, problems = [], []
     images = [p for p in folder_inputs(image) if p != image]
     if not images:
@@ -150,29 +202,49 @@ def find_mask_pairs(image: Path, mask: Path
         else:
             problems.append((str(path), f"no mask named {stem_of(path)}.* in {mask}"))
     if masks:
-        logger.warning("%d masks in %s have no image (e.g. %s)", len(masks), mask,
-                       next(iter(masks.values())).name)
+        logger.warning(
+            "%d masks in %s have no image (e.g. %s)",
+            len(masks),
+            mask,
+            next(iter(masks.values())).name,
+        )
     return pairs, problems
 
 
-def refine_one(pipe: SegmentationPipeline, image_path: Path, mask_path: Path, stem: str,
-               out_dir: Path, formats: list[str], echo) -> dict[str, Any]:
+def refine_one(
+    pipe: SegmentationPipeline,
+    image_path: Path,
+    mask_path: Path,
+    stem: str,
+    out_dir: Path,
+    formats: list[str],
+    echo,
+) -> dict[str, Any]:
     """Refine one mask and write the outputs; a failure is reported, not raised."""
     t0 = time.perf_counter()
     try:
         loaded = read_image(image_path)
+        check_formats_fit(loaded, formats)
         labels = read_mask(mask_path, like=loaded)
         if int(labels.max(initial=0)) > 1:
-            logger.warning("%s: labels %s; refining their union as one foreground", mask_path,
-                           np.unique(labels[labels > 0]).tolist())
+            logger.warning(
+                "%s: labels %s; refining their union as one foreground",
+                mask_path,
+                np.unique(labels[labels > 0]).tolist(),
+            )
         result = pipe.run(loaded, coarse_mask=(labels > 0).astype(np.uint8))
         t_write = time.perf_counter()
         written = write_outputs(result, out_dir, stem, formats)
     except Exception as err:  # a batch goes on past a bad pair (KeyboardInterrupt still stops)
         reason = failure_reason(err)
         report_failure(str(image_path), reason, echo)
-        return {"input": str(image_path), "mask": str(mask_path), "status": "failed",
-                "error": reason, "seconds": time.perf_counter() - t0}
+        return {
+            "input": str(image_path),
+            "mask": str(mask_path),
+            "status": "failed",
+            "error": reason,
+            "seconds": time.perf_counter() - t0,
+        }
     given = labels > 0
     return {
         "input": str(image_path),
@@ -194,8 +266,9 @@ class _NoCoarseModel(torch.nn.Module):
         raise ConfigError("this pipeline only refines given masks; it has no coarse model")
 
 
-def refine_only_pipeline(refiner_path: Path, device: str, post: PostprocessConfig,
-                         preset: str) -> SegmentationPipeline:
+def refine_only_pipeline(
+    refiner_path: Path, device: str, post: PostprocessConfig, preset: str
+) -> SegmentationPipeline:
     """A SegmentationPipeline that refines given masks, loading no coarse weights file.
 
     ``SegmentationPipeline.__init__`` always loads a coarse model, though ``run(image,
@@ -206,8 +279,13 @@ def refine_only_pipeline(refiner_path: Path, device: str, post: PostprocessConfi
     for refinement only once ``pipeline.py`` has one.
     """
     refiner = Refiner.from_weights(refiner_path, device)
-    stand_in = CoarseSegmenter(_NoCoarseModel(), SegModelConfig(encoder="scratch"),
-                               refiner.pre_cfg, refiner.device, {"kind": "none"})
+    stand_in = CoarseSegmenter(
+        _NoCoarseModel(),
+        SegModelConfig(encoder="scratch"),
+        refiner.pre_cfg,
+        refiner.device,
+        {"kind": "none"},
+    )
     pipe = SegmentationPipeline.__new__(SegmentationPipeline)
     pipe.preset = get_preset(preset)
     pipe.coarse_path = Path(refiner_path)  # provenance() hashes it; run() drops that entry

@@ -1,0 +1,138 @@
+"""``medrefine evaluate`` on a tiny data folder, and its AUROC helper."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from itertools import product
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medrefine.cli import main
+from medrefine.commands.evaluate import METRICS, auroc
+
+ARGS_REFINE = ["--steps", "1", "--device", "cpu", "--panels", "2"]
+
+
+def _weights(weights) -> list[str]:
+    return ["--weights", str(weights["coarse"]), "--refiner-weights", str(weights["refiner"])]
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        return reader.fieldnames, list(reader)
+
+
+def test_evaluate_writes_masks_metrics_summary(tiny_weights, tiny_data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "evaluate",
+            *_weights(tiny_weights),
+            "--data",
+            str(tiny_data),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            *ARGS_REFINE,
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "n=3" in printed and "Dice" in printed and "refined" in printed
+    stems = ["case3", "case4", "case5"]
+    assert sorted(p.stem for p in (out / "masks").glob("*.png")) == stems
+    mask = np.asarray(Image.open(out / "masks" / "case3.png"))
+    assert mask.shape == (40, 48) and set(np.unique(mask).tolist()) <= {0, 255}
+    columns, rows = _rows(out / "metrics.csv")
+    assert columns == [
+        "stem",
+        *METRICS,
+        *[f"coarse_{m}" for m in METRICS],
+        "review_score",
+        "seconds",
+    ]
+    assert [r["stem"] for r in rows] == stems
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 3 and summary["split"] == "test"
+    assert summary["data_dir"] == str(tiny_data)
+    assert set(summary["refined"]) >= set(METRICS) and set(summary["coarse"]) >= set(METRICS)
+    assert summary["refined"]["dice"]["n"] == 3
+    assert {"rho", "p", "n"} <= set(summary["review_score_vs_error"])
+    assert summary["uncertainty_auroc"]["pixels"] == 3 * 40 * 48  # fewer pixels than asked
+    assert summary["provenance"]["weights"]["coarse"]["sha256"]
+    assert sorted(p.stem for p in (out / "panels").glob("*.png")) == ["case3", "case4"]
+
+    again = tmp_path / "eval2"
+    assert (
+        main(
+            [
+                "evaluate",
+                *_weights(tiny_weights),
+                "--data",
+                str(tiny_data),
+                "--split",
+                "test",
+                "--out",
+                str(again),
+                *ARGS_REFINE,
+            ]
+        )
+        == 0
+    )
+    for stem in stems:  # seeded: the same masks
+        first = np.asarray(Image.open(out / "masks" / f"{stem}.png"))
+        assert np.array_equal(first, np.asarray(Image.open(again / "masks" / f"{stem}.png")))
+
+
+def test_evaluate_no_refine_columns(tiny_weights, tiny_data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "evaluate",
+            "--weights",
+            str(tiny_weights["coarse"]),
+            "--no-refine",
+            "--data",
+            str(tiny_data),
+            "--split",
+            "all",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--panels",
+            "0",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    columns, rows = _rows(out / "metrics.csv")
+    assert columns == ["stem", *METRICS, "seconds"] and len(rows) == 6
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["refined"] is None and summary["coarse"]["dice"]["n"] == 6
+    assert "review_score_vs_error" not in summary
+    assert not (out / "panels").exists()
+
+
+def test_evaluate_needs_a_model(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:  # argparse: one of --preset/--weights is required
+        main(["evaluate", "--data", str(tiny_data), "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--preset" in capsys.readouterr().err
+
+
+def test_auroc_matches_pairwise_definition():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 60).astype(float)  # many ties
+    positive = rng.random(60) < 0.3
+    pairs = list(product(scores[positive], scores[~positive]))
+    expected = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs])
+    assert math.isclose(auroc(scores, positive), expected)
+    assert auroc(np.array([0.1, 0.9]), np.array([False, True])) == 1.0
+    assert math.isnan(auroc(np.array([0.1, 0.9]), np.array([False, False])))
