@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,13 @@ from medrefine.fusion import review_score
 from medrefine.inference import CoarseSegmenter
 from medrefine.io import LoadedImage, read_image
 from medrefine.postprocess import PostprocessConfig, postprocess, postprocess_labels
-from medrefine.preprocess import from_grid, to_grid
+from medrefine.preprocess import from_grid, preprocess, to_grid
 from medrefine.presets import get_preset
 from medrefine.refine import RefineParams, Refiner
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_PRESET = "polyp"
 
 
 @dataclass
@@ -101,7 +103,8 @@ class SegmentationPipeline:
         diffusion_weights: refiner weights; default: the preset's.
         device: ``auto``, ``cpu`` or ``cuda``.
         use_diffusion: refine the coarse mask (False = coarse only).
-        preset: shipped model set used for whatever weights are not given.
+        preset: shipped model set used for whatever weights are not given (``polyp`` when
+            none is named and some weights are missing); its post-processing is the default.
         refine: refinement settings (steps, strength, samples, seed, ...); default: the
             refiner's own defaults, chosen on its validation split.
         postprocess: mask clean-up; default: the preset's.
@@ -109,34 +112,60 @@ class SegmentationPipeline:
 
     def __init__(self, cpunet_weights: str | Path | None = None,
                  diffusion_weights: str | Path | None = None, device: str = "auto",
-                 use_diffusion: bool = True, preset: str = "polyp",
+                 use_diffusion: bool = True, preset: str | None = None,
                  refine: RefineParams | None = None,
-                 postprocess: PostprocessConfig | None = None):
-        self.preset = get_preset(preset)
-        self.coarse_path = Path(cpunet_weights or self.preset.coarse_weights)
-        self.coarse = CoarseSegmenter.from_weights(self.coarse_path, device)
+                 postprocess: PostprocessConfig | None = None, *, load_coarse: bool = True):
+        # A preset fills in whatever weights are not given ("polyp" when none is named).
+        needs_preset = (load_coarse and cpunet_weights is None) or (
+            use_diffusion and diffusion_weights is None)
+        if preset is None and needs_preset:
+            preset = DEFAULT_PRESET
+        self.preset = get_preset(preset) if preset is not None else None
+        self.coarse: CoarseSegmenter | None = None
+        self.coarse_path: Path | None = None
+        if load_coarse:
+            self.coarse_path = Path(cpunet_weights or self.preset.coarse_weights)
+            self.coarse = CoarseSegmenter.from_weights(self.coarse_path, device)
+            if use_diffusion and self.coarse.model_cfg.num_classes != 1:
+                raise ConfigError("diffusion refinement needs a binary coarse model; pass "
+                                  "use_diffusion=False for multi-class models")
         self.refiner: Refiner | None = None
         self.refiner_path: Path | None = None
         if use_diffusion:
-            if self.coarse.model_cfg.num_classes != 1:
-                raise ConfigError("diffusion refinement needs a binary coarse model; pass "
-                                  "use_diffusion=False for multi-class models")
             self.refiner_path = Path(diffusion_weights or self.preset.refiner_weights)
             self.refiner = Refiner.from_weights(self.refiner_path, device)
+        if self.coarse is None and self.refiner is None:
+            raise ConfigError("a pipeline without a coarse model needs the diffusion refiner")
+        self.pre_cfg = self.coarse.pre_cfg if self.coarse else self.refiner.pre_cfg
         self.refine_params = refine or (self.refiner.defaults if self.refiner else None)
-        self.post = postprocess or self.preset.postprocess
+        self.post = postprocess or (self.preset.postprocess if self.preset
+                                    else PostprocessConfig())
+
+    @classmethod
+    def for_refinement(cls, diffusion_weights: str | Path | None = None,
+                       preset: str | None = None, device: str = "auto",
+                       refine: RefineParams | None = None,
+                       postprocess: PostprocessConfig | None = None) -> SegmentationPipeline:
+        """A pipeline that only refines given masks (``refine``): no coarse model is loaded;
+        images are preprocessed as the refiner was trained."""
+        return cls(None, diffusion_weights, device, True, preset, refine, postprocess,
+                   load_coarse=False)
 
     # -------------------------------------------------------------- provenance
     def provenance(self) -> dict[str, Any]:
-        weights = {"coarse": {"path": str(self.coarse_path),
-                              "sha256": file_sha256(self.coarse_path)}}
+        weights = {}
+        if self.coarse_path:
+            weights["coarse"] = {"path": str(self.coarse_path),
+                                 "sha256": file_sha256(self.coarse_path)}
         if self.refiner_path:
             weights["refiner"] = {"path": str(self.refiner_path),
                                   "sha256": file_sha256(self.refiner_path)}
-        return {"medrefine_version": __version__, "preset": self.preset.name, "weights": weights,
+        return {"medrefine_version": __version__,
+                "preset": self.preset.name if self.preset else None, "weights": weights,
                 "use_diffusion": self.refiner is not None,
                 "refine": asdict(self.refine_params) if self.refine_params else None,
-                "postprocess": asdict(self.post), "device": str(self.coarse.device)}
+                "postprocess": asdict(self.post),
+                "device": str((self.coarse or self.refiner).device)}
 
     # -------------------------------------------------------------- core
     def _slice_probs(self, image: np.ndarray, source_dtype: str, timings: dict,
@@ -144,10 +173,12 @@ class SegmentationPipeline:
                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """One 2D (C, H, W) image -> coarse, refined, uncertainty on the original grid."""
         t = time.perf_counter()
-        image01, grid = self.coarse.prepare(image, source_dtype)
+        image01, grid = preprocess(image, self.pre_cfg, source_dtype)
         timings["preprocess"] = timings.get("preprocess", 0) + time.perf_counter() - t
         t = time.perf_counter()
         if coarse_mask is None:
+            if self.coarse is None:
+                raise ConfigError("this pipeline has no coarse model; pass a mask to refine")
             coarse_grid = self.coarse.predict_grid(image01[None])[0].cpu().numpy()
         else:
             coarse_grid = to_grid(coarse_mask[None].astype(np.float32), grid.grid_size,
@@ -198,7 +229,8 @@ class SegmentationPipeline:
                  else None)
         timings["total"] = sum(timings.values())
         params = {"refine": asdict(self.refine_params) if self.refiner else None,
-                  "postprocess": asdict(self.post), "preset": self.preset.name}
+                  "postprocess": asdict(self.post),
+                  "preset": self.preset.name if self.preset else None}
         return SegmentationResult(loaded, mask, coarse_out, refined, uncertainty, score,
                                   timings, params)
 
@@ -257,13 +289,21 @@ def replace_range(image: np.ndarray, source_dtype: str) -> np.ndarray:
 
 
 def _as_probability_mask(mask: np.ndarray, like: LoadedImage) -> np.ndarray:
+    """A mask from another tool -> foreground probabilities in [0, 1] on the image's grid.
+
+    Integer and bool masks are label maps: any non-zero label is foreground. Float masks are
+    probabilities in [0, 1] (or 0..255 soft masks, scaled)."""
     mask = np.asarray(mask)
     if mask.ndim == len(like.spatial_shape) + 1 and mask.shape[0] == 1:
         mask = mask[0]
     if mask.shape != like.spatial_shape:
         raise InputError(f"the mask has shape {mask.shape} but the image is "
                          f"{like.spatial_shape}; pass a mask of the image's size")
+    if mask.dtype.kind in "biu":
+        return (mask > 0).astype(np.float32)
     mask = mask.astype(np.float32)
+    if not np.isfinite(mask).all() or mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
+        raise InputError("a float mask must hold probabilities in [0, 1] (or 0..255)")
     if mask.max(initial=0) > 1:
-        mask = mask / (255.0 if mask.max() > 1 and mask.max() <= 255 else mask.max())
-    return np.clip(mask, 0, 1)
+        mask = mask / 255.0
+    return mask

@@ -185,8 +185,8 @@ def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
             "--weights gives only the coarse model; pass --refiner-weights "
             "R.safetensors as well, or --no-refine for coarse masks only"
         )
-    preset = args.preset or DEFAULT_PRESET
-    base_post = get_preset(preset).postprocess if args.weights is None else PostprocessConfig()
+    preset = args.preset or (DEFAULT_PRESET if args.weights is None else None)
+    base_post = get_preset(preset).postprocess if preset else PostprocessConfig()
     pipe = SegmentationPipeline(
         cpunet_weights=args.weights,
         diffusion_weights=args.refiner_weights,
@@ -204,11 +204,8 @@ def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
 
 
 def provenance(pipe: SegmentationPipeline, args: argparse.Namespace) -> dict[str, Any]:
-    """``pipe.provenance()``, with ``preset`` None when the weights came from files."""
-    prov = pipe.provenance()
-    if getattr(args, "weights", None) is not None:
-        prov["preset"] = None
-    return prov
+    """``pipe.provenance()`` (kept as a hook for command-specific additions)."""
+    return pipe.provenance()
 
 
 # ---------------------------------------------------------------- inputs

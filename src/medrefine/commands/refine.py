@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from medrefine.commands.common import (
@@ -44,15 +43,12 @@ from medrefine.commands.common import (
     write_outputs,
 )
 from medrefine.errors import ConfigError, InputError
-from medrefine.inference import CoarseSegmenter
 from medrefine.io import read_image, read_mask, stem_of
 from medrefine.io.base import full_suffix
 from medrefine.io.sniff import SUFFIX_FORMATS
-from medrefine.models.registry import SegModelConfig
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import PostprocessConfig
 from medrefine.presets import PRESETS, get_preset
-from medrefine.refine import Refiner
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
     preset = args.preset or DEFAULT_PRESET
     refiner_path = args.weights or get_preset(preset).refiner_weights
     base_post = get_preset(preset).postprocess if args.weights is None else PostprocessConfig()
-    pipe = refine_only_pipeline(
-        refiner_path, args.device, postprocess_config(args, base_post), preset
+    pipe = SegmentationPipeline.for_refinement(
+        refiner_path, preset=None if args.weights is not None else preset, device=args.device,
+        postprocess=postprocess_config(args, base_post),
     )
     overrides = refine_overrides(args)
     if overrides:
@@ -142,8 +139,6 @@ def run(args: argparse.Namespace) -> int:
         records.append(refine_one(pipe, image_path, mask_path, stem, args.out, formats, echo))
     n_failed = sum(r["status"] != "ok" for r in records)
     prov = pipe.provenance()
-    prov["weights"].pop("coarse", None)  # the masks came from elsewhere, see refine_only_pipeline
-    prov["preset"] = None if args.weights is not None else preset
     prov["coarse"] = "given masks (--mask)"
     write_json(
         args.out / "report.json",
@@ -257,41 +252,3 @@ def refine_one(
         "timings": {**result.timings, "write": time.perf_counter() - t_write},
         "seconds": time.perf_counter() - t0,
     }
-
-
-class _NoCoarseModel(torch.nn.Module):
-    """Stands in for the coarse network when every mask is given; never meant to run."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise ConfigError("this pipeline only refines given masks; it has no coarse model")
-
-
-def refine_only_pipeline(
-    refiner_path: Path, device: str, post: PostprocessConfig, preset: str
-) -> SegmentationPipeline:
-    """A SegmentationPipeline that refines given masks, loading no coarse weights file.
-
-    ``SegmentationPipeline.__init__`` always loads a coarse model, though ``run(image,
-    coarse_mask=...)`` uses only its preprocessing. The refiner stores that same preprocessing
-    (it is trained on the coarse model's grid), so a CoarseSegmenter with the refiner's
-    preprocessing and a network that refuses to run takes the coarse model's place, and
-    refinement needs nothing but the refiner file. Replace this with a pipeline constructor
-    for refinement only once ``pipeline.py`` has one.
-    """
-    refiner = Refiner.from_weights(refiner_path, device)
-    stand_in = CoarseSegmenter(
-        _NoCoarseModel(),
-        SegModelConfig(encoder="scratch"),
-        refiner.pre_cfg,
-        refiner.device,
-        {"kind": "none"},
-    )
-    pipe = SegmentationPipeline.__new__(SegmentationPipeline)
-    pipe.preset = get_preset(preset)
-    pipe.coarse_path = Path(refiner_path)  # provenance() hashes it; run() drops that entry
-    pipe.coarse = stand_in
-    pipe.refiner = refiner
-    pipe.refiner_path = Path(refiner_path)
-    pipe.refine_params = refiner.defaults
-    pipe.post = post
-    return pipe

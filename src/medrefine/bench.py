@@ -1,0 +1,131 @@
+"""Speed and memory figures (``medrefine bench``): medians over repeated runs after warm-up.
+
+Nothing here is a test: it prints what this machine does. Run it with nothing else busy;
+two torch jobs on the same cores slow each other many times over.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medrefine import __version__
+from medrefine.io import read_image, write_mask
+from medrefine.pipeline import SegmentationPipeline
+from medrefine.postprocess import postprocess
+from medrefine.presets import sample_path
+from medrefine.refine import RefineParams
+
+logger = logging.getLogger(__name__)
+
+
+def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median and spread (p10..p90) of ``fn``'s wall time in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    q = np.percentile(times, [10, 90])
+    return {"median_s": statistics.median(times), "p10_s": float(q[0]), "p90_s": float(q[1]),
+            "n": repeats}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
+              threads: int | None = None) -> dict[str, Any]:
+    if threads:
+        torch.set_num_threads(threads)
+    reps = 5 if quick else 20
+    image_path = sample_path(preset)
+    pipe = SegmentationPipeline(preset=preset, device=device)
+    coarse, refiner = pipe.coarse, pipe.refiner
+    loaded = read_image(image_path)
+    dtype = loaded.meta["source_dtype"]
+    image01, grid = coarse.prepare(loaded.array, dtype)
+    coarse_grid = coarse.predict_grid(image01[None])[0].cpu().numpy()
+    params = pipe.refine_params
+    out: dict[str, Any] = {
+        "medrefine_version": __version__, "preset": preset, "image": str(image_path.name),
+        "image_size": list(loaded.spatial_shape), "grid": list(coarse.pre_cfg.size),
+        "threads": torch.get_num_threads(), "device": str(coarse.device),
+        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "refine_defaults": vars(params) if params else None,
+    }
+    stages: dict[str, Any] = {}
+    stages["load"] = timeit(lambda: read_image(image_path), reps)
+    stages["preprocess"] = timeit(lambda: coarse.prepare(loaded.array, dtype), reps)
+    stages["coarse"] = timeit(lambda: coarse.predict_grid(image01[None]), reps)
+    probs = pipe.run(loaded).refined_probs
+    stages["postprocess"] = timeit(lambda: postprocess(probs, pipe.post), reps)
+    with tempfile.TemporaryDirectory() as tmp:
+        mask = pipe.run(loaded).mask
+        stages["write_png"] = timeit(lambda: write_mask(mask, Path(tmp) / "m.png"), reps)
+    if refiner is not None:
+        stages["refine_default"] = timeit(
+            lambda: refiner.refine_grid(image01, coarse_grid[0], params), reps)
+        one = replace(params, steps=1)
+        stages["refine_one_step"] = timeit(
+            lambda: refiner.refine_grid(image01, coarse_grid[0], one), reps)
+    out["stages"] = stages
+    pipe_coarse = SegmentationPipeline(preset=preset, device=device, use_diffusion=False)
+    out["end_to_end"] = {
+        "refined_default": timeit(lambda: pipe.run(image_path), reps),
+        "coarse_only": timeit(lambda: pipe_coarse.run(image_path), reps),
+    }
+    for batch in (1, 4, 8) if not quick else (1, 4):
+        x = np.repeat(image01[None], batch, 0)
+        t = timeit(lambda x=x: coarse.predict_grid(x), max(3, reps // 2))
+        out.setdefault("coarse_batch", {})[str(batch)] = {
+            **t, "images_per_s": batch / t["median_s"]}
+    if refiner is not None:
+        grid_steps = (5, 10, 25) if not quick else (5,)
+        grid_samples = (1, 4, 8) if not quick else (1, 4)
+        for steps in grid_steps:
+            for samples in grid_samples:
+                p = replace(params, steps=steps, samples=samples)
+                t = timeit(lambda p=p: refiner.refine_grid(image01, coarse_grid[0], p),
+                           max(3, reps // 4), warmup=1)
+                out.setdefault("refine_grid", []).append({"steps": steps, "samples": samples,
+                                                          **t})
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"medrefine {result['medrefine_version']} bench: preset {result['preset']}, "
+             f"image {result['image']} {result['image_size']}, grid {result['grid']}, "
+             f"{result['threads']} threads, {result['device']}"]
+    lines.append(f"{'stage':<22}{'median ms':>12}{'p10..p90 ms':>20}")
+    for name, t in {**result["stages"], **{f"end-to-end {k}": v for k, v in
+                                           result["end_to_end"].items()}}.items():
+        lines.append(f"{name:<22}{t['median_s'] * 1000:>12.1f}"
+                     f"{t['p10_s'] * 1000:>10.1f}..{t['p90_s'] * 1000:<8.1f}")
+    for b, t in result.get("coarse_batch", {}).items():
+        lines.append(f"coarse batch {b:<9}{t['median_s'] * 1000:>12.1f}   "
+                     f"{t['images_per_s']:.1f} images/s")
+    for row in result.get("refine_grid", []):
+        lines.append(f"refine {row['steps']:>2} steps x {row['samples']} samples"
+                     f"{row['median_s'] * 1000:>8.1f}")
+    lines.append(f"peak resident memory: {result['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+__all__ = ["RefineParams", "format_table", "run_bench", "timeit"]
