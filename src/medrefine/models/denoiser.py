@@ -122,8 +122,9 @@ class ConditionEncoder(nn.Module):
         self.use_coarse = cfg.use_coarse
         extra = 1 if cfg.use_coarse else 0
         if cfg.encoder == "efficientnet_lite0":
-            self.backbone = EfficientNetLite0Encoder(cfg.image_channels, pretrained=pretrained)
-            chans = self.backbone.out_channels[:4]  # strides 2, 4, 8, 16
+            self.backbone = EfficientNetLite0Encoder(cfg.image_channels, pretrained=pretrained,
+                                                     levels=4)
+            chans = self.backbone.out_channels  # strides 2, 4, 8, 16
         else:
             self.backbone = ScratchEncoder(cfg.image_channels + extra, (16, 24, 32, 48, 64))
             chans = self.backbone.out_channels[1:]
@@ -132,7 +133,7 @@ class ConditionEncoder(nn.Module):
 
     def forward(self, image01: torch.Tensor, coarse: torch.Tensor) -> list[torch.Tensor]:
         if self.encoder_kind == "efficientnet_lite0":
-            feats = self.backbone(image01)[:4]
+            feats = self.backbone(image01)
         else:
             x = torch.cat([image01, coarse], 1) if self.use_coarse else image01
             feats = self.backbone(x)[1:]

