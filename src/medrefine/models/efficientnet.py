@@ -56,6 +56,8 @@ class EfficientNetLite0Encoder(nn.Module):
     Input: image01 (B, 3, H, W) in [0, 1]; it is mapped to [-1, 1] as the TF-Lite weights expect.
     """
 
+    out_channels = tuple(c for _, c in LITE0_TAPS.values())  # all five levels
+
     def __init__(self, in_channels: int = 3, pretrained: bool = False, levels: int = 5):
         super().__init__()
         if not 1 <= levels <= len(LITE0_TAPS):
