@@ -55,18 +55,26 @@ class SegmentationResult:
 
     @property
     def coarse_mask(self) -> np.ndarray:
-        return (self.coarse_probs >= 0.5).astype(np.uint8) if self.coarse_probs.ndim == \
-            self.mask.ndim else self.coarse_probs.argmax(0).astype(np.uint8)
+        return (
+            (self.coarse_probs >= 0.5).astype(np.uint8)
+            if self.coarse_probs.ndim == self.mask.ndim
+            else self.coarse_probs.argmax(0).astype(np.uint8)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         refined = None if self.refined_probs is None else (self.refined_probs >= 0.5)
         return {
-            "input": self.image.array, "original_size": self.image.spatial_shape,
+            "input": self.image.array,
+            "original_size": self.image.spatial_shape,
             "coarse_mask": self.coarse_mask,
             "refined_mask": None if refined is None else refined.astype(np.uint8),
-            "mask": self.mask, "coarse_probs": self.coarse_probs,
-            "refined_probs": self.refined_probs, "uncertainty": self.uncertainty,
-            "review_score": self.review_score, "timings": self.timings, "params": self.params,
+            "mask": self.mask,
+            "coarse_probs": self.coarse_probs,
+            "refined_probs": self.refined_probs,
+            "uncertainty": self.uncertainty,
+            "review_score": self.review_score,
+            "timings": self.timings,
+            "params": self.params,
         }
 
 
@@ -84,8 +92,10 @@ def as_loaded(image: str | Path | np.ndarray | LoadedImage) -> LoadedImage:
     elif array.ndim == 3 and array.shape[-1] in (1, 3, 4) and array.shape[0] not in (1, 3, 4):
         array = np.moveaxis(array, -1, 0)
     elif not (array.ndim == 3 and array.shape[0] in (1, 3, 4)):
-        raise InputError(f"cannot interpret an array of shape {array.shape} as an image; pass "
-                         "(H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4")
+        raise InputError(
+            f"cannot interpret an array of shape {array.shape} as an image; pass "
+            "(H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4"
+        )
     if array.size == 0:
         raise InputError("the image array is empty")
     out = np.ascontiguousarray(array, dtype=np.float32)
@@ -108,16 +118,26 @@ class SegmentationPipeline:
         refine: refinement settings (steps, strength, samples, seed, ...); default: the
             refiner's own defaults, chosen on its validation split.
         postprocess: mask clean-up; default: the preset's.
+        slice_batch: volume slices the coarse model sees at once (memory vs. speed).
     """
 
-    def __init__(self, cpunet_weights: str | Path | None = None,
-                 diffusion_weights: str | Path | None = None, device: str = "auto",
-                 use_diffusion: bool = True, preset: str | None = None,
-                 refine: RefineParams | None = None,
-                 postprocess: PostprocessConfig | None = None, *, load_coarse: bool = True):
+    def __init__(
+        self,
+        cpunet_weights: str | Path | None = None,
+        diffusion_weights: str | Path | None = None,
+        device: str = "auto",
+        use_diffusion: bool = True,
+        preset: str | None = None,
+        refine: RefineParams | None = None,
+        postprocess: PostprocessConfig | None = None,
+        *,
+        load_coarse: bool = True,
+        slice_batch: int = 8,
+    ):
         # A preset fills in whatever weights are not given ("polyp" when none is named).
         needs_preset = (load_coarse and cpunet_weights is None) or (
-            use_diffusion and diffusion_weights is None)
+            use_diffusion and diffusion_weights is None
+        )
         if preset is None and needs_preset:
             preset = DEFAULT_PRESET
         self.preset = get_preset(preset) if preset is not None else None
@@ -127,8 +147,10 @@ class SegmentationPipeline:
             self.coarse_path = Path(cpunet_weights or self.preset.coarse_weights)
             self.coarse = CoarseSegmenter.from_weights(self.coarse_path, device)
             if use_diffusion and self.coarse.model_cfg.num_classes != 1:
-                raise ConfigError("diffusion refinement needs a binary coarse model; pass "
-                                  "use_diffusion=False for multi-class models")
+                raise ConfigError(
+                    "diffusion refinement needs a binary coarse model; pass "
+                    "use_diffusion=False for multi-class models"
+                )
         self.refiner: Refiner | None = None
         self.refiner_path: Path | None = None
         if use_diffusion:
@@ -138,65 +160,149 @@ class SegmentationPipeline:
             raise ConfigError("a pipeline without a coarse model needs the diffusion refiner")
         self.pre_cfg = self.coarse.pre_cfg if self.coarse else self.refiner.pre_cfg
         self.refine_params = refine or (self.refiner.defaults if self.refiner else None)
-        self.post = postprocess or (self.preset.postprocess if self.preset
-                                    else PostprocessConfig())
+        self.post = postprocess or (self.preset.postprocess if self.preset else PostprocessConfig())
+        if slice_batch < 1:
+            raise ConfigError(f"slice_batch must be at least 1, got {slice_batch}")
+        self.slice_batch = int(slice_batch)
 
     @classmethod
-    def for_refinement(cls, diffusion_weights: str | Path | None = None,
-                       preset: str | None = None, device: str = "auto",
-                       refine: RefineParams | None = None,
-                       postprocess: PostprocessConfig | None = None) -> SegmentationPipeline:
+    def for_refinement(
+        cls,
+        diffusion_weights: str | Path | None = None,
+        preset: str | None = None,
+        device: str = "auto",
+        refine: RefineParams | None = None,
+        postprocess: PostprocessConfig | None = None,
+    ) -> SegmentationPipeline:
         """A pipeline that only refines given masks (``refine``): no coarse model is loaded;
         images are preprocessed as the refiner was trained."""
-        return cls(None, diffusion_weights, device, True, preset, refine, postprocess,
-                   load_coarse=False)
+        return cls(
+            None, diffusion_weights, device, True, preset, refine, postprocess, load_coarse=False
+        )
 
     # -------------------------------------------------------------- provenance
     def provenance(self) -> dict[str, Any]:
         weights = {}
         if self.coarse_path:
-            weights["coarse"] = {"path": str(self.coarse_path),
-                                 "sha256": file_sha256(self.coarse_path)}
+            weights["coarse"] = {
+                "path": str(self.coarse_path),
+                "sha256": file_sha256(self.coarse_path),
+            }
         if self.refiner_path:
-            weights["refiner"] = {"path": str(self.refiner_path),
-                                  "sha256": file_sha256(self.refiner_path)}
-        return {"medrefine_version": __version__,
-                "preset": self.preset.name if self.preset else None, "weights": weights,
-                "use_diffusion": self.refiner is not None,
-                "refine": asdict(self.refine_params) if self.refine_params else None,
-                "postprocess": asdict(self.post),
-                "device": str((self.coarse or self.refiner).device)}
+            weights["refiner"] = {
+                "path": str(self.refiner_path),
+                "sha256": file_sha256(self.refiner_path),
+            }
+        return {
+            "medrefine_version": __version__,
+            "preset": self.preset.name if self.preset else None,
+            "weights": weights,
+            "use_diffusion": self.refiner is not None,
+            "refine": asdict(self.refine_params) if self.refine_params else None,
+            "postprocess": asdict(self.post),
+            "device": str((self.coarse or self.refiner).device),
+        }
 
     # -------------------------------------------------------------- core
-    def _slice_probs(self, image: np.ndarray, source_dtype: str, timings: dict,
-                     coarse_mask: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _slice_probs(
+        self,
+        image: np.ndarray,
+        source_dtype: str,
+        timings: dict,
+        coarse_mask: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """One 2D (C, H, W) image -> coarse, refined, uncertainty on the original grid."""
         t = time.perf_counter()
         image01, grid = preprocess(image, self.pre_cfg, source_dtype)
-        timings["preprocess"] = timings.get("preprocess", 0) + time.perf_counter() - t
+        _add_time(timings, "preprocess", t)
         t = time.perf_counter()
         if coarse_mask is None:
-            if self.coarse is None:
-                raise ConfigError("this pipeline has no coarse model; pass a mask to refine")
-            coarse_grid = self.coarse.predict_grid(image01[None])[0].cpu().numpy()
+            coarse_grid = self._coarse_model().predict_grid(image01[None])[0].cpu().numpy()
         else:
-            coarse_grid = to_grid(coarse_mask[None].astype(np.float32), grid.grid_size,
-                                  grid.mode)[0]
-        timings["coarse"] = timings.get("coarse", 0) + time.perf_counter() - t
+            coarse_grid = to_grid(coarse_mask[None].astype(np.float32), grid.grid_size, grid.mode)
+            coarse_grid = coarse_grid[0]
+        _add_time(timings, "coarse", t)
         coarse = from_grid(coarse_grid, grid)
         if self.refiner is None:
             return coarse, None, None
-        t = time.perf_counter()
-        out = self.refiner.refine_grid(image01, coarse_grid[0], self.refine_params)
-        timings["refine"] = timings.get("refine", 0) + time.perf_counter() - t
-        both = from_grid(np.stack([out.probs, out.uncertainty]), grid)
-        return coarse, both[0], both[1]
+        refined, uncertainty = self._refine_slice(image01, coarse_grid[0], grid, timings)
+        return coarse, refined, uncertainty
 
-    def run(self, image: str | Path | np.ndarray | LoadedImage,
-            coarse_mask: np.ndarray | None = None) -> SegmentationResult:
+    def _volume_probs(
+        self,
+        volume: np.ndarray,
+        source_dtype: str,
+        timings: dict,
+        coarse_mask: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(C, D, H, W) -> coarse (K, D, H, W), refined and uncertainty (D, H, W).
+
+        Slices are preprocessed one by one (as 2D images are) and go through the coarse model
+        ``slice_batch`` at a time; refinement runs per slice, each with the same seed, so a
+        slice gets the mask it would get as a 2D image. Outputs are filled in place, so memory
+        holds the volume's probabilities once, not a list of per-slice copies.
+        """
+        depth = volume.shape[1]
+        coarse = refined = uncertainty = None
+        for start in range(0, depth, self.slice_batch):
+            slices = range(start, min(start + self.slice_batch, depth))
+            t = time.perf_counter()
+            prepared = [preprocess(volume[:, d], self.pre_cfg, source_dtype) for d in slices]
+            image01 = np.stack([p[0] for p in prepared])  # (B, C, h, w) on the model grid
+            _add_time(timings, "preprocess", t)
+            t = time.perf_counter()
+            if coarse_mask is None:
+                coarse_grid = self._coarse_model().predict_grid(image01).cpu().numpy()
+            else:
+                grid = prepared[0][1]
+                coarse_grid = np.stack(
+                    [
+                        to_grid(coarse_mask[d][None].astype(np.float32), grid.grid_size, grid.mode)
+                        for d in slices
+                    ]
+                )  # (B, 1, h, w)
+            _add_time(timings, "coarse", t)
+            for i, d in enumerate(slices):
+                grid = prepared[i][1]
+                slice_coarse = from_grid(coarse_grid[i], grid)  # (K, H, W)
+                if coarse is None:
+                    coarse = np.empty(
+                        (slice_coarse.shape[0], depth, *slice_coarse.shape[1:]), np.float32
+                    )
+                    if self.refiner is not None:
+                        refined = np.empty((depth, *slice_coarse.shape[1:]), np.float32)
+                        uncertainty = np.empty_like(refined)
+                coarse[:, d] = slice_coarse
+                if self.refiner is not None:
+                    refined[d], uncertainty[d] = self._refine_slice(
+                        image01[i], coarse_grid[i, 0], grid, timings
+                    )
+        return coarse, refined, uncertainty
+
+    def _refine_slice(
+        self, image01: np.ndarray, coarse_grid: np.ndarray, grid, timings: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """image01 (C, h, w) and coarse probs (h, w) on the grid -> refined, uncertainty (H, W)."""
+        t = time.perf_counter()
+        out = self.refiner.refine_grid(image01, coarse_grid, self.refine_params)
+        _add_time(timings, "refine", t)
+        both = from_grid(np.stack([out.probs, out.uncertainty]), grid)
+        return both[0], both[1]
+
+    def _coarse_model(self) -> CoarseSegmenter:
+        if self.coarse is None:
+            raise ConfigError("this pipeline has no coarse model; pass a mask to refine")
+        return self.coarse
+
+    def run(
+        self, image: str | Path | np.ndarray | LoadedImage, coarse_mask: np.ndarray | None = None
+    ) -> SegmentationResult:
         """Segment one image or volume (``coarse_mask``: refine this mask instead of the
-        coarse model's, values 0/1, 0/255 or probabilities, same spatial size)."""
+        coarse model's, values 0/1, 0/255 or probabilities, same spatial size).
+
+        Volumes (C, D, H, W) go slice by slice through the models in batches of
+        ``slice_batch`` and are post-processed in 3D; the mask is (D, H, W) on the input grid.
+        """
         timings: dict[str, float] = {}
         t = time.perf_counter()
         loaded = as_loaded(image)
@@ -204,39 +310,33 @@ class SegmentationPipeline:
         if coarse_mask is not None:
             coarse_mask = _as_probability_mask(coarse_mask, loaded)
         dtype = loaded.meta.get("source_dtype", "float32")
-        if loaded.is_volume:
-            per_slice = [self._slice_probs(loaded.array[:, d], dtype, timings,
-                                           None if coarse_mask is None else coarse_mask[d])
-                         for d in range(loaded.array.shape[1])]
-            coarse = np.stack([s[0] for s in per_slice], axis=-3)  # (K, D, H, W)
-            refined = (np.stack([s[1] for s in per_slice]) if self.refiner else None)
-            uncertainty = (np.stack([s[2] for s in per_slice]) if self.refiner else None)
-        else:
-            coarse, refined, uncertainty = self._slice_probs(loaded.array, dtype, timings,
-                                                             coarse_mask)
+        slices_of = self._volume_probs if loaded.is_volume else self._slice_probs
+        coarse, refined, uncertainty = slices_of(loaded.array, dtype, timings, coarse_mask)
         t = time.perf_counter()
         spacing = loaded.spacing
         if coarse.shape[0] > 1:  # multi-class: labels from the softmax, cleaned per class
-            mask = postprocess_labels(coarse.argmax(0).astype(np.uint8), self.post,
-                                      spacing=spacing)
+            mask = postprocess_labels(coarse.argmax(0).astype(np.uint8), self.post, spacing=spacing)
             coarse_out = coarse
         else:
             coarse_out = coarse[0]
             probs = refined if refined is not None else coarse_out
             mask = postprocess(probs, self.post, spacing=spacing)
         timings["postprocess"] = time.perf_counter() - t
-        score = (review_score(uncertainty, mask) if uncertainty is not None and mask.ndim == 2
-                 else None)
+        score = review_score(uncertainty, mask) if uncertainty is not None else None
         timings["total"] = sum(timings.values())
-        params = {"refine": asdict(self.refine_params) if self.refiner else None,
-                  "postprocess": asdict(self.post),
-                  "preset": self.preset.name if self.preset else None}
-        return SegmentationResult(loaded, mask, coarse_out, refined, uncertainty, score,
-                                  timings, params)
+        params = {
+            "refine": asdict(self.refine_params) if self.refiner else None,
+            "postprocess": asdict(self.post),
+            "preset": self.preset.name if self.preset else None,
+        }
+        return SegmentationResult(
+            loaded, mask, coarse_out, refined, uncertainty, score, timings, params
+        )
 
     # -------------------------------------------------------------- the design's API
-    def segment_image(self, path_or_array: str | Path | np.ndarray,
-                      return_intermediate: bool = False):
+    def segment_image(
+        self, path_or_array: str | Path | np.ndarray, return_intermediate: bool = False
+    ):
         """The mask at the input's original size, or (``return_intermediate``) a dict with
         input, coarse_mask, refined_mask, original_size, uncertainty, timings and params."""
         result = self.run(path_or_array)
@@ -245,8 +345,12 @@ class SegmentationPipeline:
     def segment_batch(self, paths: list[str | Path]) -> list[np.ndarray]:
         return [self.run(p).mask for p in paths]
 
-    def refine(self, image: str | Path | np.ndarray, mask: str | Path | np.ndarray,
-               return_intermediate: bool = False):
+    def refine(
+        self,
+        image: str | Path | np.ndarray,
+        mask: str | Path | np.ndarray,
+        return_intermediate: bool = False,
+    ):
         """Refine a mask made by any segmenter (nnU-Net, SAM, your own)."""
         if self.refiner is None:
             raise ConfigError("this pipeline was built with use_diffusion=False; it cannot refine")
@@ -257,8 +361,12 @@ class SegmentationPipeline:
         result = self.run(image, coarse_mask=np.asarray(mask))
         return result.as_dict() if return_intermediate else result.mask
 
-    def visualize(self, path_or_array, save_path: str | Path | None = None,
-                  ground_truth: np.ndarray | None = None) -> np.ndarray:
+    def visualize(
+        self,
+        path_or_array,
+        save_path: str | Path | None = None,
+        ground_truth: np.ndarray | None = None,
+    ) -> np.ndarray:
         """image | coarse | refined (| ground truth) | uncertainty panel as RGB uint8."""
         from medrefine.visualize import comparison_panel, save_png, uncertainty_heatmap
 
@@ -280,6 +388,10 @@ class SegmentationPipeline:
         return rgb
 
 
+def _add_time(timings: dict[str, float], key: str, since: float) -> None:
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - since
+
+
 def replace_range(image: np.ndarray, source_dtype: str) -> np.ndarray:
     """Raw intensities -> [0, 1] for display (the same rule as preprocessing's ``auto``)."""
     from medrefine.preprocess import normalize_intensity, to_channels
@@ -297,8 +409,10 @@ def _as_probability_mask(mask: np.ndarray, like: LoadedImage) -> np.ndarray:
     if mask.ndim == len(like.spatial_shape) + 1 and mask.shape[0] == 1:
         mask = mask[0]
     if mask.shape != like.spatial_shape:
-        raise InputError(f"the mask has shape {mask.shape} but the image is "
-                         f"{like.spatial_shape}; pass a mask of the image's size")
+        raise InputError(
+            f"the mask has shape {mask.shape} but the image is "
+            f"{like.spatial_shape}; pass a mask of the image's size"
+        )
     if mask.dtype.kind in "biu":
         return (mask > 0).astype(np.float32)
     mask = mask.astype(np.float32)

@@ -8,20 +8,30 @@ build their ``SegmentationPipeline`` by the same rules.
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
 import json
 import logging
+import platform
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medrefine import __version__
 from medrefine.errors import ConfigError, InputError, MedrefineError
 from medrefine.fusion import FUSIONS
-from medrefine.io import LoadedImage, atomic_output, sniff_format, stem_of, write_mask
+from medrefine.io import (
+    LoadedImage,
+    atomic_output,
+    sniff_format,
+    stem_of,
+    write_float_nifti,
+    write_mask,
+)
 from medrefine.io.base import full_suffix
 from medrefine.io.sniff import SUFFIX_FORMATS
 from medrefine.pipeline import SegmentationPipeline, SegmentationResult, replace_range
@@ -108,12 +118,17 @@ def add_postprocess_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--smooth", type=float, metavar="SIGMA", help="boundary smoothing sigma")
 
 
-# Output formats: name -> what it writes. New ones (json, dicom-seg) go in ``write_outputs``.
+# Output formats: name -> what it writes (``output_names`` and ``write_outputs`` follow it).
 FORMATS = {
     "png": "<stem>.png: the mask, 0/255, at the input size (2D inputs)",
-    "nifti": "<stem>.nii.gz: the mask as uint8 labels with the input's geometry",
+    "nifti": "<stem>.nii.gz: the mask as uint8 labels with the input's geometry "
+    "(2D inputs give a 2D NIfTI)",
+    "dicom-seg": "<stem>.dcm: a DICOM-SEG referencing the source instances (DICOM inputs)",
     "overlay": "<stem>_overlay.png: the mask tinted over the image (2D inputs)",
-    "uncertainty": "<stem>_uncertainty.png: the refiner's uncertainty heat map (2D inputs)",
+    "uncertainty": "<stem>_uncertainty.png: the refiner's uncertainty heat map (2D inputs), "
+    "and <stem>_uncertainty.nii.gz: the uncertainty as float32 (volumes and NIfTI inputs)",
+    "json": "<stem>.json: shape, spacing, foreground pixels and area (mm2) or volume (mm3), "
+    "review score, timings and parameters",
 }
 
 
@@ -205,7 +220,18 @@ def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
 
 def provenance(pipe: SegmentationPipeline, args: argparse.Namespace) -> dict[str, Any]:
     """``pipe.provenance()`` (kept as a hook for command-specific additions)."""
-    return pipe.provenance()
+    prov = pipe.provenance()
+    prov["seed"] = prov["refine"]["seed"] if prov.get("refine") else None
+    prov["python_version"] = platform.python_version()
+    prov["torch_version"] = _torch_version()
+    prov["arguments"] = {k: v for k, v in sorted(vars(args).items()) if k != "func"}
+    return prov
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
 
 
 # ---------------------------------------------------------------- inputs
@@ -284,8 +310,9 @@ def _series_uids(paths: list[Path]) -> set[str]:
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
-    """Output stems; a repeated stem gets ``_2``, ``_3``... so no output overwrites another."""
-    seen: dict[str, int] = {}
+    """Output stems; a repeated stem gets ``_2``, ``_3``... so no output overwrites another
+    (``report`` counts as taken: the run report is ``report.json``)."""
+    seen: dict[str, int] = {"report": 1}
     stems = []
     for path in paths:
         stem = stem_of(path)
@@ -324,47 +351,191 @@ def display_image01(result: SegmentationResult) -> np.ndarray:
     return replace_range(image.array, image.meta.get("source_dtype", "float32"))
 
 
+@dataclass(frozen=True)
+class InputKind:
+    """What decides which files an input's outputs are: volume or 2D, NIfTI, DICOM."""
+
+    volume: bool
+    nifti: bool = False
+    dicom: bool = False
+
+    @classmethod
+    def of(cls, image: LoadedImage) -> InputKind:
+        fmt = image.meta.get("format")
+        return cls(image.is_volume, fmt == "nifti", fmt == "dicom")
+
+
+def probe_kind(path: Path) -> InputKind:
+    """An input's kind from its header alone (no pixel data), for resume checks.
+
+    Raises:
+        InputError: the file cannot be read; the caller then segments it (and reports it).
+    """
+    fmt = sniff_format(path)
+    if fmt == "dicom-folder":
+        return InputKind(True, dicom=True)
+    if fmt == "dicom":
+        from medrefine.io.dicom import open_dicom
+
+        ds = open_dicom(path, stop_before_pixels=True)
+        return InputKind(int(ds.get("NumberOfFrames", 1) or 1) > 1, dicom=True)
+    if fmt == "nifti":
+        import nibabel as nib
+
+        try:
+            shape = nib.load(path).shape
+        except Exception as err:  # nibabel raises many types for damaged headers
+            raise InputError(f"{path}: cannot read the NIfTI header ({err})") from err
+        return InputKind(len(shape) >= 3 and shape[2] > 1, nifti=True)
+    if fmt == "tiff":
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                return InputKind(len(tif.pages) > 1)
+        except Exception as err:
+            raise InputError(f"{path}: cannot read the TIFF header ({err})") from err
+    return InputKind(False)
+
+
+def output_names(stem: str, formats: list[str], kind: InputKind) -> list[str]:
+    """The files ``write_outputs`` writes for one input, in the order it writes them."""
+    names = []
+    for fmt in formats:
+        if fmt == "png":
+            names.append(f"{stem}.png")
+        elif fmt == "nifti":
+            names.append(f"{stem}.nii.gz")
+        elif fmt == "dicom-seg":
+            names.append(f"{stem}.dcm")
+        elif fmt == "overlay":
+            names.append(f"{stem}_overlay.png")
+        elif fmt == "uncertainty":
+            if not kind.volume:
+                names.append(f"{stem}_uncertainty.png")
+            if kind.volume or kind.nifti:
+                names.append(f"{stem}_uncertainty.nii.gz")
+        elif fmt == "json":
+            names.append(f"{stem}.json")
+    return names
+
+
 def check_formats_fit(image: LoadedImage, formats: list[str]) -> None:
-    """Refuse a volume when a 2D picture format is asked for (before segmenting it)."""
-    pictures = [f for f in formats if f in ("png", "overlay", "uncertainty")]
+    """Refuse an input that a requested format cannot hold (before segmenting it): a volume
+    for the 2D pictures, anything but DICOM for DICOM-SEG."""
+    pictures = [f for f in formats if f in ("png", "overlay")]
     if image.is_volume and pictures:
         raise InputError(
             f"{image.path}: is a volume {image.spatial_shape}; the "
             f"{', '.join(pictures)} output(s) hold 2D images only; use "
             "--format nifti"
         )
+    fmt = image.meta.get("format")
+    if "dicom-seg" in formats and fmt != "dicom":
+        raise InputError(
+            f"{image.path}: --format dicom-seg needs a DICOM input to reference, got "
+            f"{fmt!r}; use --format nifti for this file (or drop dicom-seg)"
+        )
 
 
 def write_outputs(
-    result: SegmentationResult, out_dir: Path, stem: str, formats: list[str]
+    result: SegmentationResult,
+    out_dir: Path,
+    stem: str,
+    formats: list[str],
+    extra: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write each requested format for one result; returns the paths written."""
+    """Write each requested format for one result (each file atomically); returns the paths
+    written, which are ``output_names(stem, formats, InputKind.of(result.image))``.
+
+    ``extra`` is added to the ``json`` summary (e.g. the weights' SHA-256)."""
     from medrefine.visualize import overlay, save_png, uncertainty_heatmap
 
-    check_formats_fit(result.image, formats)
+    image = result.image
+    check_formats_fit(image, formats)
+    kind = InputKind.of(image)
     written = []
     for fmt in formats:
         if fmt == "png":
-            written.append(write_mask(result.mask, out_dir / f"{stem}.png", like=result.image))
+            written.append(write_mask(result.mask, out_dir / f"{stem}.png", like=image))
         elif fmt == "nifti":
-            written.append(
-                write_mask(
-                    result.mask, out_dir / f"{stem}.nii.gz", like=result.image, format="nifti"
-                )
-            )
+            path = out_dir / f"{stem}.nii.gz"
+            written.append(write_mask(result.mask, path, like=image, format="nifti"))
+        elif fmt == "dicom-seg":
+            path = out_dir / f"{stem}.dcm"
+            written.append(write_mask(result.mask, path, like=image, format="dicom-seg"))
         elif fmt == "overlay":
             rgb = overlay(display_image01(result), result.mask > 0)
             written.append(save_png(rgb, out_dir / f"{stem}_overlay.png"))
         elif fmt == "uncertainty":
-            rgb = uncertainty_heatmap(result.uncertainty, display_image01(result), vmax=1.0)
-            written.append(save_png(rgb, out_dir / f"{stem}_uncertainty.png"))
+            if result.uncertainty is None:
+                raise ConfigError("--format uncertainty needs refinement; drop --no-refine")
+            if not kind.volume:
+                rgb = uncertainty_heatmap(result.uncertainty, display_image01(result), vmax=1.0)
+                written.append(save_png(rgb, out_dir / f"{stem}_uncertainty.png"))
+            if kind.volume or kind.nifti:
+                path = out_dir / f"{stem}_uncertainty.nii.gz"
+                written.append(write_float_nifti(result.uncertainty, path, like=image))
+        elif fmt == "json":
+            summary = {**image_summary(result), **(extra or {})}
+            written.append(write_json(out_dir / f"{stem}.json", summary))
     return written
+
+
+def image_summary(result: SegmentationResult) -> dict[str, Any]:
+    """Per-input facts for ``<stem>.json``: geometry, foreground size, score, timings, params.
+
+    ``foreground_pixels`` counts mask pixels (voxels for volumes) > 0; with a known spacing
+    ``foreground_area_mm2`` (2D) or ``foreground_volume_mm3`` (volumes) gives its size.
+    """
+    image, mask = result.image, result.mask
+    spacing = [float(s) for s in image.spacing] if image.spacing is not None else None
+    n_fg = int(np.count_nonzero(mask))
+    cell = float(np.prod(spacing)) if spacing else None
+    summary: dict[str, Any] = {
+        "input": str(image.path) if image.path is not None else None,
+        "format": image.meta.get("format"),
+        "modality": image.meta.get("modality"),
+        "shape": list(mask.shape),
+        "spacing_mm": spacing,
+        "foreground_pixels": n_fg,
+        "foreground_fraction": n_fg / mask.size if mask.size else 0.0,
+    }
+    size_key = "foreground_volume_mm3" if mask.ndim == 3 else "foreground_area_mm2"
+    summary[size_key] = n_fg * cell if cell is not None else None
+    if int(mask.max(initial=0)) > 1:  # label map: pixels per label
+        values, counts = np.unique(mask[mask > 0], return_counts=True)
+        summary["label_pixels"] = {str(v): int(c) for v, c in zip(values, counts, strict=True)}
+    summary["review_score"] = result.review_score
+    summary["timings"] = result.timings
+    summary["params"] = result.params
+    summary["medrefine_version"] = __version__
+    return summary
 
 
 def write_json(path: Path, data: Any) -> Path:
     """Write JSON atomically (NaN becomes null so other tools can read it)."""
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    return path
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    """Write rows as CSV atomically (lists joined by ``;``, None as an empty cell)."""
+
+    def cell(value: Any) -> Any:
+        if value is None:
+            return ""
+        if isinstance(value, list | tuple):
+            return ";".join(str(v) for v in value)
+        return value
+
+    with atomic_output(path) as tmp:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: cell(row.get(k)) for k in columns})
     return path
 
 

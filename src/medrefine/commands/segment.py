@@ -3,29 +3,49 @@ masks by diffusion.
 
 INPUT may be files, folders (their supported images, not recursive; a folder holding one DICOM
 series is one volume) and glob patterns. For each input OUT/<stem>.png holds the mask (0/255, at
-the input's size); ``--format`` adds more outputs. A file that cannot be segmented is reported in
-one line on stderr and skipped; the exit code is then 2. OUT/report.json records every input's
-status, outputs and timings, and the provenance of the run (weights with their SHA-256, settings).
+the input's size); ``--format`` picks other outputs (nifti, dicom-seg, overlay, uncertainty,
+json). Volumes (3D NIfTI, multi-frame or series DICOM) are segmented slice by slice and written
+back as one volume in the input's geometry (``--format nifti`` or ``dicom-seg``).
+
+A file that cannot be segmented is reported in one line on stderr and skipped; the exit code is
+then 2. OUT/report.json and OUT/report.csv record every input's status, outputs, seconds and
+error; report.json adds the provenance of the run (medrefine version, weights with their
+SHA-256, every setting, the seed).
+
+Every output is written under a temporary name and renamed into place. Running the same
+command again skips the inputs whose outputs are all there (``skipped (done)``; ``--overwrite``
+redoes them), so an interrupted batch (Ctrl-C writes the report so far) resumes where it
+stopped. Under ``torchrun --nproc_per_node=N`` the sorted inputs are shared out (rank r takes
+inputs r, r+N, ...) and rank 0 merges the ranks' reports.
 
 examples:
   medrefine segment scans/ -o masks/ --preset polyp
   medrefine segment "data/*.jpg" -o out/ --weights coarse.safetensors --no-refine
-  medrefine segment a.png -o out/ --samples 8 --format png,overlay,uncertainty
+  medrefine segment a.png -o out/ --samples 8 --format png,overlay,uncertainty,json
+  medrefine segment brain.nii.gz -o out/ --format nifti,json
+  torchrun --nproc_per_node=4 -m medrefine.cli segment scans/ -o masks/
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import os
+import signal
 import sys
+import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from medrefine.commands.common import (
+    InputKind,
     add_format_option,
     add_model_options,
     add_postprocess_options,
@@ -34,18 +54,30 @@ from medrefine.commands.common import (
     check_formats_fit,
     expand_inputs,
     failure_reason,
+    output_names,
     parse_formats,
     prepare_out_dir,
+    probe_kind,
     provenance,
     report_failure,
     unique_stems,
+    write_csv,
     write_json,
     write_outputs,
 )
+from medrefine.errors import ConfigError, MedrefineError
 from medrefine.io import read_image
 from medrefine.pipeline import SegmentationPipeline
+from medrefine.training.distributed import DistInfo
 
 logger = logging.getLogger(__name__)
+
+SKIPPED = "skipped (done)"
+CSV_COLUMNS = ["input", "status", "outputs", "seconds", "error", "rank"]
+CSV_PROVENANCE = ["medrefine_version", "coarse_sha256", "refiner_sha256", "seed"]
+# A rank that finishes early waits at the barrier for the slowest one; gloo's default of
+# 30 minutes is too short for big batches of volumes.
+BARRIER_TIMEOUT = timedelta(hours=48)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -71,6 +103,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="OUT",
         help="output folder (created if missing)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="segment every input again, even those whose outputs are all in OUT already",
+    )
+    parser.add_argument(
+        "--slice-batch",
+        type=int,
+        default=8,
+        metavar="N",
+        help="volume slices the coarse model segments at once (default 8)",
+    )
     add_model_options(parser)
     add_format_option(parser)
     add_refine_options(parser)
@@ -83,49 +127,100 @@ def run(args: argparse.Namespace) -> int:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t_start = time.perf_counter()
     formats = parse_formats(args.format, refining=not args.no_refine)
+    if args.slice_batch < 1:
+        raise ConfigError(f"--slice-batch {args.slice_batch}: give at least 1 slice")
     prepare_out_dir(args.out)
-    pipe = build_pipeline(args)
-    inputs, problems = expand_inputs(args.inputs)
-    records: list[dict[str, Any]] = []
-    for spec, reason in problems:
-        report_failure(spec, reason)
-        records.append({"input": spec, "status": "failed", "error": reason})
+    info = start_distributed(args)
+    try:
+        pipe = build_pipeline(args)
+        pipe.slice_batch = args.slice_batch
+        prov = provenance(pipe, args)
+        warn_if_settings_changed(args.out, prov, formats, args.overwrite)
+        inputs, problems = expand_inputs(args.inputs)
+        inputs = sorted(inputs, key=str)  # the same order (and stems) on every rank and re-run
+        jobs = list(zip(inputs, unique_stems(inputs), strict=True))[info.rank :: info.world_size]
+        records: list[dict[str, Any]] = []
+        if info.is_main:
+            for spec, reason in problems:
+                report_failure(spec, reason)
+                records.append({"input": spec, "status": "failed", "error": reason})
+        head = {
+            "command": "segment",
+            "started": started,
+            "inputs": args.inputs,
+            "out": str(args.out),
+            "formats": formats,
+            "world_size": info.world_size,
+            "provenance": prov,
+        }
+        file_extra = {"weights": {k: v["sha256"] for k, v in prov["weights"].items()}}
+        try:
+            with _sigterm_as_interrupt():
+                for path, stem in _progress(jobs, args, info):
+                    records.append(
+                        process_one(pipe, path, stem, args.out, formats, args.overwrite, file_extra)
+                    )
+                    records[-1]["rank"] = info.rank
+        except KeyboardInterrupt:
+            report = finish_report(head, records, t_start, interrupted=True, left=len(jobs))
+            if info.enabled:  # the other ranks may be gone: no barrier, this rank's part only
+                write_json(args.out / f"report.rank{info.rank}.json", report)
+            else:
+                write_reports(args.out, report)
+            raise
+        report = finish_report(head, records, t_start)
+        if info.enabled:
+            report = merge_ranks(args.out, report, info, t_start)
+        if info.is_main:
+            write_reports(args.out, report)
+            for rank in range(info.world_size if info.enabled else 0):
+                (args.out / f"report.rank{rank}.json").unlink(missing_ok=True)
+            print(summary_line(report, args.out))
+        n_failed = all_ranks_sum(report["n_failed"] if info.is_main else 0, info)
+        return 2 if n_failed else 0
+    finally:
+        stop_distributed(info)
 
-    def echo(line: str) -> None:
-        tqdm.write(line, file=sys.stderr)
 
-    bar = tqdm(
-        list(zip(inputs, unique_stems(inputs), strict=True)),
-        desc="segment",
-        unit="image",
-        disable=True if getattr(args, "quiet", False) else None,
-    )
-    for path, stem in bar:
-        records.append(segment_one(pipe, path, stem, args.out, formats, echo))
-    n_failed = sum(r["status"] != "ok" for r in records)
-    report = {
-        "command": "segment",
-        "started": started,
-        "seconds": time.perf_counter() - t_start,
-        "inputs": args.inputs,
-        "out": str(args.out),
-        "formats": formats,
-        "n_inputs": len(records),
-        "n_ok": len(records) - n_failed,
-        "n_failed": n_failed,
-        "provenance": provenance(pipe, args),
-        "files": records,
-    }
-    write_json(args.out / "report.json", report)
-    print(
-        f"segmented {len(records) - n_failed} of {len(records)} inputs into {args.out}"
-        + (f"; {n_failed} failed (listed in report.json)" if n_failed else "")
-    )
-    return 2 if n_failed else 0
+def process_one(
+    pipe: SegmentationPipeline,
+    path: Path,
+    stem: str,
+    out_dir: Path,
+    formats: list[str],
+    overwrite: bool = False,
+    file_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One input: skip it when its outputs are all there, else segment it and write them.
+    A failure is reported on stderr and in the returned record, never raised."""
+    if not overwrite:
+        done = completed_outputs(path, stem, formats, out_dir)
+        if done is not None:
+            logger.info("%s: outputs already in %s; skipped", path, out_dir)
+            return {"input": str(path), "status": SKIPPED, "outputs": done, "seconds": 0.0}
+    return segment_one(pipe, path, stem, out_dir, formats, _echo, file_extra)
+
+
+def completed_outputs(path: Path, stem: str, formats: list[str], out_dir: Path) -> list[str] | None:
+    """The output names of ``path`` when every one of them exists in ``out_dir``, else None.
+
+    Outputs are renamed into place only once complete, so a file that exists is whole."""
+    try:
+        kind = probe_kind(path) if "uncertainty" in formats else InputKind(False)
+    except MedrefineError:
+        return None  # unreadable: segment it, so the failure is reported again
+    names = output_names(stem, formats, kind)
+    return names if names and all((out_dir / n).is_file() for n in names) else None
 
 
 def segment_one(
-    pipe: SegmentationPipeline, path: Path, stem: str, out_dir: Path, formats: list[str], echo
+    pipe: SegmentationPipeline,
+    path: Path,
+    stem: str,
+    out_dir: Path,
+    formats: list[str],
+    echo,
+    file_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Segment one input and write its outputs; a failure is reported, not raised."""
     t0 = time.perf_counter()
@@ -135,7 +230,7 @@ def segment_one(
         load_s = time.perf_counter() - t0
         result = pipe.run(loaded)
         t_write = time.perf_counter()
-        written = write_outputs(result, out_dir, stem, formats)
+        written = write_outputs(result, out_dir, stem, formats, file_extra)
     except Exception as err:  # a batch goes on past a bad file (KeyboardInterrupt still stops)
         reason = failure_reason(err)
         report_failure(str(path), reason, echo)
@@ -156,3 +251,156 @@ def segment_one(
         "timings": timings,
         "seconds": time.perf_counter() - t0,
     }
+
+
+# ---------------------------------------------------------------- reports
+def finish_report(
+    head: dict[str, Any],
+    records: list[dict[str, Any]],
+    t_start: float,
+    *,
+    interrupted: bool = False,
+    left: int = 0,
+) -> dict[str, Any]:
+    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", SKIPPED, "failed")}
+    report = {
+        **head,
+        "seconds": time.perf_counter() - t_start,
+        "n_inputs": len(records),
+        "n_ok": counts["ok"],
+        "n_skipped": counts[SKIPPED],
+        "n_failed": counts["failed"],
+        "files": records,
+    }
+    if interrupted:
+        report["interrupted"] = True
+        report["n_not_started"] = max(left - len(records), 0)
+    return report
+
+
+def write_reports(out_dir: Path, report: dict[str, Any]) -> None:
+    """OUT/report.json (everything) and OUT/report.csv (one row per input + provenance)."""
+    write_json(out_dir / "report.json", report)
+    prov = report["provenance"]
+    weights = prov.get("weights", {})
+    constant = {
+        "medrefine_version": prov.get("medrefine_version"),
+        "coarse_sha256": weights.get("coarse", {}).get("sha256"),
+        "refiner_sha256": weights.get("refiner", {}).get("sha256"),
+        "seed": prov.get("seed"),
+    }
+    rows = [{**r, **constant} for r in report["files"]]
+    write_csv(out_dir / "report.csv", rows, CSV_COLUMNS + CSV_PROVENANCE)
+
+
+def summary_line(report: dict[str, Any], out_dir: Path) -> str:
+    n, n_ok = report["n_inputs"], report["n_ok"]
+    line = f"segmented {n_ok} of {n} inputs into {out_dir}"
+    if report["n_skipped"]:
+        line += f"; {report['n_skipped']} already done (skipped)"
+    if report["n_failed"]:
+        line += f"; {report['n_failed']} failed (listed in report.json)"
+    return line
+
+
+def warn_if_settings_changed(
+    out_dir: Path, prov: dict[str, Any], formats: list[str], overwrite: bool
+) -> None:
+    """Resuming into a folder made with other weights or settings mixes two runs: say so."""
+    previous = out_dir / "report.json"
+    if overwrite or not previous.is_file():
+        return
+    try:
+        old = json.loads(previous.read_text())
+        old_prov = old["provenance"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    keys = ("weights", "refine", "postprocess", "use_diffusion")
+    changed = [k for k in keys if old_prov.get(k) != json.loads(json.dumps(prov.get(k)))]
+    if changed:
+        logger.warning(
+            "%s was written with other %s; outputs already there are kept (skipped). "
+            "Pass --overwrite to redo them with the current settings",
+            out_dir,
+            ", ".join(changed),
+        )
+
+
+# ---------------------------------------------------------------- torchrun
+def start_distributed(args: argparse.Namespace) -> DistInfo:
+    """Join the torchrun group (gloo: it only carries a barrier and a sum); one process
+    without torchrun. On GPUs each rank takes the GPU of its LOCAL_RANK."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistInfo()
+    import torch
+    import torch.distributed as dist
+
+    from medrefine.training.distributed import init_distributed
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+    info = init_distributed(torch.device("cpu"))
+    if args.device in ("auto", "cuda") and torch.cuda.is_available():
+        args.device = f"cuda:{info.local_rank}"
+    return info
+
+
+def merge_ranks(
+    out_dir: Path, report: dict[str, Any], info: DistInfo, t_start: float
+) -> dict[str, Any]:
+    """Each rank writes report.rank<r>.json; after the barrier rank 0 merges them (the caller
+    removes the parts once the merged report is written)."""
+    import torch.distributed as dist
+
+    part = out_dir / f"report.rank{info.rank}.json"
+    write_json(part, report)
+    dist.barrier()
+    if not info.is_main:
+        return report
+    records = []
+    for rank in range(info.world_size):
+        path = out_dir / f"report.rank{rank}.json"
+        records.extend(json.loads(path.read_text())["files"])
+    head = {k: v for k, v in report.items() if k not in ("files", "seconds") and k[:2] != "n_"}
+    return finish_report(head, records, t_start)
+
+
+def all_ranks_sum(value: int, info: DistInfo) -> int:
+    if not info.enabled:
+        return value
+    from medrefine.training.distributed import all_reduce_sum
+
+    return int(all_reduce_sum([float(value)], info)[0])
+
+
+def stop_distributed(info: DistInfo) -> None:
+    from medrefine.training.distributed import shutdown
+
+    shutdown(info)
+
+
+# ---------------------------------------------------------------- helpers
+def _progress(jobs: list, args: argparse.Namespace, info: DistInfo):
+    quiet = getattr(args, "quiet", False) or not info.is_main
+    return tqdm(jobs, desc="segment", unit="input", disable=True if quiet else None)
+
+
+def _echo(line: str) -> None:
+    tqdm.write(line, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, ``kill``) ends the batch like Ctrl-C: report written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
