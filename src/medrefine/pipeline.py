@@ -255,13 +255,9 @@ class SegmentationPipeline:
                 coarse_grid = self._coarse_model().predict_grid(image01).cpu().numpy()
             else:
                 grid = prepared[0][1]
-                coarse_grid = np.stack(
-                    [
-                        to_grid(coarse_mask[d][None].astype(np.float32), grid.grid_size, grid.mode)
-                        for d in slices
-                    ]
-                )  # (B, 1, h, w)
-            _add_time(timings, "coarse", t)
+                given = [coarse_mask[d][None].astype(np.float32) for d in slices]
+                coarse_grid = np.stack([to_grid(m, grid.grid_size, grid.mode)[0] for m in given])
+            _add_time(timings, "coarse", t)  # coarse_grid: (B, K, h, w)
             for i, d in enumerate(slices):
                 grid = prepared[i][1]
                 slice_coarse = from_grid(coarse_grid[i], grid)  # (K, H, W)
@@ -322,7 +318,11 @@ class SegmentationPipeline:
             probs = refined if refined is not None else coarse_out
             mask = postprocess(probs, self.post, spacing=spacing)
         timings["postprocess"] = time.perf_counter() - t
-        score = review_score(uncertainty, mask) if uncertainty is not None else None
+        score = None
+        if uncertainty is not None:
+            t = time.perf_counter()
+            score = review_score(uncertainty, mask)  # volumes: the boundary band is 3D
+            timings["review"] = time.perf_counter() - t
         timings["total"] = sum(timings.values())
         params = {
             "refine": asdict(self.refine_params) if self.refiner else None,

@@ -30,6 +30,7 @@ from medrefine.io import (
     sniff_format,
     stem_of,
     write_float_nifti,
+    write_image_png,
     write_mask,
 )
 from medrefine.io.base import full_suffix
@@ -449,7 +450,7 @@ def write_outputs(
     written, which are ``output_names(stem, formats, InputKind.of(result.image))``.
 
     ``extra`` is added to the ``json`` summary (e.g. the weights' SHA-256)."""
-    from medrefine.visualize import overlay, save_png, uncertainty_heatmap
+    from medrefine.visualize import overlay, uncertainty_heatmap
 
     image = result.image
     check_formats_fit(image, formats)
@@ -466,13 +467,13 @@ def write_outputs(
             written.append(write_mask(result.mask, path, like=image, format="dicom-seg"))
         elif fmt == "overlay":
             rgb = overlay(display_image01(result), result.mask > 0)
-            written.append(save_png(rgb, out_dir / f"{stem}_overlay.png"))
+            written.append(write_image_png(rgb, out_dir / f"{stem}_overlay.png"))
         elif fmt == "uncertainty":
             if result.uncertainty is None:
                 raise ConfigError("--format uncertainty needs refinement; drop --no-refine")
             if not kind.volume:
                 rgb = uncertainty_heatmap(result.uncertainty, display_image01(result), vmax=1.0)
-                written.append(save_png(rgb, out_dir / f"{stem}_uncertainty.png"))
+                written.append(write_image_png(rgb, out_dir / f"{stem}_uncertainty.png"))
             if kind.volume or kind.nifti:
                 path = out_dir / f"{stem}_uncertainty.nii.gz"
                 written.append(write_float_nifti(result.uncertainty, path, like=image))

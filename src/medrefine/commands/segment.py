@@ -229,6 +229,8 @@ def segment_one(
         check_formats_fit(loaded, formats)
         load_s = time.perf_counter() - t0
         result = pipe.run(loaded)
+        result.timings["load"] = load_s  # pipe.run got the image already read
+        result.timings["total"] = time.perf_counter() - t0
         t_write = time.perf_counter()
         written = write_outputs(result, out_dir, stem, formats, file_extra)
     except Exception as err:  # a batch goes on past a bad file (KeyboardInterrupt still stops)
@@ -240,7 +242,7 @@ def segment_one(
             "error": reason,
             "seconds": time.perf_counter() - t0,
         }
-    timings = {**result.timings, "load": load_s, "write": time.perf_counter() - t_write}
+    timings = {**result.timings, "write": time.perf_counter() - t_write}
     return {
         "input": str(path),
         "status": "ok",

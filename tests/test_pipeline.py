@@ -1,0 +1,74 @@
+"""SegmentationPipeline: the batched volume path agrees with the 2D path, seeds repeat."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from commands.conftest import disk_case, tiny_weights  # noqa: F401  (tiny_weights: a fixture)
+from medrefine.errors import ConfigError
+from medrefine.io import LoadedImage
+from medrefine.pipeline import SegmentationPipeline
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_weights) -> SegmentationPipeline:  # noqa: F811
+    return SegmentationPipeline(tiny_weights["coarse"], tiny_weights["refiner"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def volume() -> LoadedImage:
+    """(3, 5, 40, 48) uint8-range RGB slices with a disk each; spacing (2, 1, 1) mm."""
+    rng = np.random.default_rng(1)
+    slices = [disk_case(rng)[0] for _ in range(5)]  # (H, W, 3) each
+    array = np.stack([np.moveaxis(s, -1, 0) for s in slices], axis=1).astype(np.float32)
+    meta = {"format": "array", "source_dtype": "uint8", "modality": "OT"}
+    return LoadedImage(array, (2.0, 1.0, 1.0), meta, None)
+
+
+def test_volume_slices_match_2d_runs(pipe, volume):
+    pipe.slice_batch = 2  # 5 slices: batches of 2, 2 and 1
+    result = pipe.run(volume)
+    assert result.mask.shape == result.uncertainty.shape == (5, 40, 48)
+    assert result.coarse_probs.shape == result.refined_probs.shape == (5, 40, 48)
+    assert result.review_score is not None and "review" in result.timings
+    for d in range(5):
+        one = pipe.run(volume.array[:, d].astype(np.uint8))  # the same slice as a 2D image
+        np.testing.assert_allclose(result.coarse_probs[d], one.coarse_probs, atol=1e-5)
+        np.testing.assert_allclose(result.refined_probs[d], one.refined_probs, atol=1e-5)
+        np.testing.assert_allclose(result.uncertainty[d], one.uncertainty, atol=1e-5)
+
+
+def test_slice_batch_does_not_change_the_mask(pipe, volume):
+    pipe.slice_batch = 1
+    single = pipe.run(volume)
+    pipe.slice_batch = 8
+    batched = pipe.run(volume)
+    np.testing.assert_array_equal(single.mask, batched.mask)
+    np.testing.assert_allclose(single.refined_probs, batched.refined_probs, atol=1e-5)
+
+
+def test_same_seed_same_result(pipe, volume):
+    pipe.slice_batch = 8
+    first, second = pipe.run(volume), pipe.run(volume)
+    np.testing.assert_array_equal(first.mask, second.mask)
+    np.testing.assert_array_equal(first.refined_probs, second.refined_probs)
+    np.testing.assert_array_equal(first.uncertainty, second.uncertainty)
+
+
+def test_refining_a_given_volume_mask(pipe, volume):
+    given = np.zeros(volume.spatial_shape, np.uint8)
+    given[:, 10:30, 12:36] = 1
+    result = pipe.run(volume, coarse_mask=given)
+    assert result.mask.shape == given.shape and result.refined_probs is not None
+    one = pipe.run(volume.array[:, 2].astype(np.uint8), coarse_mask=given[2])
+    np.testing.assert_allclose(result.coarse_probs[2], one.coarse_probs, atol=1e-6)
+    np.testing.assert_allclose(result.refined_probs[2], one.refined_probs, atol=1e-5)
+    assert abs(float(result.coarse_probs.mean()) - float(given.mean())) < 0.01
+
+
+def test_slice_batch_must_be_positive(tiny_weights):  # noqa: F811
+    with pytest.raises(ConfigError, match="slice_batch"):
+        SegmentationPipeline(
+            tiny_weights["coarse"], use_diffusion=False, device="cpu", slice_batch=0
+        )
