@@ -129,6 +129,21 @@ def test_efficientnet_imagenet_weights_load_with_exact_keys():
     assert [f.shape[-1] for f in feats] == [32, 16, 8, 4, 2]
 
 
+@pytest.mark.parametrize("levels", [1, 4])
+def test_truncated_efficientnet_loads_its_share_of_the_weights(levels):
+    full = EfficientNetLite0Encoder(3, pretrained=True).state_dict()
+    encoder = EfficientNetLite0Encoder(3, pretrained=True, levels=levels)
+    own = encoder.state_dict()
+    assert set(own) < set(full)
+    for key, value in own.items():
+        assert torch.equal(value, full[key]), key
+    feats = encoder.eval()(torch.rand(1, 3, 64, 64))
+    assert len(feats) == levels == len(encoder.out_channels)
+    assert [f.shape[1] for f in feats] == list(encoder.out_channels)
+    with pytest.raises(ValueError):
+        EfficientNetLite0Encoder(3, levels=6)
+
+
 def test_build_seg_model_pretrained_loads_into_the_encoder():
     cfg = SegModelConfig(name="cpunet", encoder="efficientnet_lite0", in_channels=1, **TINY)
     fresh = build_seg_model(cfg, pretrained=False)

@@ -1,0 +1,80 @@
+"""Synthetic coarse masks: type, range, shape, and that they really differ from the truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medrefine.metrics import dice
+from medrefine.training.corrupt import OPS, corrupt_mask
+
+
+def _mask(h=64, w=80):
+    yy, xx = np.mgrid[:h, :w]
+    return ((yy - h / 2) ** 2 / 15**2 + (xx - w / 2) ** 2 / 20**2 <= 1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_corrupt_mask_contract(seed):
+    mask = _mask()
+    out = corrupt_mask(mask, np.random.default_rng(seed))
+    assert out.shape == mask.shape and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+    assert not np.array_equal(out, mask.astype(np.float32))
+    # soft edges and below-full confidence: not a binary mask
+    assert len(np.unique(out)) > 2
+
+
+def test_corruptions_are_plausible_on_average():
+    # single draws may remove most of the object (cut_part); typical ones are near misses
+    mask = _mask().astype(bool)
+    scores = [dice(corrupt_mask(_mask(), np.random.default_rng(s)) > 0.5, mask) for s in range(30)]
+    assert 0.5 < np.median(scores) < 0.995
+
+
+def test_corrupt_mask_does_not_modify_its_input():
+    mask = _mask()
+    before = mask.copy()
+    corrupt_mask(mask, np.random.default_rng(0))
+    np.testing.assert_array_equal(mask, before)
+
+
+def test_corrupt_mask_is_seeded():
+    mask = _mask()
+    a = corrupt_mask(mask, np.random.default_rng(3))
+    b = corrupt_mask(mask, np.random.default_rng(3))
+    c = corrupt_mask(mask, np.random.default_rng(4))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_empty_mask_survives(seed):
+    out = corrupt_mask(np.zeros((64, 64), np.uint8), np.random.default_rng(seed))
+    assert out.shape == (64, 64) and np.isfinite(out).all() and out.max() <= 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="jitter_boundary draws rng.uniform(2, 0.04 * max(h, w)); below 50 px "
+    "the high bound is under 2 and numpy raises 'high - low < 0'",
+)
+def test_small_masks_can_be_corrupted():
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # jitter_boundary is drawn with probability 0.25 per operation
+        out = corrupt_mask(_mask(32, 32), rng)
+        assert out.shape == (32, 32)
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda f: f.__name__)
+def test_each_operation_keeps_a_binary_uint8_mask(op):
+    mask = _mask()
+    rng = np.random.default_rng(1)
+    changed = False
+    for _ in range(5):
+        out = op(mask.copy(), rng)
+        assert out.shape == mask.shape and out.dtype == np.uint8
+        assert set(np.unique(out)) <= {0, 1}
+        changed |= not np.array_equal(out, mask)
+    assert changed, f"{op.__name__} never changed the mask"

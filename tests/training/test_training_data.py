@@ -1,0 +1,148 @@
+"""Training data: pairing by stem, manifest and seeded splits, label maps, the dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medrefine.errors import ConfigError, InputError
+from medrefine.preprocess import PreprocessConfig
+from medrefine.training.data import (
+    AugmentConfig,
+    SegmentationDataset,
+    augment_pair,
+    find_pairs,
+    read_label_map,
+    split_pairs,
+)
+
+
+@pytest.fixture
+def folder(tmp_path, make_disks):
+    return make_disks(tmp_path / "data", n=10, size=32)
+
+
+def test_find_pairs_by_stem(folder):
+    (folder / "images" / "orphan.png").write_bytes((folder / "images" / "case_00.png").read_bytes())
+    (folder / "images" / "notes.txt").write_text("not an image")
+    pairs = find_pairs(folder)
+    assert sorted(pairs) == [f"case_{i:02d}" for i in range(10)]
+    p = pairs["case_03"]
+    assert p.image == folder / "images" / "case_03.png"
+    assert p.mask == folder / "masks" / "case_03.png"
+
+
+def test_find_pairs_other_mask_dir_and_missing_folders(folder, tmp_path):
+    (folder / "masks").rename(folder / "labels")
+    with pytest.raises(InputError, match="masks"):
+        find_pairs(folder)
+    assert len(find_pairs(folder, mask_dir="labels")) == 10
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "masks").mkdir()
+    with pytest.raises(InputError, match="no image/mask pairs"):
+        find_pairs(empty)
+
+
+def test_seeded_split_without_manifest(folder):
+    pairs = find_pairs(folder)
+    split = split_pairs(folder, pairs, seed=0)
+    sizes = {k: len(v) for k, v in split.items()}
+    assert sizes == {"train": 8, "val": 1, "test": 1}
+    stems = [p.stem for v in split.values() for p in v]
+    assert sorted(stems) == sorted(pairs)  # a partition: nothing lost, nothing twice
+    again = split_pairs(folder, pairs, seed=0)
+    assert {k: [p.stem for p in v] for k, v in again.items()} == {
+        k: [p.stem for p in v] for k, v in split.items()
+    }
+    other = split_pairs(folder, pairs, seed=1)
+    assert [p.stem for p in other["train"]] != [p.stem for p in split["train"]]
+
+
+def test_split_from_manifest(folder):
+    manifest = {
+        "split": {
+            "train": ["case_00", "case_01", "case_02", "missing_case"],
+            "val": ["case_05"],
+            "test": ["case_09"],
+        }
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    split = split_pairs(folder, find_pairs(folder), seed=123)
+    assert [p.stem for p in split["train"]] == ["case_00", "case_01", "case_02"]
+    assert [p.stem for p in split["val"]] == ["case_05"]
+    assert [p.stem for p in split["test"]] == ["case_09"]
+
+
+def test_manifest_without_split_falls_back(folder):
+    (folder / "manifest.json").write_text(json.dumps({"name": "disks"}))
+    split = split_pairs(folder, find_pairs(folder))
+    assert len(split["train"]) == 8
+
+
+def test_too_few_pairs(tmp_path, make_disks):
+    folder = make_disks(tmp_path / "d", n=2, size=32)
+    with pytest.raises(InputError, match="at least 3"):
+        split_pairs(folder, find_pairs(folder))
+
+
+def test_read_label_map(tmp_path):
+    labels = np.zeros((8, 8), np.uint8)
+    labels[2:4, 2:4] = 1
+    labels[5:7, 5:7] = 2
+    labels[0, 0] = 9
+    Image.fromarray(labels).save(tmp_path / "multi.png")
+    got = read_label_map(tmp_path / "multi.png", 2)
+    assert got.dtype == np.uint8
+    assert got[3, 3] == 1 and got[6, 6] == 2 and got[0, 0] == 255 and got[1, 1] == 0
+    # binary: 0/255 and 0/1 masks both map to {0, 1}
+    Image.fromarray(labels.astype(bool).astype(np.uint8) * 255).save(tmp_path / "b255.png")
+    Image.fromarray(labels.astype(bool).astype(np.uint8)).save(tmp_path / "b1.png")
+    for name in ("b255.png", "b1.png"):
+        np.testing.assert_array_equal(read_label_map(tmp_path / name, 1), labels > 0)
+
+
+def test_dataset_items(folder):
+    pairs = list(find_pairs(folder).values())[:4]
+    pre = PreprocessConfig(size=(32, 32), channels=1)
+    plain = SegmentationDataset(pairs, pre, 1, augment=None)
+    image01, labels = plain[0]
+    assert image01.shape == (1, 32, 32) and image01.dtype == torch.float32
+    assert labels.shape == (32, 32) and labels.dtype == torch.int64
+    assert 0 <= image01.min() and image01.max() <= 1
+    assert set(labels.unique().tolist()) == {0, 1}
+    # without augmentation the label is the mask file, and the disk is the bright part
+    mask = read_label_map(pairs[0].mask, 1)
+    np.testing.assert_array_equal(labels.numpy(), mask)
+    assert image01[0][labels == 1].mean() > image01[0][labels == 0].mean() + 0.2
+    aug = SegmentationDataset(pairs, pre, 1, AugmentConfig())
+    assert aug.cache_size == (40, 40)
+    image01, labels = aug[1]
+    assert image01.shape == (1, 32, 32) and labels.shape == (32, 32)
+
+
+def test_augment_pair_moves_image_and_mask_together():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((40, 40), np.uint8)
+    labels[10:25, 12:30] = 1
+    image01 = labels[None].astype(np.float32)  # the image is the mask
+    aug = AugmentConfig(brightness=0, contrast=0, gamma=0, noise_std=0)
+    for _ in range(5):
+        img, lab = augment_pair(image01, labels, (32, 32), aug, rng)
+        assert img.shape == (1, 32, 32) and lab.shape == (32, 32)
+        assert lab.dtype == np.uint8 and set(np.unique(lab)) <= {0, 1}
+        agree = ((img[0] > 0.5) == (lab == 1)).mean()
+        assert agree > 0.97
+
+
+def test_augment_config_check():
+    with pytest.raises(ConfigError):
+        AugmentConfig(scale=(1.2, 0.8))
+
+
+def test_synthetic_fixture_folder(disk_data):
+    assert len(find_pairs(disk_data)) == 12

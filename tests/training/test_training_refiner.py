@@ -1,0 +1,122 @@
+"""End-to-end CPU smoke runs of the refiner training loop on top of the tiny coarse run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medrefine.checkpoint import read_info
+from medrefine.diffusion import DiffusionConfig
+from medrefine.errors import ConfigError
+from medrefine.models.denoiser import DenoiserConfig
+from medrefine.refine import RefineParams, Refiner
+from medrefine.training.data import find_pairs, split_pairs
+from medrefine.training.refiner import RefinerTrainConfig, sample_timesteps, train_refiner
+
+TINY_DENOISER = DenoiserConfig(encoder="scratch", widths=(8, 8, 8, 8), attention=False, time_dim=16)
+STRENGTHS, STEPS = (0.2, 0.4), (1, 2)
+
+
+def _config(data, out, coarse_weights, **overrides):
+    kwargs = dict(
+        denoiser=TINY_DENOISER,
+        epochs=1,
+        batch_size=4,
+        device="cpu",
+        amp=False,
+        pretrained=False,
+        val_params=RefineParams(steps=1),
+        tune_strengths=STRENGTHS,
+        tune_steps=STEPS,
+    )
+    return RefinerTrainConfig(
+        data_dir=str(data),
+        output_dir=str(out),
+        coarse_weights=str(coarse_weights),
+        **{**kwargs, **overrides},
+    )
+
+
+@pytest.mark.parametrize(
+    "diffusion",
+    [DiffusionConfig(), DiffusionConfig(kind="bernoulli", num_timesteps=100)],
+    ids=["gaussian", "bernoulli"],
+)
+def test_refiner_run(disk_data, coarse_run, tmp_path, diffusion, expected_tuning):
+    run = train_refiner(
+        _config(disk_data, tmp_path / "ref", coarse_run / "best.safetensors", diffusion=diffusion)
+    )
+    assert {
+        "best.safetensors",
+        "last.safetensors",
+        "metrics.jsonl",
+        "config.json",
+        "training_curve.png",
+    } <= {p.name for p in run.iterdir()}
+    info = read_info(run / "best.safetensors")
+    assert info["kind"] == "refiner"
+    assert info["denoiser"]["image_channels"] == 1  # taken from the coarse model
+    assert info["diffusion"] == diffusion.to_dict()
+    defaults = info["refine_defaults"]
+    assert defaults["strength"] in STRENGTHS and defaults["steps"] in STEPS
+    tuning = info["training"]["val_tuning"]
+    assert len(tuning) == len(STRENGTHS) * len(STEPS)
+    best = max(round(t["val_dice"], 3) for t in tuning)
+    chosen = [
+        t
+        for t in tuning
+        if t["steps"] == defaults["steps"] and t["strength"] == defaults["strength"]
+    ]
+    assert round(chosen[0]["val_dice"], 3) == best  # the best on val (ties: fewer steps)
+    val_pairs = split_pairs(disk_data, find_pairs(disk_data), seed=0)["val"]
+    scored = expected_tuning(run / "best.safetensors", coarse_run / "best.safetensors", val_pairs)
+    assert [t["val_dice"] for t in tuning] == pytest.approx(scored, abs=1e-6)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1]
+    assert 0 <= rows[0]["val_dice"] <= 1 and 0 <= rows[0]["val_dice_coarse"] <= 1
+    config = json.loads((run / "config.json").read_text())
+    assert config["stage"] == "refiner" and config["world_size"] == 1
+    refiner = Refiner.from_weights(run / "best.safetensors", device="cpu")
+    assert refiner.defaults == RefineParams(**defaults)
+    rng = np.random.default_rng(0)
+    out = refiner.refine_grid(
+        rng.random((1, 64, 64)).astype(np.float32), rng.random((64, 64)).astype(np.float32)
+    )
+    assert out.probs.shape == (64, 64)
+
+
+def test_refiner_refuses_a_multiclass_coarse_model(disk_data, coarse_config, tmp_path):
+    from medrefine.models.registry import SegModelConfig
+    from medrefine.training.coarse import train_coarse
+
+    model = SegModelConfig(
+        name="unet",
+        in_channels=1,
+        num_classes=2,
+        encoder="scratch",
+        widths=(4, 4, 4, 4, 4),
+        decoder_widths=(4, 4, 4, 4),
+    )
+    coarse = train_coarse(
+        coarse_config(disk_data, tmp_path / "c", model=model, epochs=1, class_names=("a", "b"))
+    )
+    with pytest.raises(ConfigError, match="multi-class"):
+        train_refiner(_config(disk_data, tmp_path / "r", coarse / "best.safetensors"))
+
+
+@pytest.mark.parametrize("kwargs", [{"p_model": 1.5}, {"t_focus": -0.1}, {"epochs": 0}])
+def test_config_checks(tmp_path, kwargs):
+    with pytest.raises(ConfigError):
+        _config(tmp_path, tmp_path, tmp_path / "c.safetensors", **kwargs)
+
+
+def test_sample_timesteps_range():
+    cfg = _config(".", ".", "c", t_focus=0.2, p_full_range=0.0)
+    t = sample_timesteps(1000, cfg, 1000, torch.Generator().manual_seed(0))
+    assert t.min() >= 0 and t.max() < 200
+    cfg = _config(".", ".", "c", t_focus=0.2, p_full_range=1.0)
+    t = sample_timesteps(1000, cfg, 1000, torch.Generator().manual_seed(0))
+    assert t.max() >= 900 and t.max() < 1000
