@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_corrupt_file_in_a_folder_is_reported_in_json_and_csv(tiny_weights, fold
 
 
 def test_rerun_skips_finished_inputs_and_overwrite_redoes_them(
-    tiny_weights, folder, tmp_path, capsys
+    tiny_weights, folder, tmp_path, capsys, caplog
 ):
     out = tmp_path / "out"
     args = [
@@ -117,6 +118,10 @@ def test_rerun_skips_finished_inputs_and_overwrite_redoes_them(
         "case2.png": "skipped (done)",
     }
     assert "3 already done (skipped)" in capsys.readouterr().out
+    with caplog.at_level(logging.WARNING, logger="medrefine.commands.segment"):
+        main([*args, "--seed", "3"])  # other settings: kept, with a warning
+    assert "other refinement" in caplog.text and "--overwrite" in caplog.text
+    assert stamps(out) == before
     (out / "case1_overlay.png").unlink()  # one output missing: only that input is redone
     main(args)
     assert statuses(out)["case1.png"] == "ok" and statuses(out)["case0.png"] == "skipped (done)"
@@ -193,6 +198,7 @@ def test_torchrun_two_ranks_share_the_inputs(tiny_weights, folder, tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{s}.png" for s in stems)
     report = json.loads((out / "report.json").read_text())
     assert report["world_size"] == 2 and report["n_ok"] == 5
+    assert [Path(f["input"]).stem for f in report["files"]] == stems  # merged in input order
     ranks = {Path(f["input"]).stem: f["rank"] for f in report["files"]}
     assert ranks == {"case0": 0, "case1": 1, "case2": 0, "case3": 1, "case4": 0}  # sorted, r::2
     assert len((out / "report.csv").read_text().splitlines()) == 6

@@ -317,21 +317,35 @@ def warn_if_settings_changed(
         old_prov = old["provenance"]
     except (OSError, ValueError, KeyError, TypeError):
         return
-    keys = ("weights", "refine", "postprocess", "use_diffusion")
-    changed = [k for k in keys if old_prov.get(k) != json.loads(json.dumps(prov.get(k)))]
+    old_settings, settings = (
+        _settings(old_prov),
+        _settings(json.loads(json.dumps(prov, default=str))),
+    )
+    changed = [k for k in settings if old_settings.get(k) != settings[k]]
     if changed:
         logger.warning(
-            "%s was written with other %s; outputs already there are kept (skipped). "
+            "%s holds outputs made with other %s; they are kept (skipped). "
             "Pass --overwrite to redo them with the current settings",
             out_dir,
             ", ".join(changed),
         )
 
 
+def _settings(prov: dict[str, Any]) -> dict[str, Any]:
+    """What decides the masks: weights (by SHA-256, not path), refinement, post-processing."""
+    weights = prov.get("weights") or {}
+    return {
+        "weights": {k: (v or {}).get("sha256") for k, v in weights.items()},
+        "refinement": prov.get("refine"),
+        "post-processing": prov.get("postprocess"),
+    }
+
+
 # ---------------------------------------------------------------- torchrun
 def start_distributed(args: argparse.Namespace) -> DistInfo:
     """Join the torchrun group (gloo: it only carries a barrier and a sum); one process
-    without torchrun. On GPUs each rank takes the GPU of its LOCAL_RANK."""
+    without torchrun. On GPUs each rank takes the GPU of its LOCAL_RANK (ranks share GPUs when
+    there are more ranks than GPUs)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
     import torch
@@ -343,7 +357,7 @@ def start_distributed(args: argparse.Namespace) -> DistInfo:
         dist.init_process_group(backend="gloo", timeout=BARRIER_TIMEOUT)
     info = init_distributed(torch.device("cpu"))
     if args.device in ("auto", "cuda") and torch.cuda.is_available():
-        args.device = f"cuda:{info.local_rank}"
+        args.device = f"cuda:{info.local_rank % torch.cuda.device_count()}"
     return info
 
 
@@ -363,6 +377,7 @@ def merge_ranks(
     for rank in range(info.world_size):
         path = out_dir / f"report.rank{rank}.json"
         records.extend(json.loads(path.read_text())["files"])
+    records.sort(key=lambda r: ("rank" in r, r["input"]))  # problems first, then input order
     head = {k: v for k, v in report.items() if k not in ("files", "seconds") and k[:2] != "n_"}
     return finish_report(head, records, t_start)
 
