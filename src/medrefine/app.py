@@ -599,7 +599,7 @@ def build_app() -> gr.Blocks:
                 )
                 use_diffusion = gr.Checkbox(True, label="Diffusion refinement")
                 with gr.Accordion("Refinement", open=True):
-                    steps = gr.Slider(1, 100, params0.steps, step=1, label="Steps")
+                    steps = gr.Slider(1, 100, params0.steps, step=1, label="Steps", elem_id="steps")
                     strength = gr.Slider(
                         0.01,
                         1.0,

@@ -1,0 +1,141 @@
+"""End to end in a real browser: serve the app, drive headless Chromium with Playwright, upload a
+Kvasir-SEG test image, segment it, download the mask and compare it with the Python API.
+
+Uses Debian's Chromium (/usr/bin/chromium; Playwright's own browser download is not used). The
+real ``polyp`` preset is used when its coarse and refiner weights are installed, else tiny
+seeded weights uploaded through the page. A screenshot goes to $MEDREFINE_ARTIFACTS or
+tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gr = pytest.importorskip("gradio", reason="the web interface needs gradio (pip install gradio)")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="the browser test needs playwright (pip install playwright)"
+)
+
+from medrefine import app  # noqa: E402
+from medrefine.io import read_mask  # noqa: E402
+from medrefine.pipeline import SegmentationPipeline  # noqa: E402
+from medrefine.postprocess import PostprocessConfig  # noqa: E402
+from medrefine.presets import get_preset  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+TIMEOUT_MS = 120_000  # a busy CI machine; the tiny models take well under a second
+
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.is_file(), reason=f"{CHROMIUM} not found (apt-get install -y chromium)"
+    ),
+    # Gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix.
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+
+def artifacts_dir() -> Path:
+    folder = Path(
+        os.environ.get("MEDREFINE_ARTIFACTS") or Path(__file__).resolve().parents[1] / "artifacts"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def kvasir_test_image(data_dir: Path, tmp_path: Path) -> Path:
+    """The first test-split image of Kvasir-SEG's manifest (copied: the page uploads it)."""
+    root = data_dir / "kvasir_seg"
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        pytest.skip(f"{manifest} not found")
+    stem = json.loads(manifest.read_text())["split"]["test"][0]
+    found = sorted((root / "images").glob(f"{stem}.*"))
+    if not found:
+        pytest.skip(f"Kvasir-SEG test image {stem} not found")
+    return Path(shutil.copy(found[0], tmp_path / found[0].name))
+
+
+@pytest.fixture
+def server():
+    """The app on a free loopback port, in a thread of this process; its URL."""
+    port = free_port()
+    demo = app.launch("127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def test_segment_and_download_in_the_browser(server, kvasir_test_image, tiny_weights, tmp_path):
+    preset = get_preset("polyp")
+    real = "polyp" in app.available_presets() and preset.refiner_weights.is_file()
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(server, wait_until="domcontentloaded")  # Gradio keeps a stream open
+            page.wait_for_selector("#run")
+            if not real:
+                page.locator("#source").get_by_label(app.UPLOADED).check()
+                page.locator("#coarse-weights input[type=file]").set_input_files(
+                    str(tiny_weights["coarse"])
+                )
+                page.locator("#refiner-weights input[type=file]").set_input_files(
+                    str(tiny_weights["refiner"])
+                )
+                # The uploaded refiner brings its tuned settings into the sliders.
+                page.wait_for_function(
+                    "() => document.querySelector('#steps input[type=number]').value === '2'"
+                )
+            page.locator("#image-file input[type=file]").set_input_files(str(kvasir_test_image))
+            page.wait_for_selector("#preview img")
+            page.locator("#run").click()
+            page.wait_for_selector("#refined img")
+            page.wait_for_selector("#uncertainty img")
+            download_button = page.locator("#download-mask")
+            page.wait_for_function("() => !document.querySelector('#download-mask').disabled")
+            with page.expect_download() as info:
+                download_button.click()
+            downloaded = tmp_path / info.value.suggested_filename
+            info.value.save_as(downloaded)
+            page.screenshot(path=str(artifacts_dir() / "app_result.png"), full_page=True)
+            status = page.locator("#status").inner_text()
+        finally:
+            browser.close()
+
+    assert downloaded.name == f"{kvasir_test_image.stem}_mask.png"
+    if real:
+        pipe = SegmentationPipeline(preset="polyp")
+    else:
+        pipe = SegmentationPipeline(
+            tiny_weights["coarse"], tiny_weights["refiner"], postprocess=PostprocessConfig()
+        )
+    expected = pipe.run(kvasir_test_image)
+    np.testing.assert_array_equal(read_mask(downloaded), expected.mask)
+    assert "refined" in status
