@@ -51,7 +51,11 @@ def read_info(path: str | Path) -> dict[str, Any]:
     if META_KEY not in meta:
         raise InputError(f"{path}: safetensors file has no medrefine metadata; it was not written "
                          "by medrefine")
-    return json.loads(meta[META_KEY])
+    try:
+        return json.loads(meta[META_KEY])
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: the medrefine metadata in this weights file is damaged "
+                         f"({err}); use an intact copy") from err
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -44,6 +44,8 @@ def build_dataclass(cls: type, data: dict[str, Any], where: str = "config") -> A
         sub = _dataclass_in(hint)
         if sub is not None and isinstance(value, dict):
             value = build_dataclass(sub, value, f"{where}.{key}")
+        elif sub is not None and not dataclasses.is_dataclass(value):
+            raise ConfigError(f"{where}.{key} must be a mapping of settings, got {value!r}")
         elif isinstance(value, list) and _is_tuple(hint):
             value = tuple(value)
         kwargs[key] = value

@@ -69,7 +69,8 @@ class PreprocessConfig:
             raise ConfigError("preprocess.norm='window' needs preprocess.window (a preset name "
                               f"from {sorted(CT_WINDOWS)} or (level, width))")
         if isinstance(self.window, str) and self.window not in CT_WINDOWS:
-            raise ConfigError(f"unknown CT window {self.window!r}; choose from {sorted(CT_WINDOWS)}")
+            raise ConfigError(f"unknown CT window {self.window!r}; choose from "
+                              f"{sorted(CT_WINDOWS)}")
         if self.denoise not in ("none", "gaussian", "median", "bilateral", "nlmeans"):
             raise ConfigError(f"unknown preprocess.denoise {self.denoise!r}")
         if self.resize not in ("stretch", "pad"):

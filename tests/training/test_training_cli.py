@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 
 from medrefine.checkpoint import read_info
@@ -143,12 +142,6 @@ def test_missing_data_dir(tmp_path, capsys):
     assert "--data" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="commands/train.py _coarse_config uses the whole file as "
-    "the coarse config when it has no 'coarse:' section, so a flat file's own "
-    "'stage:' key is rejected as an unknown coarse key",
-)
 def test_flat_config_file_with_stage(disk_data, tmp_path):
     cfg = _yaml(
         tmp_path / "flat.yaml",

@@ -141,11 +141,6 @@ def test_batch_larger_than_the_training_set(disk_data, coarse_config, tmp_path):
         train_coarse(coarse_config(disk_data, tmp_path / "run", batch_size=64))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CoarseTrainConfig does not check model.in_channels against preprocess.channels; "
-    "the mismatch surfaces later as a torch RuntimeError in the first forward pass",
-)
 def test_model_and_preprocess_channels_must_agree(disk_data, tmp_path):
     with pytest.raises(ConfigError, match="channels"):
         CoarseTrainConfig(str(disk_data), str(tmp_path), model=SegModelConfig(in_channels=1))

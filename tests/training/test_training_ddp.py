@@ -103,11 +103,6 @@ def test_torchrun_two_processes(disk_data, tmp_path):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train_refiner tunes refine_defaults on rank 0's shard "
-    "of the val split only (val = split['val'][rank::world_size])",
-)
 def test_torchrun_refiner_tunes_on_the_whole_val_split(
     disk_data, coarse_run, tmp_path, expected_tuning
 ):

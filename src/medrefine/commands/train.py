@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from medrefine.config import build_dataclass, load_config_file
@@ -55,7 +56,8 @@ def add_parser(sub) -> None:
 def _coarse_config(args, base: dict):
     from medrefine.training.coarse import CoarseTrainConfig
 
-    data = dict(base.get("coarse", base))
+    data = dict(base["coarse"] if "coarse" in base else
+                {k: v for k, v in base.items() if k not in ("stage", "refiner")})
     model = dict(data.get("model", {}))
     pre = dict(data.get("preprocess", {}))
     for key, value in [("data_dir", args.data_dir), ("epochs", args.epochs),
@@ -98,7 +100,8 @@ def run(args) -> int:
 
         cfg = _coarse_config(args, base)
         run_dir = train_coarse(cfg)
-        print(f"coarse model: {run_dir / 'best.safetensors'}")
+        if os.environ.get("RANK", "0") == "0":  # one line per run, not per torchrun process
+            print(f"coarse model: {run_dir / 'best.safetensors'}")
         if args.stage == "both":
             args.coarse_weights = str(run_dir / "best.safetensors")
     if args.stage in ("refiner", "both"):

@@ -56,7 +56,7 @@ class BernoulliDiffusion:
 
     def step(self, x0_prob: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample x_{t_prev} ~ q(x_{t_prev} | x_t, x0_hat); at the end (t_prev < 0) return x0_hat."""
+        """Sample x_{t_prev} ~ q(x_{t_prev} | x_t, x0_hat); at the end (t_prev < 0): x0_hat."""
         if t_prev < 0:
             return x0_prob
         p = self.posterior(x_t, x0_prob, t, t_prev)

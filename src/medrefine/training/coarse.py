@@ -71,6 +71,9 @@ class CoarseTrainConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.model.in_channels != self.preprocess.channels:
+            raise ConfigError(f"model.in_channels ({self.model.in_channels}) must equal "
+                              f"preprocess.channels ({self.preprocess.channels})")
         if len(self.class_names) != self.model.num_classes:
             raise ConfigError(f"{len(self.class_names)} class names for "
                               f"{self.model.num_classes} classes")
@@ -114,7 +117,6 @@ def train_coarse(cfg: CoarseTrainConfig) -> Path:
     dist_info = D.init_distributed(device)
     device = D.local_device(device, dist_info)
     torch.manual_seed(cfg.seed + dist_info.rank)
-    np.random.seed(cfg.seed + dist_info.rank)
     run = RunLog(cfg.output_dir, enabled=dist_info.is_main)
     run.write_config({"stage": "coarse", **asdict(cfg), "world_size": dist_info.world_size})
 

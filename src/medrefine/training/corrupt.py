@@ -44,7 +44,7 @@ def dilate_or_erode(mask, rng):
 def jitter_boundary(mask, rng):
     """Displace the mask by a smooth random field (amplitude up to ~4% of the side)."""
     h, w = mask.shape
-    amp = rng.uniform(2, 0.04 * max(h, w))
+    amp = rng.uniform(2, max(2.0, 0.04 * max(h, w)))
     coarse = rng.normal(0, 1, (2, 6, 6)).astype(np.float32)
     field = [cv2.resize(c, (w, h), interpolation=cv2.INTER_CUBIC) * amp for c in coarse]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)

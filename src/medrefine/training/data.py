@@ -37,7 +37,8 @@ def find_pairs(data_dir: str | Path, mask_dir: str = "masks") -> dict[str, Pair]
     images, masks = root / "images", root / mask_dir
     for d in (images, masks):
         if not d.is_dir():
-            raise InputError(f"{root}: expected sub-folders images/ and {mask_dir}/; {d} is missing")
+            raise InputError(f"{root}: expected sub-folders images/ and {mask_dir}/; "
+                             f"{d} is missing")
 
     def index(folder: Path) -> dict[str, Path]:
         return {stem_of(p): p for p in sorted(folder.iterdir())

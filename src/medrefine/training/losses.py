@@ -26,7 +26,9 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
         target = (labels == 1).unsqueeze(1).float()
         bce = F.binary_cross_entropy_with_logits(logits, target, weight=valid)
         return bce + soft_dice_loss(torch.sigmoid(logits), target, valid)
-    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+    # mean over valid pixels; a batch with none (all ignored) contributes 0, not NaN
+    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum") / \
+        valid.sum().clamp(min=1)
     safe = labels.masked_fill(labels == IGNORE, 0)
     onehot = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2).float()
     dice = soft_dice_loss(torch.softmax(logits, 1)[:, 1:], onehot[:, 1:], valid)

@@ -18,6 +18,7 @@ scored on val and the best becomes the weights' default (never chosen on test).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from medrefine.checkpoint import read_info, save_weights, unwrap
+from medrefine.checkpoint import read_info, save_weights
 from medrefine.diffusion import DiffusionConfig, build_diffusion
 from medrefine.errors import ConfigError
 from medrefine.inference import CoarseSegmenter, resolve_device
@@ -292,7 +293,8 @@ def train_refiner(cfg: RefinerTrainConfig) -> Path:
             break
     D.barrier(dist_info)
     if dist_info.is_main and (run.dir / "best.safetensors").is_file():
-        tune_defaults(run.dir / "best.safetensors", val, cfg, str(device))
+        full_val = val if not dist_info.enabled else CachedVal(coarse, split["val"])
+        tune_defaults(run.dir / "best.safetensors", full_val, cfg, str(device))
     D.shutdown(dist_info)
     return run.dir
 
@@ -343,5 +345,6 @@ def train_refiner_from_args(args, base: dict) -> Path:
         raise ConfigError("train needs --data DIR (a folder with images/ and masks/)")
     cfg = build_dataclass(RefinerTrainConfig, data, "refiner config")
     run_dir = train_refiner(cfg)
-    print(f"refiner: {run_dir / 'best.safetensors'}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"refiner: {run_dir / 'best.safetensors'}")
     return run_dir
