@@ -110,11 +110,16 @@ def readable_errors(fn):
         except Exception as err:
             logger.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(
-                f"unexpected {type(err).__name__}: {err} (details in the server log)",
+                f"unexpected {type(err).__name__}: {_first_line(err)} (details in the server log)",
                 print_exception=False,
             ) from None
 
     return wrapper
+
+
+def _first_line(err: Exception, limit: int = 200) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _short_paths(message: str, args: tuple) -> str:
@@ -419,6 +424,13 @@ def segment_image(
     )
 
 
+def clear_results():
+    """Empty result pictures and texts, downloads off (the outputs of ``segment_image`` after
+    the session and the preview)."""
+    off = gr.update(value=None, interactive=False)
+    return [None] * 5 + ["", "", ""] + [gr.update(), off, off]
+
+
 @readable_errors
 def change_mask_format(session: Session | None, mask_format: str):
     if session is None or session.last is None:
@@ -508,10 +520,10 @@ def _segment_one(pipe: SegmentationPipeline, path: Path, stem: str, out: Path) -
         ]
     except Exception as err:  # a batch goes on past a bad file
         if isinstance(err, MedrefineError):
-            message = str(err).replace(str(path), path.name)
+            message = str(err).replace(str(path), path.name).removeprefix(f"{path.name}: ")
         else:
             logger.exception("unexpected error on %s", path)
-            message = f"unexpected {type(err).__name__}: {err}"
+            message = f"unexpected {type(err).__name__}: {_first_line(err)}"
         return {
             "input": path.name,
             "status": "failed",
@@ -564,14 +576,16 @@ def change_refiner_upload(source: str, refiner_file: str | None):
 
 
 # ---------------------------------------------------------------- layout
-def build_app() -> gr.Blocks:
-    """The interface; ``launch`` serves it."""
+def build_app(idle_s: float = 4 * 3600) -> gr.Blocks:
+    """The interface; ``launch`` serves it. ``idle_s``: a session's files are deleted after
+    this long without a request."""
     presets = available_presets()
     sources = [*presets, UPLOADED]
     source0 = "polyp" if "polyp" in presets else sources[0]
     params0, post0 = model_defaults(source0)
     with gr.Blocks(title="medrefine", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
-        session = gr.State(None, delete_callback=close_session)
+        # Gradio drops a session's state an hour after its tab closes (or after idle_s idle).
+        session = gr.State(None, time_to_live=idle_s, delete_callback=close_session)
         gr.Markdown(
             "# medrefine\nA coarse segmentation refined by diffusion, with a per-pixel "
             "uncertainty. Research software: not for diagnosis."
@@ -583,13 +597,13 @@ def build_app() -> gr.Blocks:
                     coarse_file = gr.File(
                         label="Coarse model (.safetensors)",
                         file_types=[".safetensors"],
-                        height=120,
+                        height=150,
                         elem_id="coarse-weights",
                     )
                     refiner_file = gr.File(
                         label="Diffusion refiner (.safetensors, optional)",
                         file_types=[".safetensors"],
-                        height=120,
+                        height=150,
                         elem_id="refiner-weights",
                     )
                 note = gr.Markdown(
@@ -647,37 +661,17 @@ def build_app() -> gr.Blocks:
                                     0, 1, 0, step=1, label="Slice", visible=False, elem_id="slice"
                                 )
                                 run = gr.Button("Segment", variant="primary", elem_id="run")
-                            preview = gr.Image(
-                                label="Image", format="png", interactive=False, elem_id="preview"
-                            )
+                            preview = _picture("Image", "preview")
                         _examples(presets, image_file, gt_file, source)
                         status = gr.Markdown(elem_id="status")
                         with gr.Row():
-                            coarse_img = gr.Image(
-                                label="Coarse mask",
-                                format="png",
-                                interactive=False,
-                                elem_id="coarse",
-                            )
-                            refined_img = gr.Image(
-                                label="Refined mask (final)",
-                                format="png",
-                                interactive=False,
-                                elem_id="refined",
-                            )
+                            coarse_img = _picture("Coarse mask", "coarse")
+                            refined_img = _picture("Refined mask (final)", "refined")
                         with gr.Row():
-                            contour_img = gr.Image(
-                                label="Contours: coarse (orange) vs refined (blue)",
-                                format="png",
-                                interactive=False,
-                                elem_id="contours",
+                            contour_img = _picture(
+                                "Contours: coarse (orange) vs refined (blue)", "contours"
                             )
-                            uncert_img = gr.Image(
-                                label="Uncertainty",
-                                format="png",
-                                interactive=False,
-                                elem_id="uncertainty",
-                            )
+                            uncert_img = _picture("Uncertainty", "uncertainty")
                         with gr.Row():
                             review = gr.Number(
                                 label="Review score (high: worth a human look)",
@@ -710,49 +704,31 @@ def build_app() -> gr.Blocks:
                         )
                         batch_summary = gr.Markdown(elem_id="batch-summary")
 
-        settings = [
-            source,
-            coarse_file,
-            refiner_file,
-            use_diffusion,
-            steps,
-            strength,
-            samples,
-            seed,
-            threshold,
-            fill_holes,
-            keep_largest,
-            min_size,
-        ]
+        settings = [source, coarse_file, refiner_file, use_diffusion, steps, strength, samples,
+                    seed, threshold, fill_holes, keep_largest, min_size]  # fmt: skip
         followers = [steps, strength, samples, seed, threshold, fill_holes, keep_largest, min_size]
         source.change(change_source, [source, refiner_file], [weights_box, note, *followers])
         refiner_file.change(change_refiner_upload, [source, refiner_file], followers[:4])
+        results = [session, preview, coarse_img, refined_img, contour_img, uncert_img, review,
+                   status, metrics, timings, mask_format, mask_dl, overlay_dl]  # fmt: skip
         image_file.change(preview_image, [image_file], [preview, slice_index])
+        # A new image clears the last one's results, so they are never shown side by side.
+        image_file.change(clear_results, None, results[2:])
         slice_index.release(preview_slice, [image_file, slice_index], [preview])
         run.click(
             segment_image,
             [session, image_file, gt_file, slice_index, mask_format, *settings],
-            [
-                session,
-                preview,
-                coarse_img,
-                refined_img,
-                contour_img,
-                uncert_img,
-                review,
-                status,
-                metrics,
-                timings,
-                mask_format,
-                mask_dl,
-                overlay_dl,
-            ],
+            results,
         )
         mask_format.input(change_mask_format, [session, mask_format], [mask_dl])
         batch_run.click(
             segment_batch, [session, batch_files, *settings], [session, batch_zip, batch_summary]
         )
     return demo
+
+
+def _picture(label: str, elem_id: str) -> gr.Image:
+    return gr.Image(label=label, format="png", interactive=False, elem_id=elem_id)
 
 
 def _examples(presets: list[str], image_file, gt_file, source) -> None:

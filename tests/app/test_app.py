@@ -49,21 +49,11 @@ def segment(session, image, weights, gt=None, mask_format="PNG", **kw):
     )
 
 
-OUT = [
-    "session",
-    "image",
-    "coarse",
-    "refined",
-    "contours",
-    "uncertainty",
-    "review",
-    "status",
-    "metrics",
-    "timings",
-    "mask_format",
-    "mask_dl",
-    "overlay_dl",
-]
+# segment_image's outputs, in order.
+OUT = (
+    "session image coarse refined contours uncertainty review status metrics timings "
+    "mask_format mask_dl overlay_dl"
+).split()
 
 
 def test_segment_sample_matches_the_python_api(tiny_weights):
@@ -147,11 +137,12 @@ def test_corrupt_uploads_give_readable_errors(tiny_weights, tmp_path):
 def test_unexpected_errors_are_short_messages():
     @app.readable_errors
     def buggy():
-        raise KeyError("oops")
+        raise RuntimeError("oops: " + "x" * 1000 + "\nsecond line")
 
-    with pytest.raises(gr.Error, match="unexpected KeyError") as err:
+    with pytest.raises(gr.Error, match="unexpected RuntimeError: oops") as err:
         buggy()
-    assert "Traceback" not in err.value.message
+    assert "Traceback" not in err.value.message and "second line" not in err.value.message
+    assert len(err.value.message) < 300
 
 
 def test_everything_is_written_inside_the_session_folder(
@@ -323,3 +314,29 @@ def test_root_launcher_runs_the_app_command(monkeypatch):
     with pytest.raises(SystemExit) as done:
         runpy.run_path(str(root), run_name="__main__")
     assert done.value.code == 0 and calls == [("127.0.0.1", 7999, False, "200mb")]
+
+
+def test_layout_wires_callbacks_to_matching_outputs(tiny_weights):
+    demo = app.build_app()
+    returned = {
+        "clear_results": len(app.clear_results()),
+        "change_source": len(app.change_source(app.UPLOADED, None)),
+        "change_refiner_upload": len(app.change_refiner_upload(app.UPLOADED, None)),
+        "segment_image": len(OUT),
+        "segment_batch": 3,
+    }
+    wired = {f.fn.__name__: len(f.outputs) for f in demo.fns.values() if f.fn is not None}
+    assert {k: wired[k] for k in returned} == returned
+
+
+def test_launch_defaults_are_loopback_with_an_upload_limit(monkeypatch):
+    captured = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: captured.update(kw))
+    demo = app.launch()
+    assert (captured["server_name"], captured["server_port"], captured["share"]) == (
+        "127.0.0.1",
+        7860,
+        False,
+    )
+    assert captured["max_file_size"] == "200mb" and captured["ssr_mode"] is False
+    assert demo.delete_cache == (1800, 3600)  # Gradio's upload/output cache is swept
