@@ -100,3 +100,14 @@ def test_damaged_metadata_is_an_input_error(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path), metadata={"medrefine": "{not json"})
     with pytest.raises(InputError):
         read_info(path)
+
+
+def test_weights_that_do_not_fit_their_config_give_input_error(tmp_path):
+    from medrefine.checkpoint import load_into
+    from medrefine.models.registry import SegModelConfig, build_seg_model
+
+    small = SegModelConfig(encoder="scratch", widths=(4, 8, 8, 8, 8), decoder_widths=(8, 8, 8, 4))
+    other = SegModelConfig(encoder="scratch", widths=(4, 4, 4, 4, 4), decoder_widths=(4, 4, 4, 4))
+    path = save_weights(tmp_path / "w.safetensors", build_seg_model(small), {"kind": "coarse"})
+    with pytest.raises(InputError, match="do not fit"):
+        load_into(build_seg_model(other), path)

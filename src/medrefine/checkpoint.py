@@ -65,6 +65,19 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: cannot read weights ({err})") from err
 
 
+def load_into(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load a weights file into ``model``; a file made for another architecture or another
+    medrefine version gives an InputError naming the file, not a torch traceback."""
+    try:
+        model.load_state_dict(load_state(path))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise InputError(f"{path}: these weights do not fit the model their own config "
+                         f"describes ({first}); they were made by another medrefine version or "
+                         "edited; retrain or use the matching medrefine version") from err
+    return model
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

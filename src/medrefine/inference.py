@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medrefine.checkpoint import load_state, read_info
+from medrefine.checkpoint import load_into, read_info
 from medrefine.errors import ConfigError, InputError
 from medrefine.models.registry import SegModelConfig, build_seg_model
 from medrefine.preprocess import GridInfo, PreprocessConfig, from_grid, preprocess
@@ -66,8 +66,7 @@ class CoarseSegmenter:
             raise InputError(f"{path}: holds a {info.get('kind')!r} model, not a coarse "
                              "segmentation model")
         model_cfg = SegModelConfig.from_dict(info["model"])
-        model = build_seg_model(model_cfg, pretrained=False)
-        model.load_state_dict(load_state(path))
+        model = load_into(build_seg_model(model_cfg, pretrained=False), path)
         return cls(model, model_cfg, preprocess_config_from(info["preprocess"]),
                    resolve_device(device), info)
 

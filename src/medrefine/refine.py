@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medrefine.checkpoint import load_state, read_info
+from medrefine.checkpoint import load_into, read_info
 from medrefine.diffusion import DiffusionConfig, build_diffusion, refinement_timesteps
 from medrefine.errors import ConfigError, InputError
 from medrefine.fusion import FUSIONS, binary_entropy, fuse
@@ -92,8 +92,8 @@ class Refiner:
         if info.get("kind") != "refiner":
             raise InputError(f"{path}: holds a {info.get('kind')!r} model, not a diffusion "
                              "refiner")
-        model = Denoiser(DenoiserConfig.from_dict(info["denoiser"]), pretrained=False)
-        model.load_state_dict(load_state(path))
+        model = load_into(Denoiser(DenoiserConfig.from_dict(info["denoiser"]), pretrained=False),
+                          path)
         return cls(model, DiffusionConfig.from_dict(info["diffusion"]),
                    preprocess_config_from(info["preprocess"]), resolve_device(device), info)
 
