@@ -32,7 +32,12 @@ def section(args) -> str:
     manifest = Path(config["data_dir"]) / "manifest.json"
     split = json.loads(manifest.read_text())["split"] if manifest.is_file() else {}
     printed = (Path(args.eval_dir) / "printed.txt").read_text().rstrip()
-    wall = rows[-1]["minutes"] if rows else float("nan")
+    wall, last = 0.0, 0.0  # runs resumed by older versions restarted "minutes" at 0
+    for row in rows:
+        if row["minutes"] < last:
+            wall += last
+        last = row["minutes"]
+    wall += last
     best_epoch = info["training"].get("epoch")
     val_key = "val_dice" if args.stage == "coarse" else "val_dice_refined"
     lines = [

@@ -38,7 +38,7 @@ def test_run_folder(coarse_run, disk_data):
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
         assert np.isfinite(r["train_loss"]) and 0 <= r["val_dice"] <= 1
-        assert r["best_val_dice"] == max(x["val_dice"] for x in rows[: r["epoch"]])
+        assert r["best"] == max(x["val_dice"] for x in rows[: r["epoch"]])
     config = json.loads((coarse_run / "config.json").read_text())
     assert config["stage"] == "coarse" and config["world_size"] == 1
     assert config["model"]["widths"] == [4, 8, 8, 8, 8]

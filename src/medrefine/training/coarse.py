@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from medrefine.checkpoint import save_weights, unwrap
+from medrefine.checkpoint import unwrap
 from medrefine.errors import ConfigError
 from medrefine.inference import CoarseSegmenter, resolve_device
 from medrefine.io import read_image
@@ -35,13 +35,17 @@ from medrefine.training.data import (
     read_label_map,
     split_pairs,
 )
-from medrefine.training.losses import deep_supervision_loss
-from medrefine.training.runlog import (
-    RunLog,
-    load_resume_state,
-    save_resume_state,
-    warmup_cosine,
+from medrefine.training.loop import (
+    autocast,
+    end_of_epoch,
+    make_loader,
+    make_optimizer,
+    maybe_resume,
+    time_is_up,
+    use_bf16,
 )
+from medrefine.training.losses import deep_supervision_loss
+from medrefine.training.runlog import RunLog
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +81,6 @@ class CoarseTrainConfig:
         if len(self.class_names) != self.model.num_classes:
             raise ConfigError(f"{len(self.class_names)} class names for "
                               f"{self.model.num_classes} classes")
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast: about 2x faster training steps on CPUs with AMX/AVX512-BF16."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def validate(segmenter: CoarseSegmenter, pairs: list[Pair], num_classes: int) -> list[float]:
@@ -126,36 +125,19 @@ def train_coarse(cfg: CoarseTrainConfig) -> Path:
         raise ConfigError(f"{cfg.data_dir}: the split has no train or no val cases")
     train_set = SegmentationDataset(split["train"], cfg.preprocess, cfg.model.num_classes,
                                     cfg.augment)
-    sampler = (DistributedSampler(train_set, seed=cfg.seed) if dist_info.enabled
-               else RandomSampler(train_set))
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
-    if len(loader) == 0:
-        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set "
-                          f"({len(train_set)} cases per process)")
+    loader, sampler = make_loader(train_set, cfg.batch_size, cfg.seed, cfg.workers, dist_info)
 
     model = build_seg_model(cfg.model, pretrained=cfg.pretrained).to(device)
     model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * len(loader)
-    warmup = max(1, round(cfg.warmup_epochs * len(loader)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, total, warmup))
-    start_epoch, best = 1, -1.0
+    optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.epochs,
+                                          len(loader), cfg.warmup_epochs)
     resume_path = Path(cfg.output_dir) / "resume.pt"
-    if cfg.resume and resume_path.is_file():
-        state = load_resume_state(resume_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
-        run.truncate(state["epoch"])
-        logger.info("resumed from %s at epoch %d", resume_path, start_epoch)
-    train_model = (DistributedDataParallel(model) if dist_info.enabled else model)
-    use_amp = cfg.amp and (device.type == "cuda" or _cpu_has_bf16())
+    progress = maybe_resume(cfg.resume, resume_path, model, optimizer, scheduler, run)
+    train_model = DistributedDataParallel(model) if dist_info.enabled else model
+    amp = use_bf16(cfg.amp, device)
     val_pairs = split["val"][dist_info.rank::dist_info.world_size]
     t0 = time.time()
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    for epoch in range(progress.start_epoch, cfg.epochs + 1):
         train_model.train()
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
@@ -166,7 +148,7 @@ def train_coarse(cfg: CoarseTrainConfig) -> Path:
             image01 = image01.to(device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
-            with autocast(device, use_amp):
+            with autocast(device, amp):
                 outputs = train_model(image01)
             loss = deep_supervision_loss(outputs, labels)
             optimizer.zero_grad(set_to_none=True)
@@ -177,39 +159,21 @@ def train_coarse(cfg: CoarseTrainConfig) -> Path:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
         segmenter = CoarseSegmenter(unwrap(model), cfg.model, cfg.preprocess, device)
         scores = validate(segmenter, val_pairs, cfg.model.num_classes)
-        total_dice, count = D.all_reduce_sum([float(np.sum(scores)), float(len(scores))],
-                                             dist_info)
+        total_dice, count, loss_sum = D.all_reduce_sum(
+            [float(np.sum(scores)), float(len(scores)), float(np.mean(losses))], dist_info)
         val_dice = total_dice / max(count, 1.0)
-        train_loss = D.all_reduce_sum([float(np.mean(losses))], dist_info)[0] / \
-            dist_info.world_size
-        elapsed = time.time() - t0
-        row = {"epoch": epoch, "train_loss": train_loss, "val_dice": val_dice,
-               "lr": scheduler.get_last_lr()[0], "minutes": elapsed / 60}
-        if dist_info.is_main:
-            improved = val_dice > best
-            best = max(best, val_dice)
-            extra = {"epoch": epoch, "val_dice": val_dice, "epochs_planned": cfg.epochs}
-            save_weights(run.dir / "last.safetensors", model, weights_info(cfg, extra))
-            if improved:
-                save_weights(run.dir / "best.safetensors", model, weights_info(cfg, extra))
-            save_resume_state(resume_path, {
-                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best})
-            run.log({**row, "best_val_dice": best}, ("train_loss", "val_dice"))
-            logger.info("epoch %d loss %.4f val dice %.4f (best %.4f) %.1f min", epoch,
-                        train_loss, val_dice, best, elapsed / 60)
-        over = float(bool(cfg.max_minutes) and elapsed > cfg.max_minutes * 60)
-        if D.all_reduce_sum([over], dist_info)[0] > 0:  # every rank stops at the same epoch
-            logger.warning("stopping after %.1f minutes (max_minutes)", elapsed / 60)
+        train_loss = loss_sum / dist_info.world_size
+        minutes = progress.minutes_before + (time.time() - t0) / 60
+        extra = {"epoch": epoch, "val_dice": val_dice, "epochs_planned": cfg.epochs}
+        end_of_epoch(run, dist_info, model, optimizer, scheduler, resume_path, epoch, val_dice,
+                     progress, weights_info(cfg, extra),
+                     {"epoch": epoch, "train_loss": train_loss, "val_dice": val_dice,
+                      "lr": scheduler.get_last_lr()[0], "minutes": minutes},
+                     ("train_loss", "val_dice"))
+        logger.info("epoch %d loss %.4f val dice %.4f (best %.4f) %.1f min", epoch, train_loss,
+                    val_dice, progress.best, minutes)
+        if time_is_up(cfg.max_minutes, (time.time() - t0) / 60, dist_info):
             break
     D.barrier(dist_info)
     D.shutdown(dist_info)
     return run.dir
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from medrefine.checkpoint import read_info, save_weights
@@ -39,7 +39,6 @@ from medrefine.models.denoiser import Denoiser, DenoiserConfig
 from medrefine.preprocess import from_grid
 from medrefine.refine import RefineParams, Refiner
 from medrefine.training import distributed as D
-from medrefine.training.coarse import _cpu_has_bf16, autocast
 from medrefine.training.corrupt import corrupt_mask
 from medrefine.training.data import (
     AugmentConfig,
@@ -48,8 +47,17 @@ from medrefine.training.data import (
     read_label_map,
     split_pairs,
 )
+from medrefine.training.loop import (
+    autocast,
+    end_of_epoch,
+    make_loader,
+    make_optimizer,
+    maybe_resume,
+    time_is_up,
+    use_bf16,
+)
 from medrefine.training.losses import segmentation_loss
-from medrefine.training.runlog import RunLog, load_resume_state, save_resume_state, warmup_cosine
+from medrefine.training.runlog import RunLog
 
 logger = logging.getLogger(__name__)
 
@@ -211,10 +219,7 @@ def train_refiner(cfg: RefinerTrainConfig) -> Path:
     pairs = find_pairs(cfg.data_dir, cfg.mask_dir)
     split = split_pairs(cfg.data_dir, pairs, cfg.seed)
     train_set = SegmentationDataset(split["train"], pre, 1, cfg.augment)
-    sampler = (DistributedSampler(train_set, seed=cfg.seed) if dist_info.enabled
-               else RandomSampler(train_set))
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+    loader, sampler = make_loader(train_set, cfg.batch_size, cfg.seed, cfg.workers, dist_info)
     val = CachedVal(coarse, split["val"][dist_info.rank::dist_info.world_size])
     coarse_val = D.all_reduce_sum([float(np.sum(val.score(None, cfg.val_params))),
                                    float(len(val.items))], dist_info)
@@ -227,24 +232,15 @@ def train_refiner(cfg: RefinerTrainConfig) -> Path:
         init_encoder_from_coarse(model, coarse)
     wrapped = _CondWrapper(model)
     diffusion = build_diffusion(cfg.diffusion)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total, warmup = cfg.epochs * len(loader), max(1, round(cfg.warmup_epochs * len(loader)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, total, warmup))
-    start_epoch, best = 1, -1.0
+    optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.epochs,
+                                          len(loader), cfg.warmup_epochs)
     resume_path = Path(cfg.output_dir) / "resume.pt"
-    if cfg.resume and resume_path.is_file():
-        state = load_resume_state(resume_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
-        run.truncate(state["epoch"])
+    progress = maybe_resume(cfg.resume, resume_path, model, optimizer, scheduler, run)
     train_model = DistributedDataParallel(wrapped) if dist_info.enabled else wrapped
-    amp = cfg.amp and (device.type == "cuda" or _cpu_has_bf16())
+    amp = use_bf16(cfg.amp, device)
     pre_dict = asdict(pre)
     t0 = time.time()
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    for epoch in range(progress.start_epoch, cfg.epochs + 1):
         train_model.train()
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
@@ -267,29 +263,20 @@ def train_refiner(cfg: RefinerTrainConfig) -> Path:
         refiner = Refiner(model, cfg.diffusion, pre, device)
         scores = val.score(refiner, cfg.val_params)
         model.train()
-        s, n = D.all_reduce_sum([float(np.sum(scores)), float(len(scores))], dist_info)
-        val_dice = s / max(n, 1)
-        elapsed = time.time() - t0
-        if dist_info.is_main:
-            improved = val_dice > best
-            best = max(best, val_dice)
-            extra = {"epoch": epoch, "val_dice_refined": val_dice,
-                     "val_dice_coarse": coarse_val_dice, "epochs_planned": cfg.epochs}
-            info = weights_info(cfg, pre_dict, cfg.val_params, extra)
-            save_weights(run.dir / "last.safetensors", model, info)
-            if improved:
-                save_weights(run.dir / "best.safetensors", model, info)
-            save_resume_state(resume_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best})
-            run.log({"epoch": epoch, "train_loss": float(np.mean(losses)),
-                     "val_dice": val_dice, "val_dice_coarse": coarse_val_dice,
-                     "lr": scheduler.get_last_lr()[0], "minutes": elapsed / 60},
-                    ("train_loss", "val_dice"))
-            logger.info("refiner epoch %d loss %.4f val dice %.4f (coarse %.4f, best %.4f)",
-                        epoch, np.mean(losses), val_dice, coarse_val_dice, best)
-        over = float(bool(cfg.max_minutes) and elapsed > cfg.max_minutes * 60)
-        if D.all_reduce_sum([over], dist_info)[0] > 0:
+        s, n, loss_sum = D.all_reduce_sum(
+            [float(np.sum(scores)), float(len(scores)), float(np.mean(losses))], dist_info)
+        val_dice, train_loss = s / max(n, 1), loss_sum / dist_info.world_size
+        minutes = progress.minutes_before + (time.time() - t0) / 60
+        extra = {"epoch": epoch, "val_dice_refined": val_dice,
+                 "val_dice_coarse": coarse_val_dice, "epochs_planned": cfg.epochs}
+        end_of_epoch(run, dist_info, model, optimizer, scheduler, resume_path, epoch, val_dice,
+                     progress, weights_info(cfg, pre_dict, cfg.val_params, extra),
+                     {"epoch": epoch, "train_loss": train_loss, "val_dice": val_dice,
+                      "val_dice_coarse": coarse_val_dice, "lr": scheduler.get_last_lr()[0],
+                      "minutes": minutes}, ("train_loss", "val_dice"))
+        logger.info("refiner epoch %d loss %.4f val dice %.4f (coarse %.4f, best %.4f)",
+                    epoch, train_loss, val_dice, coarse_val_dice, progress.best)
+        if time_is_up(cfg.max_minutes, (time.time() - t0) / 60, dist_info):
             break
     D.barrier(dist_info)
     if dist_info.is_main and (run.dir / "best.safetensors").is_file():
