@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from commands.conftest import disk_case, tiny_weights  # noqa: F401  (tiny_weights: a fixture)
+from commands.conftest import disk_case
 from medrefine.errors import ConfigError
 from medrefine.io import LoadedImage
 from medrefine.pipeline import SegmentationPipeline
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_weights) -> SegmentationPipeline:  # noqa: F811
+def pipe(tiny_weights) -> SegmentationPipeline:
     return SegmentationPipeline(tiny_weights["coarse"], tiny_weights["refiner"], device="cpu")
 
 
