@@ -72,3 +72,30 @@ def test_slice_batch_must_be_positive(tiny_weights):  # noqa: F811
         SegmentationPipeline(
             tiny_weights["coarse"], use_diffusion=False, device="cpu", slice_batch=0
         )
+
+
+def test_refine_only_pipeline_loads_no_coarse_model(tiny_weights):
+    pipe = SegmentationPipeline.for_refinement(tiny_weights["refiner"], device="cpu")
+    assert pipe.coarse is None and pipe.preset is None
+    image = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 10:30] = 1
+    out = pipe.refine(image, mask)
+    assert out.shape == (40, 48) and set(np.unique(out)) <= {0, 1}
+    assert "coarse" not in pipe.provenance()["weights"]
+    with pytest.raises(ConfigError, match="no coarse model"):
+        pipe.segment_image(image)
+
+
+def test_label_map_masks_count_every_label_as_foreground(pipe):
+    image = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    labels = np.zeros((40, 48), np.uint8)
+    labels[5:20, 5:20], labels[22:35, 25:40] = 1, 2
+    result = pipe.refine(image, labels, return_intermediate=True)
+    coarse = result["coarse_probs"]  # the given mask, as the refiner saw it
+    assert coarse[10, 10] > 0.5 and coarse[28, 30] > 0.5 and coarse[0, 0] < 0.5
+
+
+def test_preset_is_none_when_every_weights_file_is_given(pipe):
+    assert pipe.preset is None
+    assert pipe.provenance()["preset"] is None
