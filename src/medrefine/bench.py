@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from medrefine import __version__
+from medrefine.errors import ConfigError
 from medrefine.io import read_image, write_mask
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import postprocess
@@ -50,7 +51,10 @@ def peak_rss_mb() -> float:
 
 
 def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
-              threads: int | None = None) -> dict[str, Any]:
+              threads: int | None = None, backends: tuple[str, ...] | None = None
+              ) -> dict[str, Any]:
+    """All figures for ``preset``; ``backends`` (e.g. ``("torch", "onnx")``) adds a
+    ``backends`` section comparing them (see ``bench_backends``)."""
     if threads:
         torch.set_num_threads(threads)
     reps = 5 if quick else 20
@@ -105,7 +109,40 @@ def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
                            max(3, reps // 4), warmup=1)
                 out.setdefault("refine_grid", []).append({"steps": steps, "samples": samples,
                                                           **t})
+    if backends:
+        out["backends"] = bench_backends(backends, pipe.coarse_path, pipe.refiner_path, image01,
+                                         coarse_grid[0], reps, device)
     out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+def bench_backends(backends: tuple[str, ...], coarse_weights: str | Path,
+                   refiner_weights: str | Path | None, image01: np.ndarray,
+                   coarse_grid: np.ndarray, reps: int, device: str = "cpu") -> dict[str, Any]:
+    """Per backend (``torch``, ``onnx``, ``onnx-int8``): ``load_s`` (building the pipeline,
+    once; the first ONNX use includes the export), and timings of the coarse model on
+    image01 (C, H, W) and of one refinement of coarse_grid (H, W) at the refiner's defaults.
+    Every backend refines the same coarse mask."""
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ConfigError(f"unknown backend(s) {unknown}; choose from {BACKENDS}")
+    out: dict[str, Any] = {}
+    for name in backends:
+        t = time.perf_counter()
+        pipe = SegmentationPipeline(coarse_weights, refiner_weights, device=device,
+                                    use_diffusion=refiner_weights is not None,
+                                    backend="onnx" if name.startswith("onnx") else "torch",
+                                    quantized=name == "onnx-int8")
+        row: dict[str, Any] = {"load_s": time.perf_counter() - t}
+        row["coarse"] = timeit(lambda pipe=pipe: pipe.coarse.predict_grid(image01[None]), reps)
+        if pipe.refiner is not None:
+            row["refine_default"] = timeit(
+                lambda pipe=pipe: pipe.refiner.refine_grid(image01, coarse_grid,
+                                                           pipe.refine_params), reps)
+        out[name] = row
     return out
 
 
@@ -124,8 +161,13 @@ def format_table(result: dict[str, Any]) -> str:
     for row in result.get("refine_grid", []):
         lines.append(f"refine {row['steps']:>2} steps x {row['samples']} samples"
                      f"{row['median_s'] * 1000:>8.1f}")
+    for name, row in result.get("backends", {}).items():
+        refine = row.get("refine_default")
+        lines.append(f"backend {name:<10} coarse {row['coarse']['median_s'] * 1000:.1f} ms"
+                     + (f", refine {refine['median_s'] * 1000:.1f} ms" if refine else "")
+                     + f" (load {row['load_s']:.1f} s)")
     lines.append(f"peak resident memory: {result['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
 
 
-__all__ = ["RefineParams", "format_table", "run_bench", "timeit"]
+__all__ = ["RefineParams", "bench_backends", "format_table", "run_bench", "timeit"]

@@ -119,6 +119,10 @@ class SegmentationPipeline:
             refiner's own defaults, chosen on its validation split.
         postprocess: mask clean-up; default: the preset's.
         slice_batch: volume slices the coarse model sees at once (memory vs. speed).
+        backend: ``torch``, or ``onnx`` to run the models on ONNX Runtime (CPU only).
+        onnx_dir: a folder written by ``medrefine export``; default (onnx backend): the
+            per-user cache, exported on first use.
+        quantized: use the int8 ONNX graphs (static quantisation; onnx backend only).
     """
 
     def __init__(
@@ -133,7 +137,20 @@ class SegmentationPipeline:
         *,
         load_coarse: bool = True,
         slice_batch: int = 8,
+        backend: str = "torch",
+        onnx_dir: str | Path | None = None,
+        quantized: bool = False,
     ):
+        if backend not in ("torch", "onnx"):
+            raise ConfigError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+        if backend == "torch" and (quantized or onnx_dir is not None):
+            raise ConfigError("quantized=True and onnx_dir need backend='onnx'")
+        self.backend = {
+            "name": backend,
+            "quantized": bool(quantized),
+            "onnx_dir": str(onnx_dir) if onnx_dir is not None else None,
+        }
+        onnx = {"onnx_dir": onnx_dir, "quantized": quantized, "device": device}
         # A preset fills in whatever weights are not given ("polyp" when none is named).
         needs_preset = (load_coarse and cpunet_weights is None) or (
             use_diffusion and diffusion_weights is None
@@ -145,7 +162,12 @@ class SegmentationPipeline:
         self.coarse_path: Path | None = None
         if load_coarse:
             self.coarse_path = Path(cpunet_weights or self.preset.coarse_weights)
-            self.coarse = CoarseSegmenter.from_weights(self.coarse_path, device)
+            if backend == "onnx":
+                from medrefine.export import onnx_coarse
+
+                self.coarse = onnx_coarse(self.coarse_path, **onnx)
+            else:
+                self.coarse = CoarseSegmenter.from_weights(self.coarse_path, device)
             if use_diffusion and self.coarse.model_cfg.num_classes != 1:
                 raise ConfigError(
                     "diffusion refinement needs a binary coarse model; pass "
@@ -155,7 +177,12 @@ class SegmentationPipeline:
         self.refiner_path: Path | None = None
         if use_diffusion:
             self.refiner_path = Path(diffusion_weights or self.preset.refiner_weights)
-            self.refiner = Refiner.from_weights(self.refiner_path, device)
+            if backend == "onnx":
+                from medrefine.export import onnx_refiner
+
+                self.refiner = onnx_refiner(self.refiner_path, **onnx)
+            else:
+                self.refiner = Refiner.from_weights(self.refiner_path, device)
         if self.coarse is None and self.refiner is None:
             raise ConfigError("a pipeline without a coarse model needs the diffusion refiner")
         self.pre_cfg = self.coarse.pre_cfg if self.coarse else self.refiner.pre_cfg
@@ -201,6 +228,7 @@ class SegmentationPipeline:
             "refine": asdict(self.refine_params) if self.refine_params else None,
             "postprocess": asdict(self.post),
             "device": str((self.coarse or self.refiner).device),
+            "backend": self.backend,
         }
 
     # -------------------------------------------------------------- core

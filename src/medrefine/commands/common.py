@@ -46,7 +46,8 @@ DEFAULT_PRESET = "polyp"
 
 # ---------------------------------------------------------------- options
 def add_model_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
-    """``--preset`` | ``--weights`` (+ ``--refiner-weights``), ``--no-refine``, ``--device``."""
+    """``--preset`` | ``--weights`` (+ ``--refiner-weights``), ``--no-refine``, ``--backend``,
+    ``--device``."""
     group = parser.add_mutually_exclusive_group(required=required)
     default = "" if required else f" (default {DEFAULT_PRESET} without --weights)"
     group.add_argument("--preset", choices=sorted(PRESETS), help="shipped model set" + default)
@@ -66,6 +67,14 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = False
     )
     parser.add_argument(
         "--no-refine", action="store_true", help="coarse model only, no diffusion refinement"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "onnx-int8"],
+        default="torch",
+        help="what runs the models: torch (default), onnx (ONNX Runtime on the CPU; the graphs "
+        "are exported to ~/.cache/medrefine/onnx on first use) or onnx-int8 (its int8 graphs, "
+        "faster, slightly different masks)",
     )
     add_device_option(parser)
 
@@ -203,6 +212,7 @@ def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
         )
     preset = args.preset or (DEFAULT_PRESET if args.weights is None else None)
     base_post = get_preset(preset).postprocess if preset else PostprocessConfig()
+    backend = getattr(args, "backend", "torch")
     pipe = SegmentationPipeline(
         cpunet_weights=args.weights,
         diffusion_weights=args.refiner_weights,
@@ -210,6 +220,8 @@ def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
         use_diffusion=use_diffusion,
         preset=preset,
         postprocess=postprocess_config(args, base_post),
+        backend="onnx" if backend.startswith("onnx") else "torch",
+        quantized=backend == "onnx-int8",
     )
     overrides = refine_overrides(args)
     if overrides and pipe.refiner is None:

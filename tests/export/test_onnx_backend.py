@@ -1,0 +1,281 @@
+"""The ONNX backend against torch: same inputs, same seed, same numbers (within tolerances).
+
+Tolerances: float32 graphs agree with torch to a max abs difference of 1e-4 in probabilities
+(measured: ~1e-6). int8 graphs are an approximation: on these tiny untrained models the
+probabilities stay within 0.1 of float32 and the masks keep Dice >= 0.9; on real models
+(EfficientNet-Lite0 coarse model, Kvasir images) the measured mask Dice against float32 was
+0.96-0.99 for the coarse model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from medrefine.checkpoint import file_sha256, read_info
+from medrefine.cli import main
+from medrefine.errors import ConfigError, InputError
+from medrefine.export import cache_root, export_onnx, onnx_coarse, onnx_refiner
+from medrefine.inference import CoarseSegmenter
+from medrefine.metrics import dice
+from medrefine.pipeline import SegmentationPipeline
+from medrefine.refine import RefineParams, Refiner
+
+FP32_TOL = 1e-4
+
+
+def _image(seed: int = 0, shape=(40, 48)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    disk = ((yy - h / 2) ** 2 + (xx - w / 2) ** 2 <= 100)[..., None] * 80.0
+    return np.clip(rng.normal(60, 10, (h, w, 3)) + disk, 0, 255).astype(np.uint8)
+
+
+def _pipelines(weights, **onnx_kwargs):
+    kwargs = dict(device="cpu")
+    torch_pipe = SegmentationPipeline(weights["coarse"], weights["refiner"], **kwargs)
+    onnx_pipe = SegmentationPipeline(
+        weights["coarse"], weights["refiner"], backend="onnx", **kwargs, **onnx_kwargs
+    )
+    return torch_pipe, onnx_pipe
+
+
+# ---------------------------------------------------------------- the folder
+def test_manifest_describes_the_graphs(tiny_weights, onnx_dir):
+    manifest = json.loads((onnx_dir / "manifest.json").read_text())
+    assert manifest["format"] == "medrefine-onnx" and manifest["opset"] == 18
+    assert manifest["quantize"] == ["int8"]
+    for part in ("coarse", "refiner"):
+        entry = manifest["models"][part]
+        assert entry["weights"]["sha256"] == file_sha256(tiny_weights[part])
+        info = read_info(tiny_weights[part])
+        assert entry["info"]["preprocess"] == info["preprocess"]
+        for graph in (*entry["graphs"].values(), *entry["int8"].values()):
+            assert file_sha256(onnx_dir / graph["file"]) == graph["sha256"]
+    refiner = manifest["models"]["refiner"]
+    assert refiner["info"]["refine_defaults"]["steps"] == 2
+    assert refiner["info"]["denoiser"]["widths"] == [8, 8, 8, 8]
+    step = refiner["graphs"]["step"]
+    assert step["file"] == "refiner_step.onnx"
+    assert list(step["inputs"]) == ["x_t", "t", "full", "f0", "f1", "f2", "f3"]
+    assert step["inputs"]["x_t"] == ["batch", 1, 32, 32]
+    assert refiner["graphs"]["condition"]["outputs"]["f3"][0] == "batch"
+    coarse = manifest["models"]["coarse"]["graphs"]["coarse"]
+    assert coarse["inputs"] == {"image01": ["batch", 3, 32, 32]}
+    assert coarse["outputs"] == {"probs": ["batch", 1, 32, 32]}
+    meta = {p.key: p.value for p in onnx.load(str(onnx_dir / "coarse.onnx")).metadata_props}
+    assert json.loads(meta["medrefine"])["weights_sha256"] == file_sha256(tiny_weights["coarse"])
+
+
+# ---------------------------------------------------------------- float32 agrees with torch
+def test_coarse_probabilities_match_torch_for_any_batch(tiny_weights, onnx_dir):
+    reference = CoarseSegmenter.from_weights(tiny_weights["coarse"], "cpu")
+    runner = onnx_coarse(tiny_weights["coarse"], onnx_dir)
+    image01 = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    for batch in (image01[:1], image01):
+        expected = reference.predict_grid(batch)
+        got = runner.predict_grid(batch)
+        assert got.shape == expected.shape and got.dtype == torch.float32
+        assert float((got - expected).abs().max()) <= FP32_TOL
+
+
+def test_refinement_matches_torch_with_the_same_seed(tiny_weights, onnx_dir):
+    reference = Refiner.from_weights(tiny_weights["refiner"], "cpu")
+    runner = onnx_refiner(tiny_weights["refiner"], onnx_dir)
+    rng = np.random.default_rng(1)
+    image01 = rng.random((3, 32, 32), dtype=np.float32)
+    coarse = rng.random((32, 32), dtype=np.float32)
+    for params in (RefineParams(steps=2, samples=1), RefineParams(steps=3, samples=3, eta=0.5)):
+        expected = reference.refine_grid(image01, coarse, params)
+        got = runner.refine_grid(image01, coarse, params)
+        assert got.timesteps == expected.timesteps
+        assert np.abs(got.samples - expected.samples).max() <= FP32_TOL
+        assert np.abs(got.probs - expected.probs).max() <= FP32_TOL
+        assert np.abs(got.uncertainty - expected.uncertainty).max() <= FP32_TOL
+
+
+def test_pipeline_backends_agree_end_to_end(tiny_weights, onnx_dir):
+    torch_pipe, onnx_pipe = _pipelines(tiny_weights, onnx_dir=onnx_dir)
+    image = _image()
+    expected, got = torch_pipe.run(image), onnx_pipe.run(image)
+    assert np.abs(got.coarse_probs - expected.coarse_probs).max() <= FP32_TOL
+    assert np.abs(got.refined_probs - expected.refined_probs).max() <= FP32_TOL
+    # masks may differ only where the probability sits on the threshold
+    undecided = np.abs(expected.refined_probs - 0.5) <= FP32_TOL
+    assert np.array_equal(got.mask[~undecided], expected.mask[~undecided])
+    backend = onnx_pipe.provenance()["backend"]
+    assert backend == {"name": "onnx", "quantized": False, "onnx_dir": str(onnx_dir)}
+
+
+def test_int8_stays_close_to_float32(tiny_weights, onnx_dir):
+    _, fp32 = _pipelines(tiny_weights, onnx_dir=onnx_dir)
+    int8 = SegmentationPipeline(
+        tiny_weights["coarse"],
+        tiny_weights["refiner"],
+        device="cpu",
+        backend="onnx",
+        onnx_dir=onnx_dir,
+        quantized=True,
+    )
+    for seed in (0, 1):
+        image = _image(seed)
+        expected, got = fp32.run(image), int8.run(image)
+        assert np.abs(got.coarse_probs - expected.coarse_probs).max() <= 0.1
+        assert np.abs(got.refined_probs - expected.refined_probs).max() <= 0.1
+        assert dice(got.mask > 0, expected.mask > 0) >= 0.9
+
+
+# ---------------------------------------------------------------- refusing bad folders
+def test_missing_or_foreign_folder_is_a_clear_input_error(tiny_weights, tmp_path):
+    with pytest.raises(InputError, match="ONNX folder not found"):
+        onnx_coarse(tiny_weights["coarse"], tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="has no manifest.json"):
+        onnx_coarse(tiny_weights["coarse"], tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot read the manifest"):
+        onnx_coarse(tiny_weights["coarse"], bad)
+    (bad / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(InputError, match="not a medrefine ONNX manifest"):
+        onnx_coarse(tiny_weights["coarse"], bad)
+
+
+def test_damaged_or_missing_graph_is_refused(tiny_weights, onnx_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(onnx_dir, copy)
+    (copy / "refiner_step.onnx").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="changed or damaged since the export"):
+        onnx_refiner(tiny_weights["refiner"], copy)
+    (copy / "coarse.int8.onnx").unlink()
+    with pytest.raises(InputError, match="coarse.int8.onnx: missing"):
+        onnx_coarse(tiny_weights["coarse"], copy, quantized=True)
+
+
+def test_changed_weights_are_refused(retrained_coarse, onnx_dir):
+    with pytest.raises(InputError, match="the weights changed since the export"):
+        SegmentationPipeline(
+            retrained_coarse, use_diffusion=False, device="cpu", backend="onnx", onnx_dir=onnx_dir
+        )
+
+
+def test_backend_option_errors(tiny_weights, onnx_dir):
+    with pytest.raises(ConfigError, match="unknown backend"):
+        SegmentationPipeline(tiny_weights["coarse"], use_diffusion=False, backend="tensorrt")
+    with pytest.raises(ConfigError, match="need backend='onnx'"):
+        SegmentationPipeline(tiny_weights["coarse"], use_diffusion=False, quantized=True)
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        SegmentationPipeline(
+            tiny_weights["coarse"],
+            use_diffusion=False,
+            device="cuda",
+            backend="onnx",
+            onnx_dir=onnx_dir,
+        )
+    with pytest.raises(ConfigError, match="opset"):
+        export_onnx(onnx_dir / "never", coarse_weights=tiny_weights["coarse"], opset=5)
+
+
+# ---------------------------------------------------------------- the cache
+def test_cache_is_filled_on_first_use_and_reused(tiny_weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = cache_root() / file_sha256(tiny_weights["coarse"])
+    assert folder.parent == tmp_path / "cache" / "medrefine" / "onnx"
+    first = SegmentationPipeline(
+        tiny_weights["coarse"], use_diffusion=False, device="cpu", backend="onnx"
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert list(manifest["models"]) == ["coarse"]
+    stamp = (folder / "coarse.onnx").stat().st_mtime_ns
+    second = SegmentationPipeline(
+        tiny_weights["coarse"], use_diffusion=False, device="cpu", backend="onnx"
+    )
+    assert (folder / "coarse.onnx").stat().st_mtime_ns == stamp
+    image = _image()
+    assert np.array_equal(first.run(image).mask, second.run(image).mask)
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no leftovers
+    with pytest.raises(InputError, match="holds no refiner model"):
+        onnx_refiner(tiny_weights["refiner"], folder)
+    with pytest.raises(InputError, match="--quantize int8"):
+        onnx_coarse(tiny_weights["coarse"], folder, quantized=True)
+
+
+# ---------------------------------------------------------------- command line and bench
+def test_segment_with_the_onnx_backend(tiny_weights, filled_cache, tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(_image()).save(tmp_path / "case.png")
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "case.png"), "-o", str(out), "--format", "png,json"]
+    weights = ["--weights", str(tiny_weights["coarse"]), "--refiner-weights"]
+    weights.append(str(tiny_weights["refiner"]))
+    for backend in ("onnx", "onnx-int8"):
+        code = main([*args, *weights, "--backend", backend, "--device", "cpu"])
+        assert code == 0, capsys.readouterr().err
+        assert (out / "case.png").is_file()
+        report = json.loads((out / "report.json").read_text())
+        assert report["provenance"]["backend"]["quantized"] == (backend == "onnx-int8")
+        shutil.rmtree(out)
+
+
+def test_bench_backends_section(tiny_weights, filled_cache):
+    from medrefine.bench import bench_backends, format_table
+
+    image01 = np.random.default_rng(0).random((3, 32, 32), dtype=np.float32)
+    coarse = np.full((32, 32), 0.5, np.float32)
+    rows = bench_backends(
+        ("torch", "onnx"), tiny_weights["coarse"], tiny_weights["refiner"], image01, coarse, 1
+    )
+    assert list(rows) == ["torch", "onnx"]
+    for row in rows.values():
+        assert row["coarse"]["median_s"] > 0 and row["refine_default"]["median_s"] > 0
+    table = format_table(
+        {
+            "medrefine_version": "0",
+            "preset": "tiny",
+            "image": "x",
+            "image_size": [32, 32],
+            "grid": [32, 32],
+            "threads": 1,
+            "device": "cpu",
+            "stages": {},
+            "end_to_end": {},
+            "backends": rows,
+            "peak_rss_mb": 1.0,
+        }
+    )
+    assert "backend onnx" in table
+    with pytest.raises(ConfigError, match="unknown backend"):
+        bench_backends(("tvm",), tiny_weights["coarse"], None, image01, coarse, 1)
+
+
+def test_export_command_errors(tiny_weights, tmp_path, capsys):
+    code = main(
+        [
+            "export",
+            "--onnx",
+            str(tmp_path / "x"),
+            "--weights",
+            str(tiny_weights["coarse"]),
+            "--calibration",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2 and "--quantize int8" in capsys.readouterr().err
+    code = main(
+        [
+            "export",
+            "--onnx",
+            str(tmp_path / "x"),
+            "--weights",
+            str(tmp_path / "missing.safetensors"),
+        ]
+    )
+    assert code == 2 and "weights file not found" in capsys.readouterr().err
