@@ -1,6 +1,6 @@
 """Tiny weights and one ONNX export of them (float32 + int8), shared by the export tests.
 
-The weights carry the info layout ``training/`` writes (as in tests/commands/conftest.py).
+The weights carry the info layout ``training/`` writes (as in tests/conftest.py).
 The export runs once per session through the command line, so ``medrefine export`` itself is
 what the other tests read back.
 """
@@ -48,8 +48,11 @@ def retrained_coarse(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory) -> dict[str, Path]:
-    """{"coarse": path, "refiner": path}: seeded, untrained, 32x32 grid, 2 steps, 2 samples."""
+def onnx_weights(tmp_path_factory) -> dict[str, Path]:
+    """{"coarse": path, "refiner": path}: seeded, untrained, 32x32 grid, 2 steps, 2 samples.
+
+    Like the shared ``tiny_weights`` but with the denoiser's self-attention switched on, so its
+    export (MultiheadAttention) is covered too."""
     folder = tmp_path_factory.mktemp("onnx_weights")
     coarse = save_coarse(folder / "coarse.safetensors", seed=0)
     torch.manual_seed(1)
@@ -65,7 +68,7 @@ def tiny_weights(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def onnx_dir(tiny_weights, tmp_path_factory) -> Path:
+def onnx_dir(onnx_weights, tmp_path_factory) -> Path:
     """``medrefine export --onnx DIR --weights ... --refiner-weights ... --quantize int8``."""
     out = tmp_path_factory.mktemp("onnx") / "graphs"
     code = main(
@@ -74,9 +77,9 @@ def onnx_dir(tiny_weights, tmp_path_factory) -> Path:
             "--onnx",
             str(out),
             "--weights",
-            str(tiny_weights["coarse"]),
+            str(onnx_weights["coarse"]),
             "--refiner-weights",
-            str(tiny_weights["refiner"]),
+            str(onnx_weights["refiner"]),
             "--quantize",
             "int8",
         ]
@@ -86,10 +89,10 @@ def onnx_dir(tiny_weights, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def filled_cache(tiny_weights, onnx_dir, tmp_path, monkeypatch) -> Path:
+def filled_cache(onnx_weights, onnx_dir, tmp_path, monkeypatch) -> Path:
     """A per-user cache (under tmp_path) that already holds both models' graphs."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = tmp_path / "cache" / "medrefine" / "onnx"
-    for path in tiny_weights.values():
+    for path in onnx_weights.values():
         shutil.copytree(onnx_dir, root / file_sha256(path))
     return root

@@ -47,14 +47,14 @@ def _pipelines(weights, **onnx_kwargs):
 
 
 # ---------------------------------------------------------------- the folder
-def test_manifest_describes_the_graphs(tiny_weights, onnx_dir):
+def test_manifest_describes_the_graphs(onnx_weights, onnx_dir):
     manifest = json.loads((onnx_dir / "manifest.json").read_text())
     assert manifest["format"] == "medrefine-onnx" and manifest["opset"] == 18
     assert manifest["quantize"] == ["int8"]
     for part in ("coarse", "refiner"):
         entry = manifest["models"][part]
-        assert entry["weights"]["sha256"] == file_sha256(tiny_weights[part])
-        info = read_info(tiny_weights[part])
+        assert entry["weights"]["sha256"] == file_sha256(onnx_weights[part])
+        info = read_info(onnx_weights[part])
         assert entry["info"]["preprocess"] == info["preprocess"]
         for graph in (*entry["graphs"].values(), *entry["int8"].values()):
             assert file_sha256(onnx_dir / graph["file"]) == graph["sha256"]
@@ -70,13 +70,13 @@ def test_manifest_describes_the_graphs(tiny_weights, onnx_dir):
     assert coarse["inputs"] == {"image01": ["batch", 3, 32, 32]}
     assert coarse["outputs"] == {"probs": ["batch", 1, 32, 32]}
     meta = {p.key: p.value for p in onnx.load(str(onnx_dir / "coarse.onnx")).metadata_props}
-    assert json.loads(meta["medrefine"])["weights_sha256"] == file_sha256(tiny_weights["coarse"])
+    assert json.loads(meta["medrefine"])["weights_sha256"] == file_sha256(onnx_weights["coarse"])
 
 
 # ---------------------------------------------------------------- float32 agrees with torch
-def test_coarse_probabilities_match_torch_for_any_batch(tiny_weights, onnx_dir):
-    reference = CoarseSegmenter.from_weights(tiny_weights["coarse"], "cpu")
-    runner = onnx_coarse(tiny_weights["coarse"], onnx_dir)
+def test_coarse_probabilities_match_torch_for_any_batch(onnx_weights, onnx_dir):
+    reference = CoarseSegmenter.from_weights(onnx_weights["coarse"], "cpu")
+    runner = onnx_coarse(onnx_weights["coarse"], onnx_dir)
     image01 = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
     for batch in (image01[:1], image01):
         expected = reference.predict_grid(batch)
@@ -85,9 +85,9 @@ def test_coarse_probabilities_match_torch_for_any_batch(tiny_weights, onnx_dir):
         assert float((got - expected).abs().max()) <= FP32_TOL
 
 
-def test_refinement_matches_torch_with_the_same_seed(tiny_weights, onnx_dir):
-    reference = Refiner.from_weights(tiny_weights["refiner"], "cpu")
-    runner = onnx_refiner(tiny_weights["refiner"], onnx_dir)
+def test_refinement_matches_torch_with_the_same_seed(onnx_weights, onnx_dir):
+    reference = Refiner.from_weights(onnx_weights["refiner"], "cpu")
+    runner = onnx_refiner(onnx_weights["refiner"], onnx_dir)
     rng = np.random.default_rng(1)
     image01 = rng.random((3, 32, 32), dtype=np.float32)
     coarse = rng.random((32, 32), dtype=np.float32)
@@ -100,8 +100,8 @@ def test_refinement_matches_torch_with_the_same_seed(tiny_weights, onnx_dir):
         assert np.abs(got.uncertainty - expected.uncertainty).max() <= FP32_TOL
 
 
-def test_pipeline_backends_agree_end_to_end(tiny_weights, onnx_dir):
-    torch_pipe, onnx_pipe = _pipelines(tiny_weights, onnx_dir=onnx_dir)
+def test_pipeline_backends_agree_end_to_end(onnx_weights, onnx_dir):
+    torch_pipe, onnx_pipe = _pipelines(onnx_weights, onnx_dir=onnx_dir)
     image = _image()
     expected, got = torch_pipe.run(image), onnx_pipe.run(image)
     assert np.abs(got.coarse_probs - expected.coarse_probs).max() <= FP32_TOL
@@ -113,11 +113,11 @@ def test_pipeline_backends_agree_end_to_end(tiny_weights, onnx_dir):
     assert backend == {"name": "onnx", "quantized": False, "onnx_dir": str(onnx_dir)}
 
 
-def test_int8_stays_close_to_float32(tiny_weights, onnx_dir):
-    _, fp32 = _pipelines(tiny_weights, onnx_dir=onnx_dir)
+def test_int8_stays_close_to_float32(onnx_weights, onnx_dir):
+    _, fp32 = _pipelines(onnx_weights, onnx_dir=onnx_dir)
     int8 = SegmentationPipeline(
-        tiny_weights["coarse"],
-        tiny_weights["refiner"],
+        onnx_weights["coarse"],
+        onnx_weights["refiner"],
         device="cpu",
         backend="onnx",
         onnx_dir=onnx_dir,
@@ -132,31 +132,31 @@ def test_int8_stays_close_to_float32(tiny_weights, onnx_dir):
 
 
 # ---------------------------------------------------------------- refusing bad folders
-def test_missing_or_foreign_folder_is_a_clear_input_error(tiny_weights, tmp_path):
+def test_missing_or_foreign_folder_is_a_clear_input_error(onnx_weights, tmp_path):
     with pytest.raises(InputError, match="ONNX folder not found"):
-        onnx_coarse(tiny_weights["coarse"], tmp_path / "nowhere")
+        onnx_coarse(onnx_weights["coarse"], tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="has no manifest.json"):
-        onnx_coarse(tiny_weights["coarse"], tmp_path / "empty")
+        onnx_coarse(onnx_weights["coarse"], tmp_path / "empty")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "manifest.json").write_text("{not json")
     with pytest.raises(InputError, match="cannot read the manifest"):
-        onnx_coarse(tiny_weights["coarse"], bad)
+        onnx_coarse(onnx_weights["coarse"], bad)
     (bad / "manifest.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(InputError, match="not a medrefine ONNX manifest"):
-        onnx_coarse(tiny_weights["coarse"], bad)
+        onnx_coarse(onnx_weights["coarse"], bad)
 
 
-def test_damaged_or_missing_graph_is_refused(tiny_weights, onnx_dir, tmp_path):
+def test_damaged_or_missing_graph_is_refused(onnx_weights, onnx_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(onnx_dir, copy)
     (copy / "refiner_step.onnx").write_bytes(b"garbage")
     with pytest.raises(InputError, match="changed or damaged since the export"):
-        onnx_refiner(tiny_weights["refiner"], copy)
+        onnx_refiner(onnx_weights["refiner"], copy)
     (copy / "coarse.int8.onnx").unlink()
     with pytest.raises(InputError, match="coarse.int8.onnx: missing"):
-        onnx_coarse(tiny_weights["coarse"], copy, quantized=True)
+        onnx_coarse(onnx_weights["coarse"], copy, quantized=True)
 
 
 def test_changed_weights_are_refused(retrained_coarse, onnx_dir):
@@ -166,56 +166,56 @@ def test_changed_weights_are_refused(retrained_coarse, onnx_dir):
         )
 
 
-def test_backend_option_errors(tiny_weights, onnx_dir):
+def test_backend_option_errors(onnx_weights, onnx_dir):
     with pytest.raises(ConfigError, match="unknown backend"):
-        SegmentationPipeline(tiny_weights["coarse"], use_diffusion=False, backend="tensorrt")
+        SegmentationPipeline(onnx_weights["coarse"], use_diffusion=False, backend="tensorrt")
     with pytest.raises(ConfigError, match="need backend='onnx'"):
-        SegmentationPipeline(tiny_weights["coarse"], use_diffusion=False, quantized=True)
+        SegmentationPipeline(onnx_weights["coarse"], use_diffusion=False, quantized=True)
     with pytest.raises(ConfigError, match="runs on the CPU"):
         SegmentationPipeline(
-            tiny_weights["coarse"],
+            onnx_weights["coarse"],
             use_diffusion=False,
             device="cuda",
             backend="onnx",
             onnx_dir=onnx_dir,
         )
     with pytest.raises(ConfigError, match="opset"):
-        export_onnx(onnx_dir / "never", coarse_weights=tiny_weights["coarse"], opset=5)
+        export_onnx(onnx_dir / "never", coarse_weights=onnx_weights["coarse"], opset=5)
 
 
 # ---------------------------------------------------------------- the cache
-def test_cache_is_filled_on_first_use_and_reused(tiny_weights, tmp_path, monkeypatch):
+def test_cache_is_filled_on_first_use_and_reused(onnx_weights, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    folder = cache_root() / file_sha256(tiny_weights["coarse"])
+    folder = cache_root() / file_sha256(onnx_weights["coarse"])
     assert folder.parent == tmp_path / "cache" / "medrefine" / "onnx"
     first = SegmentationPipeline(
-        tiny_weights["coarse"], use_diffusion=False, device="cpu", backend="onnx"
+        onnx_weights["coarse"], use_diffusion=False, device="cpu", backend="onnx"
     )
     manifest = json.loads((folder / "manifest.json").read_text())
     assert list(manifest["models"]) == ["coarse"]
     stamp = (folder / "coarse.onnx").stat().st_mtime_ns
     second = SegmentationPipeline(
-        tiny_weights["coarse"], use_diffusion=False, device="cpu", backend="onnx"
+        onnx_weights["coarse"], use_diffusion=False, device="cpu", backend="onnx"
     )
     assert (folder / "coarse.onnx").stat().st_mtime_ns == stamp
     image = _image()
     assert np.array_equal(first.run(image).mask, second.run(image).mask)
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no leftovers
     with pytest.raises(InputError, match="holds no refiner model"):
-        onnx_refiner(tiny_weights["refiner"], folder)
+        onnx_refiner(onnx_weights["refiner"], folder)
     with pytest.raises(InputError, match="--quantize int8"):
-        onnx_coarse(tiny_weights["coarse"], folder, quantized=True)
+        onnx_coarse(onnx_weights["coarse"], folder, quantized=True)
 
 
 # ---------------------------------------------------------------- command line and bench
-def test_segment_with_the_onnx_backend(tiny_weights, filled_cache, tmp_path, capsys):
+def test_segment_with_the_onnx_backend(onnx_weights, filled_cache, tmp_path, capsys):
     from PIL import Image
 
     Image.fromarray(_image()).save(tmp_path / "case.png")
     out = tmp_path / "out"
     args = ["segment", str(tmp_path / "case.png"), "-o", str(out), "--format", "png,json"]
-    weights = ["--weights", str(tiny_weights["coarse"]), "--refiner-weights"]
-    weights.append(str(tiny_weights["refiner"]))
+    weights = ["--weights", str(onnx_weights["coarse"]), "--refiner-weights"]
+    weights.append(str(onnx_weights["refiner"]))
     for backend in ("onnx", "onnx-int8"):
         code = main([*args, *weights, "--backend", backend, "--device", "cpu"])
         assert code == 0, capsys.readouterr().err
@@ -225,13 +225,13 @@ def test_segment_with_the_onnx_backend(tiny_weights, filled_cache, tmp_path, cap
         shutil.rmtree(out)
 
 
-def test_bench_backends_section(tiny_weights, filled_cache):
+def test_bench_backends_section(onnx_weights, filled_cache):
     from medrefine.bench import bench_backends, format_table
 
     image01 = np.random.default_rng(0).random((3, 32, 32), dtype=np.float32)
     coarse = np.full((32, 32), 0.5, np.float32)
     rows = bench_backends(
-        ("torch", "onnx"), tiny_weights["coarse"], tiny_weights["refiner"], image01, coarse, 1
+        ("torch", "onnx"), onnx_weights["coarse"], onnx_weights["refiner"], image01, coarse, 1
     )
     assert list(rows) == ["torch", "onnx"]
     for row in rows.values():
@@ -253,17 +253,17 @@ def test_bench_backends_section(tiny_weights, filled_cache):
     )
     assert "backend onnx" in table
     with pytest.raises(ConfigError, match="unknown backend"):
-        bench_backends(("tvm",), tiny_weights["coarse"], None, image01, coarse, 1)
+        bench_backends(("tvm",), onnx_weights["coarse"], None, image01, coarse, 1)
 
 
-def test_export_command_errors(tiny_weights, tmp_path, capsys):
+def test_export_command_errors(onnx_weights, tmp_path, capsys):
     code = main(
         [
             "export",
             "--onnx",
             str(tmp_path / "x"),
             "--weights",
-            str(tiny_weights["coarse"]),
+            str(onnx_weights["coarse"]),
             "--calibration",
             str(tmp_path),
         ]

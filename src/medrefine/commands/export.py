@@ -65,8 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--quantize",
         choices=["int8"],
-        help="also write int8 graphs (static quantisation, ~2x faster on CPUs "
-        "with VNNI; check the accuracy on your data)",
+        help="also write int8 graphs (static quantisation: faster on CPUs with int8 "
+        "instructions such as VNNI; check the masks on your data)",
     )
     parser.add_argument(
         "--calibration",

@@ -278,17 +278,19 @@ def _export_graph(
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter warns about deprecations and missing torchvision ops that do not concern
-    these models; keep that out of the user's terminal (debug logging still shows errors)."""
-    onnx_logger = logging.getLogger("torch.onnx")
-    level = onnx_logger.level
-    onnx_logger.setLevel(logging.ERROR)
+    """The exporter warns about deprecations, missing torchvision ops and opset conversion
+    fallbacks that do not concern these models; keep that out of the user's terminal."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        onnx_logger.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _shapes(values) -> dict[str, list[int | str]]:
