@@ -1,10 +1,11 @@
 """The ONNX backend against torch: same inputs, same seed, same numbers (within tolerances).
 
 Tolerances: float32 graphs agree with torch to a max abs difference of 1e-4 in probabilities
-(measured: ~1e-6). int8 graphs are an approximation: on these tiny untrained models the
-probabilities stay within 0.1 of float32 and the masks keep Dice >= 0.9; on real models
-(EfficientNet-Lite0 coarse model, Kvasir images) the measured mask Dice against float32 was
-0.96-0.99 for the coarse model.
+(measured: ~1e-6). int8 graphs are an approximation, checked against float32: on these tiny
+untrained models probabilities within 0.1 (measured: coarse 2e-4, refined <= 0.04) and mask
+Dice >= 0.9 (measured 0.93-0.94: untrained refiners leave many pixels near 0.5). On a trained
+EfficientNet-Lite0 coarse model, 30 Kvasir test images, the post-processed int8 masks had Dice
+0.993 on average (min 0.973) against float32, and the same Dice against ground truth.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Weights become int8 per output channel, activations uint8 with ranges (min/max) 
 the float32 graphs run on calibration cases; ONNX Runtime then runs the convolutions as
 integer kernels (u8s8, VNNI where the CPU has it). Dynamic quantisation (weights only,
 activation ranges per call) was tried first and is not offered: on these convolutional
-models it made ONNX Runtime slower than float32 and moved coarse probabilities by up to 0.8.
+models it made ONNX Runtime slower than float32 and moved coarse probabilities by up to 0.87.
 
 Calibration cases are image/mask pairs: by default the shipped sample images of every preset
 (with their masks), or the training split of a data folder (``images/`` + ``masks/``). The
