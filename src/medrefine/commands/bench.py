@@ -13,6 +13,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", type=Path, help="also write the JSON document here")
+    p.add_argument("--backend", nargs="+", choices=["torch", "onnx", "onnx-int8"],
+                   help="also compare these inference backends (coarse and one refinement)")
     p.add_argument("--from-noise", type=int, metavar="N", default=0,
                    help="also compare our refinement with sampling from pure noise (1000 DDPM "
                    "and 50 DDIM steps, 5 samples) on N test images of --data (or the shipped "
@@ -25,7 +27,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from medrefine.bench import format_table, run_bench
 
-    result = run_bench(args.preset, quick=args.quick, device=args.device, threads=args.threads)
+    result = run_bench(args.preset, quick=args.quick, device=args.device, threads=args.threads,
+                       backends=tuple(args.backend) if args.backend else None)
     comparison = None
     if args.from_noise:
         comparison = _from_noise(args)
