@@ -16,9 +16,11 @@ import json
 import platform
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from medrefine.checkpoint import file_sha256, read_info
+from medrefine.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- {stage}:begin -->", "<!-- {stage}:end -->"
@@ -49,13 +51,17 @@ def section(args) -> str:
     ]
     if args.stage == "refiner":
         lines.append(f"- diffusion: `{json.dumps(info['diffusion'])}`")
-        lines.append(f"- default refinement (chosen on val): `{json.dumps(info['refine_defaults'])}`")
+        defaults = json.dumps(info["refine_defaults"])
+        lines.append(f"- default refinement (chosen on val): `{defaults}`")
+    post = json.dumps(asdict(get_preset(args.preset).postprocess))
+    val = info["training"].get(val_key, float("nan"))
     lines += [
         f"- preprocessing: `{json.dumps(info['preprocess'])}`",
+        f"- post-processing (the preset's): `{post}`",
         f"- data: `{config['data_dir']}` (split from its manifest.json: "
         + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + ")",
         f"- seed: {config['seed']}; epochs: {len(rows)} run of {config['epochs']} planned; "
-        f"best epoch on val: {best_epoch} (val Dice {info['training'].get(val_key, float('nan')):.4f})",
+        f"best epoch on val: {best_epoch} (val Dice {val:.4f})",
         f"- wall time: {wall:.1f} min on {args.machine}",
         "",
         "Training command:",

@@ -30,6 +30,7 @@ def save_weights(path: str | Path, model: torch.nn.Module, info: dict[str, Any])
     os.close(fd)
     try:
         save_file(state, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; weights are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
