@@ -99,3 +99,19 @@ def test_label_map_masks_count_every_label_as_foreground(pipe):
 def test_preset_is_none_when_every_weights_file_is_given(pipe):
     assert pipe.preset is None
     assert pipe.provenance()["preset"] is None
+
+
+def test_a_preset_without_a_refiner_falls_back_to_coarse_with_a_warning(
+    tmp_path, tiny_weights, monkeypatch, caplog
+):
+    import shutil
+
+    from medrefine.presets import Preset
+
+    shutil.copy(tiny_weights["coarse"], tmp_path / "coarse.safetensors")
+    monkeypatch.setattr(Preset, "folder", property(lambda self: tmp_path))
+    with caplog.at_level("WARNING"):
+        pipe = SegmentationPipeline(preset="polyp", device="cpu")
+    assert pipe.refiner is None and "ships no diffusion refiner" in caplog.text
+    with pytest.raises(Exception, match="not found"):  # explicit refiner weights must exist
+        SegmentationPipeline(preset="polyp", diffusion_weights=tmp_path / "none.safetensors")

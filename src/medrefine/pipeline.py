@@ -175,6 +175,11 @@ class SegmentationPipeline:
                 )
         self.refiner: Refiner | None = None
         self.refiner_path: Path | None = None
+        if use_diffusion and diffusion_weights is None and load_coarse and \
+                not self.preset.refiner_weights.is_file():
+            logger.warning("preset %r ships no diffusion refiner yet: coarse segmentation only",
+                           self.preset.name)
+            use_diffusion = False
         if use_diffusion:
             self.refiner_path = Path(diffusion_weights or self.preset.refiner_weights)
             if backend == "onnx":
