@@ -144,3 +144,25 @@ def test_batch_larger_than_the_training_set(disk_data, coarse_config, tmp_path):
 def test_model_and_preprocess_channels_must_agree(disk_data, tmp_path):
     with pytest.raises(ConfigError, match="channels"):
         CoarseTrainConfig(str(disk_data), str(tmp_path), model=SegModelConfig(in_channels=1))
+
+
+@pytest.mark.parametrize(
+    ("folder", "names"),
+    [
+        ("covid_cxr_lungs", ("right lung", "left lung", "heart/mediastinum")),
+        ("medseg_covid_ct_infnet", ("ground-glass", "consolidation")),
+    ],
+)
+def test_multiclass_on_real_label_maps(data_dir, folder, names, coarse_config, tmp_path):
+    """One short epoch on the real multi-class data sets: label maps load, every class is
+    learned as its own softmax channel, and validation scores them."""
+    root = data_dir / folder
+    mask_dir = "masks_multiclass" if (root / "masks_multiclass").is_dir() else "masks"
+    model = SegModelConfig(in_channels=1, num_classes=len(names), encoder="scratch",
+                           widths=(4, 4, 8, 8, 8), decoder_widths=(8, 8, 4, 4))
+    run = train_coarse(coarse_config(
+        root, tmp_path / "run", model=model, class_names=names, mask_dir=mask_dir, epochs=1,
+        batch_size=8))
+    info = read_info(run / "best.safetensors")
+    assert info["class_names"] == list(names)
+    assert 0 <= _rows(run)[0]["val_dice"] <= 1
