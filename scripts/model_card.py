@@ -81,6 +81,23 @@ def section(args) -> str:
     return "\n".join(lines)
 
 
+def write_json_card(path: Path, args) -> None:
+    """The machine-readable side of the card: per stage, the weights hash, the training
+    command and the summary.json that ``medrefine evaluate`` wrote."""
+    data = json.loads(path.read_text()) if path.is_file() else {"preset": args.preset}
+    run = Path(args.run)
+    summary = json.loads((Path(args.eval_dir) / "summary.json").read_text())
+    data[args.stage] = {
+        "weights": f"{args.stage}.safetensors",
+        "sha256": file_sha256(run / "best.safetensors"),
+        "training_command": args.train_command,
+        "training_config": json.loads((run / "config.json").read_text()),
+        "evaluate_command": args.eval_command,
+        "test_summary": summary,
+    }
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--preset", required=True)
@@ -105,6 +122,7 @@ def main() -> None:
                          re.escape(END.format(stage=args.stage)), re.S)
     text = pattern.sub(lambda _: section(args), text)
     card.write_text(text)
+    write_json_card(folder / "model_card.json", args)
     print(f"wrote {card} and {folder / (args.stage + '.safetensors')}")
 
 
