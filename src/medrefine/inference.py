@@ -54,8 +54,11 @@ class CoarseSegmenter:
                  pre_cfg: PreprocessConfig, device: torch.device | str = "cpu",
                  info: dict | None = None):
         self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
         # channels-last: the same float32 arithmetic, about 25% faster convolutions on CPU
-        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.channels_last = isinstance(model, torch.nn.Module)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.model_cfg = model_cfg
         self.pre_cfg = pre_cfg
         self.info = info or {}
@@ -78,7 +81,9 @@ class CoarseSegmenter:
     def predict_grid(self, image01: np.ndarray | torch.Tensor) -> torch.Tensor:
         """image01 (B, C, H, W) on the grid -> probabilities (B, K, H, W) float32 tensor."""
         x = torch.as_tensor(image01, dtype=torch.float32, device=self.device)
-        logits = self.model(x.contiguous(memory_format=torch.channels_last))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.model(x)
         if isinstance(logits, list):
             logits = logits[0]
         logits = logits.float()
