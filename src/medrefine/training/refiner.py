@@ -230,6 +230,8 @@ def train_refiner(cfg: RefinerTrainConfig) -> Path:
     model = Denoiser(denoiser_cfg, pretrained=cfg.pretrained).to(device)
     if cfg.init_from_coarse:
         init_encoder_from_coarse(model, coarse)
+    # channels-last from the start (as inference runs it): validation changes nothing in place
+    model = model.to(memory_format=torch.channels_last)
     wrapped = _CondWrapper(model)
     diffusion = build_diffusion(cfg.diffusion)
     optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.epochs,
