@@ -386,7 +386,8 @@ class SegmentationPipeline:
     ):
         """Refine a mask made by any segmenter (nnU-Net, SAM, your own)."""
         if self.refiner is None:
-            raise ConfigError("this pipeline was built with use_diffusion=False; it cannot refine")
+            raise ConfigError("this pipeline has no diffusion refiner (use_diffusion=False, or its "
+                              "preset ships none yet); pass diffusion_weights= to refine")
         if isinstance(mask, (str, Path)):
             from medrefine.io import read_mask
 
