@@ -97,3 +97,24 @@ def test_efficientnet_condition_features_and_shapes():
     with torch.no_grad():
         out = model(torch.randn(2, 1, 64, 64), torch.tensor([3, 7]), (full, feats))
     assert out.shape == (2, 1, 64, 64)
+
+
+def test_residual_denoiser_starts_as_the_identity_on_the_coarse_mask():
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserConfig(**TINY, residual=True)).eval()
+    image01, coarse = torch.rand(2, 3, 32, 32), torch.rand(2, 1, 32, 32).clamp(0.01, 0.99)
+    out = model(torch.randn(2, 1, 32, 32), torch.tensor([3, 700]),
+                model.encode_condition(image01, coarse))
+    torch.testing.assert_close(torch.sigmoid(out), coarse, atol=1e-4, rtol=0)
+
+
+def test_residual_needs_the_coarse_mask_and_x0_prediction():
+    from medrefine.diffusion import DiffusionConfig
+    from medrefine.errors import ConfigError
+    from medrefine.training.refiner import RefinerTrainConfig
+
+    with pytest.raises(ConfigError, match="use_coarse"):
+        DenoiserConfig(**TINY, residual=True, use_coarse=False)
+    with pytest.raises(ConfigError, match="epsilon"):
+        RefinerTrainConfig("d", "o", "c", denoiser=DenoiserConfig(**TINY, residual=True),
+                           diffusion=DiffusionConfig(prediction="epsilon"))

@@ -38,6 +38,8 @@ class DenoiserConfig:
     patch: space-to-depth factor of the stem (2 = the U-Net starts at half resolution).
     time_dim: timestep embedding size.
     use_coarse: condition on the coarse mask as well as the image.
+    residual: add the coarse mask's logit to the output (x0-prediction only), so an untrained
+        refiner returns the coarse mask and training learns only the corrections.
     attention: self-attention at the lowest level.
     """
 
@@ -47,6 +49,7 @@ class DenoiserConfig:
     patch: int = 2
     time_dim: int = 64
     use_coarse: bool = True
+    residual: bool = False
     attention: bool = True
 
     def __post_init__(self):
@@ -54,6 +57,8 @@ class DenoiserConfig:
             raise ConfigError(f"unknown denoiser encoder {self.encoder!r}")
         if len(self.widths) != 4:
             raise ConfigError(f"denoiser widths needs 4 values, got {self.widths}")
+        if self.residual and not self.use_coarse:
+            raise ConfigError("denoiser residual=True needs use_coarse=True")
         if self.patch != 2:
             raise ConfigError("denoiser patch must be 2 (the encoder's first stride)")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -163,6 +168,9 @@ class Denoiser(nn.Module):
         self.mid = ResBlock(w[3], w[3], td)
         self.dec = nn.ModuleList(ResBlock(w[i + 1] + w[i], w[i], td) for i in reversed(range(3)))
         self.head = nn.Conv2d(w[0], p * p, 3, padding=1)  # pixel shuffle -> 1 channel
+        if cfg.residual:  # start as the identity on the coarse mask
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def encode_condition(self, image01: torch.Tensor, coarse: torch.Tensor
                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -188,4 +196,9 @@ class Denoiser(nn.Module):
         for block, skip in zip(self.dec, reversed(skips[:-1]), strict=True):
             h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
             h = block(torch.cat([h, skip], 1), temb)
-        return F.pixel_shuffle(self.head(h), self.cfg.patch)
+        out = F.pixel_shuffle(self.head(h), self.cfg.patch)
+        if self.cfg.residual:  # the coarse mask is the last channel group of ``full``
+            p2 = self.cfg.patch**2
+            coarse = F.pixel_shuffle(full[:, -p2:], self.cfg.patch).clamp(1e-4, 1 - 1e-4)
+            out = out + torch.logit(coarse)
+        return out

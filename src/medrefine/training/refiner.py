@@ -95,6 +95,9 @@ class RefinerTrainConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.denoiser.residual and self.diffusion.prediction != "x0":
+            raise ConfigError("denoiser.residual adds the coarse logit to an x0 prediction; "
+                              "it cannot be used with prediction='epsilon'")
         for name in ("p_model", "p_noise_from_gt", "t_focus", "p_full_range"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1]")
