@@ -120,11 +120,38 @@ def test_evaluate_no_refine_columns(tiny_weights, tiny_data, tmp_path, capsys):
     assert not (out / "panels").exists()
 
 
-def test_evaluate_needs_a_model(tiny_data, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:  # argparse: one of --preset/--weights is required
-        main(["evaluate", "--data", str(tiny_data), "--out", str(tmp_path)])
-    assert exc.value.code == 2
-    assert "--preset" in capsys.readouterr().err
+def test_evaluate_pred_scores_existing_masks(tiny_data, tmp_path, capsys):
+    """--pred scores masks made elsewhere: the truth itself scores 1, an emptied mask 0, a
+    missing mask is reported as failed (exit 2) while the others are still scored."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for stem in ("case3", "case4"):
+        mask = np.asarray(Image.open(tiny_data / "masks" / f"{stem}.png"))
+        Image.fromarray(mask if stem == "case3" else np.zeros_like(mask)).save(
+            pred / f"{stem}.png"
+        )
+    out = tmp_path / "eval"
+    code = main(
+        ["evaluate", "--pred", str(pred), "--data", str(tiny_data), "--out", str(out)]
+    )
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "case5" in captured.err and "masks" in captured.out
+    columns, rows = _rows(out / "metrics.csv")
+    assert columns == ["stem", *METRICS, "seconds"]
+    assert {r["stem"]: float(r["dice"]) for r in rows} == {"case3": 1.0, "case4": 0.0}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["masks"]["dice"]["mean"] == 0.5 and summary["n_failed"] == 1
+    assert summary["failed"][0]["stem"] == "case5"
+
+
+def test_evaluate_pred_refuses_a_model(tiny_data, tmp_path, capsys):
+    code = main(
+        ["evaluate", "--pred", str(tmp_path), "--preset", "polyp", "--data", str(tiny_data),
+         "--out", str(tmp_path / "eval")]
+    )
+    assert code == 2
+    assert "--pred" in capsys.readouterr().err
 
 
 def test_auroc_matches_pairwise_definition():

@@ -16,9 +16,14 @@ OUT receives:
 
 The table printed at the end is the one model cards quote.
 
+``--pred MASKS`` scores masks that already exist (made by any tool: another segmenter,
+``medrefine segment`` or ``medrefine refine``) instead of running a model: MASKS/<stem>.png (or
+.nii.gz, .dcm, ...) for every case of the split; a case without one counts as failed.
+
 examples:
   medrefine evaluate --preset polyp --data shared/data/kvasir_seg --split test --out eval/
   medrefine evaluate --weights c.safetensors --no-refine --data ph2 --split val --out ev/
+  medrefine evaluate --pred nnunet_masks/ --data shared/data/kvasir_seg --split test --out ev/
 """
 
 from __future__ import annotations
@@ -38,20 +43,22 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from medrefine.commands.common import (
+from medrefine.commands.options import (
     add_model_options,
     add_postprocess_options,
     add_refine_options,
     build_pipeline,
+    provenance,
+)
+from medrefine.commands.outputs import (
     display_image01,
     failure_reason,
     prepare_out_dir,
-    provenance,
     report_failure,
     write_json,
 )
 from medrefine.errors import InputError
-from medrefine.io import atomic_output, read_mask, write_mask
+from medrefine.io import atomic_output, read_image, read_mask, write_mask
 from medrefine.metrics import segmentation_metrics, summarize
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import postprocess
@@ -109,7 +116,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="N",
         help="pixels sampled per image for the uncertainty AUROC (default 5000)",
     )
-    add_model_options(parser, required=True)
+    parser.add_argument(
+        "--pred",
+        type=Path,
+        metavar="MASKS",
+        help="score the masks in this folder (named by case stem) instead of running a model",
+    )
+    add_model_options(parser)
     add_refine_options(parser)
     add_postprocess_options(parser)
     parser.set_defaults(func=run)
@@ -133,9 +146,14 @@ def run(args: argparse.Namespace) -> int:
     if args.panels < 0 or args.auroc_pixels < 1:
         raise InputError("--panels must be >= 0 and --auroc-pixels >= 1")
     cases = split_cases(args.data, args.split, args.mask_dir)
+    if args.pred is not None:
+        if args.preset or args.weights or args.refiner_weights:
+            raise InputError("--pred scores existing masks; leave out --preset/--weights")
+        if not args.pred.is_dir():
+            raise InputError(f"{args.pred}: --pred needs a folder of masks named by case stem")
     prepare_out_dir(args.out)
-    pipe = build_pipeline(args)
-    refining = pipe.refiner is not None
+    pipe = None if args.pred is not None else build_pipeline(args)
+    refining = pipe is not None and pipe.refiner is not None
     columns = ["stem", *METRICS]
     if refining:
         columns += [f"coarse_{m}" for m in METRICS] + ["review_score"]
@@ -155,7 +173,12 @@ def run(args: argparse.Namespace) -> int:
         writer.writeheader()
         for case in bar:
             try:
-                row = evaluate_case(pipe, case, args.out, pixels, panel=len(rows) < args.panels)
+                if pipe is None:
+                    row = score_case(case, args.pred)
+                else:
+                    row = evaluate_case(
+                        pipe, case, args.out, pixels, panel=len(rows) < args.panels
+                    )
             except Exception as err:  # go on past a bad case; it is listed in summary.json
                 reason = failure_reason(err)
                 report_failure(case.stem, reason, lambda s: tqdm.write(s, file=sys.stderr))
@@ -165,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             writer.writerow({k: _csv_value(row[k]) for k in columns})
             fh.flush()
 
-    summary = build_summary(rows, refining, pixels)
+    summary = build_summary(rows, refining, pixels, label="coarse" if pipe else "masks")
     summary.update(
         {
             "data_dir": str(args.data),
@@ -175,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
             "failed": failed,
             "started": started,
             "seconds": time.perf_counter() - t_start,
-            "provenance": provenance(pipe, args),
+            "provenance": provenance(pipe, args) if pipe else {"pred": str(args.pred)},
         }
     )
     write_json(args.out / "summary.json", summary)
@@ -203,6 +226,17 @@ def evaluate_case(
     if panel:
         write_panel(result, coarse, pred, gt, out_dir / "panels" / f"{case.stem}.png")
     return row
+
+
+def score_case(case: Pair, pred_dir: Path) -> dict[str, Any]:
+    """Metrics of an existing mask, pred_dir/<stem>.* (any mask format), against the truth."""
+    found = sorted(p for p in pred_dir.glob(f"{case.stem}.*") if p.is_file())
+    if not found:
+        raise InputError(f"{pred_dir}: no mask named {case.stem}.* for case {case.stem}")
+    image = read_image(case.image)
+    pred = read_mask(found[0], like=image) > 0
+    gt = read_mask(case.mask, like=image) > 0
+    return {"stem": case.stem, **segmentation_metrics(pred, gt), "seconds": math.nan}
 
 
 def write_panel(result, coarse: np.ndarray, pred: np.ndarray, gt: np.ndarray, path: Path) -> None:
@@ -272,8 +306,10 @@ def spearman(x: list[float], y: list[float]) -> dict[str, float]:
 
 
 def build_summary(
-    rows: list[dict[str, Any]], refining: bool, pixels: PixelSample
+    rows: list[dict[str, Any]], refining: bool, pixels: PixelSample, label: str = "coarse"
 ) -> dict[str, Any]:
+    """``label`` names the scores when there is no refinement: ``coarse`` (a model's masks
+    with --no-refine) or ``masks`` (existing masks scored with --pred)."""
     final = summarize([{m: r[m] for m in METRICS} for r in rows])
     summary: dict[str, Any] = {
         "refinement": refining,
@@ -281,7 +317,7 @@ def build_summary(
         "std": "population (ddof=0)",
     }
     if not refining:
-        summary.update(coarse=final, refined=None)
+        summary.update({label: final, "refined": None})
         return summary
     summary["refined"] = final
     summary["coarse"] = summarize([{m: r[f"coarse_{m}"] for m in METRICS} for r in rows])
@@ -311,7 +347,7 @@ def format_table(summary: dict[str, Any]) -> str:
     ]
     lines.append(f"{'':<9}" + "".join(f"{title:>17}" for title, _, _ in head))
     undefined = []
-    for name in ("coarse", "refined"):
+    for name in ("masks", "coarse", "refined"):
         stats_ = summary.get(name)
         if not stats_:
             continue
