@@ -8,7 +8,6 @@ import math
 from itertools import product
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from medrefine.cli import main
@@ -127,13 +126,9 @@ def test_evaluate_pred_scores_existing_masks(tiny_data, tmp_path, capsys):
     pred.mkdir()
     for stem in ("case3", "case4"):
         mask = np.asarray(Image.open(tiny_data / "masks" / f"{stem}.png"))
-        Image.fromarray(mask if stem == "case3" else np.zeros_like(mask)).save(
-            pred / f"{stem}.png"
-        )
+        Image.fromarray(mask if stem == "case3" else np.zeros_like(mask)).save(pred / f"{stem}.png")
     out = tmp_path / "eval"
-    code = main(
-        ["evaluate", "--pred", str(pred), "--data", str(tiny_data), "--out", str(out)]
-    )
+    code = main(["evaluate", "--pred", str(pred), "--data", str(tiny_data), "--out", str(out)])
     assert code == 2
     captured = capsys.readouterr()
     assert "case5" in captured.err and "masks" in captured.out
@@ -147,8 +142,17 @@ def test_evaluate_pred_scores_existing_masks(tiny_data, tmp_path, capsys):
 
 def test_evaluate_pred_refuses_a_model(tiny_data, tmp_path, capsys):
     code = main(
-        ["evaluate", "--pred", str(tmp_path), "--preset", "polyp", "--data", str(tiny_data),
-         "--out", str(tmp_path / "eval")]
+        [
+            "evaluate",
+            "--pred",
+            str(tmp_path),
+            "--preset",
+            "polyp",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "eval"),
+        ]
     )
     assert code == 2
     assert "--pred" in capsys.readouterr().err

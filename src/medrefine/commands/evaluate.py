@@ -176,9 +176,7 @@ def run(args: argparse.Namespace) -> int:
                 if pipe is None:
                     row = score_case(case, args.pred)
                 else:
-                    row = evaluate_case(
-                        pipe, case, args.out, pixels, panel=len(rows) < args.panels
-                    )
+                    row = evaluate_case(pipe, case, args.out, pixels, panel=len(rows) < args.panels)
             except Exception as err:  # go on past a bad case; it is listed in summary.json
                 reason = failure_reason(err)
                 report_failure(case.stem, reason, lambda s: tqdm.write(s, file=sys.stderr))
