@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -25,20 +24,23 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from medrefine.commands.common import (
+from medrefine.commands.inputs import folder_inputs, unique_stems
+from medrefine.commands.options import (
+    DEFAULT_PRESET,
     add_device_option,
-    add_format_option,
-    add_postprocess_options,
-    add_refine_options,
-    check_formats_fit,
-    failure_reason,
-    folder_inputs,
+    add_mask_options,
+    add_out_option,
     parse_formats,
     postprocess_config,
-    prepare_out_dir,
     refine_overrides,
+)
+from medrefine.commands.outputs import (
+    check_formats_fit,
+    echo_above_bar,
+    failure_record,
+    prepare_out_dir,
     report_failure,
-    unique_stems,
+    result_record,
     write_json,
     write_outputs,
 )
@@ -51,8 +53,6 @@ from medrefine.postprocess import PostprocessConfig
 from medrefine.presets import PRESETS, get_preset
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PRESET = "polyp"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -74,16 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         required=True,
         help="the mask to refine, or a folder of masks named like the images",
     )
-    parser.add_argument(
-        "-o",
-        "--out",
-        "--output",
-        dest="out",
-        type=Path,
-        required=True,
-        metavar="OUT",
-        help="output folder (created if missing)",
-    )
+    add_out_option(parser)
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--preset",
@@ -97,9 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="diffusion refiner weights; post-processing then defaults to a plain 0.5 threshold",
     )
     add_device_option(parser)
-    add_format_option(parser)
-    add_refine_options(parser)
-    add_postprocess_options(parser)
+    add_mask_options(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -125,9 +114,6 @@ def run(args: argparse.Namespace) -> int:
         report_failure(name, reason)
         records.append({"input": name, "status": "failed", "error": reason})
 
-    def echo(line: str) -> None:
-        tqdm.write(line, file=sys.stderr)
-
     stems = unique_stems([image for image, _ in pairs])
     bar = tqdm(
         list(zip(pairs, stems, strict=True)),
@@ -136,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
         disable=True if getattr(args, "quiet", False) else None,
     )
     for (image_path, mask_path), stem in bar:
-        records.append(refine_one(pipe, image_path, mask_path, stem, args.out, formats, echo))
+        records.append(
+            refine_one(pipe, image_path, mask_path, stem, args.out, formats, echo_above_bar)
+        )
     n_failed = sum(r["status"] != "ok" for r in records)
     prov = pipe.provenance()
     prov["coarse"] = "given masks (--mask)"
@@ -231,24 +219,14 @@ def refine_one(
         t_write = time.perf_counter()
         written = write_outputs(result, out_dir, stem, formats)
     except Exception as err:  # a batch goes on past a bad pair (KeyboardInterrupt still stops)
-        reason = failure_reason(err)
-        report_failure(str(image_path), reason, echo)
-        return {
-            "input": str(image_path),
-            "mask": str(mask_path),
-            "status": "failed",
-            "error": reason,
-            "seconds": time.perf_counter() - t0,
-        }
-    given = labels > 0
-    return {
-        "input": str(image_path),
-        "mask": str(mask_path),
-        "status": "ok",
-        "outputs": [p.name for p in written],
-        "shape": list(result.mask.shape),
-        "changed_pixels": int(np.count_nonzero(given != (result.mask > 0))),
-        "review_score": result.review_score,
-        "timings": {**result.timings, "write": time.perf_counter() - t_write},
-        "seconds": time.perf_counter() - t0,
-    }
+        return failure_record(image_path, err, t0, echo, mask=str(mask_path))
+    changed = int(np.count_nonzero((labels > 0) != (result.mask > 0)))
+    return result_record(
+        image_path,
+        result,
+        written,
+        t0,
+        t_write,
+        {"changed_pixels": changed},
+        mask=str(mask_path),
+    )

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -44,23 +43,23 @@ from typing import Any
 
 from tqdm import tqdm
 
-from medrefine.commands.common import (
-    InputKind,
-    add_format_option,
+from medrefine.commands.inputs import InputKind, expand_inputs, probe_kind, unique_stems
+from medrefine.commands.options import (
+    add_mask_options,
     add_model_options,
-    add_postprocess_options,
-    add_refine_options,
+    add_out_option,
     build_pipeline,
-    check_formats_fit,
-    expand_inputs,
-    failure_reason,
-    output_names,
     parse_formats,
-    prepare_out_dir,
-    probe_kind,
     provenance,
+)
+from medrefine.commands.outputs import (
+    check_formats_fit,
+    echo_above_bar,
+    failure_record,
+    output_names,
+    prepare_out_dir,
     report_failure,
-    unique_stems,
+    result_record,
     write_csv,
     write_json,
     write_outputs,
@@ -93,16 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="INPUT",
         help="image file, folder of images, DICOM series folder or glob pattern",
     )
-    parser.add_argument(
-        "-o",
-        "--out",
-        "--output",
-        dest="out",
-        type=Path,
-        required=True,
-        metavar="OUT",
-        help="output folder (created if missing)",
-    )
+    add_out_option(parser)
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -116,9 +106,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="volume slices the coarse model segments at once (default 8)",
     )
     add_model_options(parser)
-    add_format_option(parser)
-    add_refine_options(parser)
-    add_postprocess_options(parser)
+    add_mask_options(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -198,7 +186,7 @@ def process_one(
         if done is not None:
             logger.info("%s: outputs already in %s; skipped", path, out_dir)
             return {"input": str(path), "status": SKIPPED, "outputs": done, "seconds": 0.0}
-    return segment_one(pipe, path, stem, out_dir, formats, _echo, file_extra)
+    return segment_one(pipe, path, stem, out_dir, formats, echo_above_bar, file_extra)
 
 
 def completed_outputs(path: Path, stem: str, formats: list[str], out_dir: Path) -> list[str] | None:
@@ -234,25 +222,9 @@ def segment_one(
         t_write = time.perf_counter()
         written = write_outputs(result, out_dir, stem, formats, file_extra)
     except Exception as err:  # a batch goes on past a bad file (KeyboardInterrupt still stops)
-        reason = failure_reason(err)
-        report_failure(str(path), reason, echo)
-        return {
-            "input": str(path),
-            "status": "failed",
-            "error": reason,
-            "seconds": time.perf_counter() - t0,
-        }
-    timings = {**result.timings, "write": time.perf_counter() - t_write}
-    return {
-        "input": str(path),
-        "status": "ok",
-        "outputs": [p.name for p in written],
-        "shape": list(result.mask.shape),
-        "foreground_fraction": float((result.mask > 0).mean()),
-        "review_score": result.review_score,
-        "timings": timings,
-        "seconds": time.perf_counter() - t0,
-    }
+        return failure_record(path, err, t0, echo)
+    fraction = float((result.mask > 0).mean())
+    return result_record(path, result, written, t0, t_write, {"foreground_fraction": fraction})
 
 
 # ---------------------------------------------------------------- reports
@@ -400,10 +372,6 @@ def stop_distributed(info: DistInfo) -> None:
 def _progress(jobs: list, args: argparse.Namespace, info: DistInfo):
     quiet = getattr(args, "quiet", False) or not info.is_main
     return tqdm(jobs, desc="segment", unit="input", disable=True if quiet else None)
-
-
-def _echo(line: str) -> None:
-    tqdm.write(line, file=sys.stderr)
 
 
 @contextlib.contextmanager

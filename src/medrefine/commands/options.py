@@ -1,0 +1,253 @@
+"""Command-line options shared by ``segment``, ``refine`` and ``evaluate``, and the pipeline
+they describe.
+
+Model choice (``--preset`` or ``--weights``), refinement settings, post-processing switches and
+the output formats are declared once here, so the three commands spell them the same way and
+build their ``SegmentationPipeline`` by the same rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from medrefine.errors import ConfigError
+from medrefine.fusion import FUSIONS
+from medrefine.pipeline import SegmentationPipeline
+from medrefine.postprocess import PostprocessConfig
+from medrefine.presets import PRESETS, get_preset
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PRESET = "polyp"
+
+
+# ---------------------------------------------------------------- options
+def add_out_option(parser: argparse.ArgumentParser) -> None:
+    """``-o``/``--out``/``--output OUT``: the output folder of a batch command."""
+    parser.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="out",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="output folder (created if missing)",
+    )
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """``--preset`` | ``--weights`` (+ ``--refiner-weights``), ``--no-refine``, ``--backend``,
+    ``--device``."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    default = "" if required else f" (default {DEFAULT_PRESET} without --weights)"
+    group.add_argument("--preset", choices=sorted(PRESETS), help="shipped model set" + default)
+    group.add_argument(
+        "--weights",
+        type=Path,
+        metavar="COARSE.safetensors",
+        help="coarse model weights; post-processing then defaults to a plain "
+        "0.5 threshold (add the switches below)",
+    )
+    parser.add_argument(
+        "--refiner-weights",
+        type=Path,
+        metavar="R.safetensors",
+        help="diffusion refiner weights (needed with --weights unless "
+        "--no-refine; with --preset it replaces the preset's refiner)",
+    )
+    parser.add_argument(
+        "--no-refine", action="store_true", help="coarse model only, no diffusion refinement"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "onnx-int8"],
+        default="torch",
+        help="what runs the models: torch (default), onnx (ONNX Runtime on the CPU; the graphs "
+        "are exported to ~/.cache/medrefine/onnx on first use) or onnx-int8 (its int8 graphs, "
+        "faster, slightly different masks)",
+    )
+    add_device_option(parser)
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the models run (default auto: cuda when available)",
+    )
+
+
+def add_refine_options(parser: argparse.ArgumentParser) -> None:
+    """Refinement settings; unset ones keep the refiner's own validated defaults."""
+    g = parser.add_argument_group("refinement (default: the refiner's tuned settings)")
+    g.add_argument("--steps", type=int, help="denoising steps")
+    g.add_argument(
+        "--strength",
+        type=float,
+        help="share of the noise schedule to re-run, in (0, 1]; higher trusts the coarse mask less",
+    )
+    g.add_argument(
+        "--samples", type=int, help="samples per image (> 1 adds sample spread to the uncertainty)"
+    )
+    g.add_argument("--seed", type=int, help="noise seed (same seed, same mask)")
+    g.add_argument("--fusion", choices=FUSIONS, help="how samples are combined")
+
+
+def add_postprocess_options(parser: argparse.ArgumentParser) -> None:
+    """Switches over the preset's post-processing (unset ones keep the preset's value)."""
+    g = parser.add_argument_group("post-processing (default: the preset's)")
+    g.add_argument("--threshold", type=float, help="foreground probability threshold")
+    g.add_argument(
+        "--fill-holes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fill enclosed holes",
+    )
+    g.add_argument(
+        "--keep-largest",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep only the largest connected component",
+    )
+    g.add_argument(
+        "--min-object-size", type=int, metavar="PIXELS", help="remove components smaller than this"
+    )
+    g.add_argument("--opening", type=int, metavar="RADIUS", help="binary opening radius")
+    g.add_argument("--closing", type=int, metavar="RADIUS", help="binary closing radius")
+    g.add_argument("--smooth", type=float, metavar="SIGMA", help="boundary smoothing sigma")
+
+
+# Output formats: name -> what it writes (``output_names`` and ``write_outputs`` follow it).
+FORMATS = {
+    "png": "<stem>.png: the mask, 0/255, at the input size (2D inputs)",
+    "nifti": "<stem>.nii.gz: the mask as uint8 labels with the input's geometry "
+    "(2D inputs give a 2D NIfTI)",
+    "dicom-seg": "<stem>.dcm: a DICOM-SEG referencing the source instances (DICOM inputs)",
+    "overlay": "<stem>_overlay.png: the mask tinted over the image (2D inputs)",
+    "uncertainty": "<stem>_uncertainty.png: the refiner's uncertainty heat map (2D inputs), "
+    "and <stem>_uncertainty.nii.gz: the uncertainty as float32 (volumes and NIfTI inputs)",
+    "json": "<stem>.json: shape, spacing, foreground pixels and area (mm2) or volume (mm3), "
+    "review score, timings and parameters",
+}
+
+
+def add_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        default="png",
+        metavar="LIST",
+        help="comma-separated outputs per input: "
+        + "; ".join(f"{k} = {v}" for k, v in FORMATS.items())
+        + " (default png)",
+    )
+
+
+def add_mask_options(parser: argparse.ArgumentParser) -> None:
+    """``--format``, the refinement settings and the post-processing switches: how a command
+    that writes masks (``segment``, ``refine``) makes them and what it writes."""
+    add_format_option(parser)
+    add_refine_options(parser)
+    add_postprocess_options(parser)
+
+
+def parse_formats(text: str, refining: bool) -> list[str]:
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConfigError(
+            f"--format {text!r}: unknown format(s) {unknown}; choose a "
+            f"comma-separated list from {sorted(FORMATS)}"
+        )
+    if "uncertainty" in formats and not refining:
+        raise ConfigError(
+            "--format uncertainty needs refinement; drop --no-refine or the uncertainty format"
+        )
+    return list(dict.fromkeys(formats))
+
+
+# ---------------------------------------------------------------- building the pipeline
+def postprocess_config(args: argparse.Namespace, base: PostprocessConfig) -> PostprocessConfig:
+    """``base`` with the command-line switches applied."""
+    changes: dict[str, Any] = {}
+    if args.threshold is not None:
+        changes["threshold"] = args.threshold
+    if args.fill_holes is not None:
+        changes["fill_holes"] = args.fill_holes
+        if not args.fill_holes:
+            changes["max_hole_size"] = 0
+    if args.keep_largest is not None:
+        changes["keep_largest"] = args.keep_largest
+        if args.keep_largest:
+            changes["keep_top_k"] = 0  # keep_largest replaces a preset's top-k
+    for flag, key in (
+        ("min_object_size", "min_object_size"),
+        ("opening", "opening_radius"),
+        ("closing", "closing_radius"),
+        ("smooth", "smooth_sigma"),
+    ):
+        if getattr(args, flag) is not None:
+            changes[key] = getattr(args, flag)
+    return replace(base, **changes)
+
+
+def refine_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        k: getattr(args, k)
+        for k in ("steps", "strength", "samples", "seed", "fusion")
+        if getattr(args, k, None) is not None
+    }
+
+
+def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
+    """The pipeline that ``--preset``/``--weights``/``--refiner-weights``/``--no-refine`` and
+    the refinement and post-processing switches describe."""
+    use_diffusion = not args.no_refine
+    if args.weights is not None and use_diffusion and args.refiner_weights is None:
+        raise ConfigError(
+            "--weights gives only the coarse model; pass --refiner-weights "
+            "R.safetensors as well, or --no-refine for coarse masks only"
+        )
+    preset = args.preset or (DEFAULT_PRESET if args.weights is None else None)
+    base_post = get_preset(preset).postprocess if preset else PostprocessConfig()
+    backend = getattr(args, "backend", "torch")
+    pipe = SegmentationPipeline(
+        cpunet_weights=args.weights,
+        diffusion_weights=args.refiner_weights,
+        device=args.device,
+        use_diffusion=use_diffusion,
+        preset=preset,
+        postprocess=postprocess_config(args, base_post),
+        backend="onnx" if backend.startswith("onnx") else "torch",
+        quantized=backend == "onnx-int8",
+    )
+    overrides = refine_overrides(args)
+    if overrides and pipe.refiner is None:
+        logger.warning("--%s ignored: refinement is off (--no-refine)", next(iter(overrides)))
+    elif overrides:
+        pipe.refine_params = replace(pipe.refine_params, **overrides)
+    return pipe
+
+
+def provenance(pipe: SegmentationPipeline, args: argparse.Namespace) -> dict[str, Any]:
+    """``pipe.provenance()`` (kept as a hook for command-specific additions)."""
+    prov = pipe.provenance()
+    prov["seed"] = prov["refine"]["seed"] if prov.get("refine") else None
+    prov["python_version"] = platform.python_version()
+    prov["torch_version"] = _torch_version()
+    prov["arguments"] = {k: v for k, v in sorted(vars(args).items()) if k != "func"}
+    return prov
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+

@@ -1,0 +1,274 @@
+"""What a batch command writes: the output folder, each input's outputs in the requested
+formats, JSON/CSV reports, and the one-line report of an input that failed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from medrefine import __version__
+from medrefine.commands.inputs import InputKind
+from medrefine.errors import ConfigError, InputError, MedrefineError
+from medrefine.io import (
+    LoadedImage,
+    atomic_output,
+    write_float_nifti,
+    write_image_png,
+    write_mask,
+)
+from medrefine.pipeline import SegmentationResult, replace_range
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_out_dir(path: Path) -> Path:
+    """Create the output folder; refuse a path that is a file."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"-o {path}: is a file; give a folder for the outputs")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"-o {path}: cannot create the output folder ({err}); check the "
+            "path and your permissions"
+        ) from err
+    return path
+
+
+def display_image01(result: SegmentationResult) -> np.ndarray:
+    """The input as (1|3, H, W) in [0, 1] for pictures."""
+    image = result.image
+    return replace_range(image.array, image.meta.get("source_dtype", "float32"))
+
+
+def output_names(stem: str, formats: list[str], kind: InputKind) -> list[str]:
+    """The files ``write_outputs`` writes for one input, in the order it writes them."""
+    names = []
+    for fmt in formats:
+        if fmt == "png":
+            names.append(f"{stem}.png")
+        elif fmt == "nifti":
+            names.append(f"{stem}.nii.gz")
+        elif fmt == "dicom-seg":
+            names.append(f"{stem}.dcm")
+        elif fmt == "overlay":
+            names.append(f"{stem}_overlay.png")
+        elif fmt == "uncertainty":
+            if not kind.volume:
+                names.append(f"{stem}_uncertainty.png")
+            if kind.volume or kind.nifti:
+                names.append(f"{stem}_uncertainty.nii.gz")
+        elif fmt == "json":
+            names.append(f"{stem}.json")
+    return names
+
+
+def check_formats_fit(image: LoadedImage, formats: list[str]) -> None:
+    """Refuse an input that a requested format cannot hold (before segmenting it): a volume
+    for the 2D pictures, anything but DICOM for DICOM-SEG."""
+    pictures = [f for f in formats if f in ("png", "overlay")]
+    if image.is_volume and pictures:
+        raise InputError(
+            f"{image.path}: is a volume {image.spatial_shape}; the "
+            f"{', '.join(pictures)} output(s) hold 2D images only; use "
+            "--format nifti"
+        )
+    fmt = image.meta.get("format")
+    if "dicom-seg" in formats and fmt != "dicom":
+        raise InputError(
+            f"{image.path}: --format dicom-seg needs a DICOM input to reference, got "
+            f"{fmt!r}; use --format nifti for this file (or drop dicom-seg)"
+        )
+
+
+def write_outputs(
+    result: SegmentationResult,
+    out_dir: Path,
+    stem: str,
+    formats: list[str],
+    extra: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Write each requested format for one result (each file atomically); returns the paths
+    written, which are ``output_names(stem, formats, InputKind.of(result.image))``.
+
+    ``extra`` is added to the ``json`` summary (e.g. the weights' SHA-256)."""
+    from medrefine.visualize import overlay, uncertainty_heatmap
+
+    image = result.image
+    check_formats_fit(image, formats)
+    kind = InputKind.of(image)
+    written = []
+    for fmt in formats:
+        if fmt == "png":
+            written.append(write_mask(result.mask, out_dir / f"{stem}.png", like=image))
+        elif fmt == "nifti":
+            path = out_dir / f"{stem}.nii.gz"
+            written.append(write_mask(result.mask, path, like=image, format="nifti"))
+        elif fmt == "dicom-seg":
+            path = out_dir / f"{stem}.dcm"
+            written.append(write_mask(result.mask, path, like=image, format="dicom-seg"))
+        elif fmt == "overlay":
+            rgb = overlay(display_image01(result), result.mask > 0)
+            written.append(write_image_png(rgb, out_dir / f"{stem}_overlay.png"))
+        elif fmt == "uncertainty":
+            if result.uncertainty is None:
+                raise ConfigError("--format uncertainty needs refinement; drop --no-refine")
+            if not kind.volume:
+                rgb = uncertainty_heatmap(result.uncertainty, display_image01(result), vmax=1.0)
+                written.append(write_image_png(rgb, out_dir / f"{stem}_uncertainty.png"))
+            if kind.volume or kind.nifti:
+                path = out_dir / f"{stem}_uncertainty.nii.gz"
+                written.append(write_float_nifti(result.uncertainty, path, like=image))
+        elif fmt == "json":
+            summary = {**image_summary(result), **(extra or {})}
+            written.append(write_json(out_dir / f"{stem}.json", summary))
+    return written
+
+
+def image_summary(result: SegmentationResult) -> dict[str, Any]:
+    """Per-input facts for ``<stem>.json``: geometry, foreground size, score, timings, params.
+
+    ``foreground_pixels`` counts mask pixels (voxels for volumes) > 0; with a known spacing
+    ``foreground_area_mm2`` (2D) or ``foreground_volume_mm3`` (volumes) gives its size.
+    """
+    image, mask = result.image, result.mask
+    spacing = [float(s) for s in image.spacing] if image.spacing is not None else None
+    n_fg = int(np.count_nonzero(mask))
+    cell = float(np.prod(spacing)) if spacing else None
+    summary: dict[str, Any] = {
+        "input": str(image.path) if image.path is not None else None,
+        "format": image.meta.get("format"),
+        "modality": image.meta.get("modality"),
+        "shape": list(mask.shape),
+        "spacing_mm": spacing,
+        "foreground_pixels": n_fg,
+        "foreground_fraction": n_fg / mask.size if mask.size else 0.0,
+    }
+    size_key = "foreground_volume_mm3" if mask.ndim == 3 else "foreground_area_mm2"
+    summary[size_key] = n_fg * cell if cell is not None else None
+    if int(mask.max(initial=0)) > 1:  # label map: pixels per label
+        values, counts = np.unique(mask[mask > 0], return_counts=True)
+        summary["label_pixels"] = {str(v): int(c) for v, c in zip(values, counts, strict=True)}
+    summary["review_score"] = result.review_score
+    summary["timings"] = result.timings
+    summary["params"] = result.params
+    summary["medrefine_version"] = __version__
+    return summary
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write JSON atomically (NaN becomes null so other tools can read it)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    return path
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    """Write rows as CSV atomically (lists joined by ``;``, None as an empty cell)."""
+
+    def cell(value: Any) -> Any:
+        if value is None:
+            return ""
+        if isinstance(value, list | tuple):
+            return ";".join(str(v) for v in value)
+        return value
+
+    with atomic_output(path) as tmp:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: cell(row.get(k)) for k in columns})
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# ---------------------------------------------------------------- failures
+def failure_reason(err: Exception) -> str:
+    """One line for a failed input: a MedrefineError's message, else the exception type."""
+    if isinstance(err, MedrefineError):
+        text = str(err)
+    else:
+        logger.debug("unexpected error", exc_info=err)
+        text = f"unexpected {type(err).__name__}: {err} (run with -vv for the traceback)"
+    return " ".join(text.split())
+
+
+def report_failure(name: str, reason: str, echo: Callable[[str], None] | None = None) -> None:
+    """Print ``medrefine: skipped NAME: REASON`` on stderr (one line)."""
+    if reason.startswith(f"{name}: "):  # the message already names the file
+        reason = reason[len(name) + 2 :]
+    line = f"medrefine: skipped {name}: {reason}"
+    if echo is not None:
+        echo(line)
+    else:
+        print(line, file=sys.stderr)
+
+
+def echo_above_bar(line: str) -> None:
+    """Print ``line`` on stderr without breaking a tqdm progress bar."""
+    tqdm.write(line, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- report entries
+def failure_record(
+    path: Path, err: Exception, t0: float, echo: Callable[[str], None] | None, **extra: Any
+) -> dict[str, Any]:
+    """Report ``err`` for the input ``path`` (one line on stderr) and return its report entry;
+    ``extra`` (e.g. the mask refined) follows ``input``."""
+    reason = failure_reason(err)
+    report_failure(str(path), reason, echo)
+    return {
+        "input": str(path),
+        **extra,
+        "status": "failed",
+        "error": reason,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def result_record(
+    path: Path,
+    result: SegmentationResult,
+    written: list[Path],
+    t0: float,
+    t_write: float,
+    measures: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The report entry of an input segmented (or refined) from ``t0`` and written from
+    ``t_write``; ``measures`` (e.g. the foreground fraction) follow its shape, ``extra``
+    follows ``input``."""
+    return {
+        "input": str(path),
+        **extra,
+        "status": "ok",
+        "outputs": [p.name for p in written],
+        "shape": list(result.mask.shape),
+        **measures,
+        "review_score": result.review_score,
+        "timings": {**result.timings, "write": time.perf_counter() - t_write},
+        "seconds": time.perf_counter() - t0,
+    }
