@@ -156,5 +156,3 @@ def probe_kind(path: Path) -> InputKind:
         except Exception as err:
             raise InputError(f"{path}: cannot read the TIFF header ({err})") from err
     return InputKind(False)
-
-

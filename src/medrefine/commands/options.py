@@ -249,5 +249,3 @@ def _torch_version() -> str:
     import torch
 
     return str(torch.__version__)
-
-

@@ -152,23 +152,13 @@ def onnx_coarse(
     device: str = "auto",
 ) -> OnnxCoarseSegmenter:
     """The coarse model of ``weights`` on ONNX Runtime (graphs from ``onnx_dir`` or the cache)."""
-    check_cpu(device)
-    weights = Path(weights)
-    info = read_info(weights)
-    if info.get("kind") != "coarse":
-        raise InputError(
-            f"{weights}: holds a {info.get('kind')!r} model, not a coarse segmentation model"
-        )
-    folder = Path(onnx_dir) if onnx_dir is not None else cached_onnx_dir(weights, quantized)
-    files = graph_files(folder, "coarse", weights, quantized)
-    graph = OnnxGraph(files["coarse"], ("image01",))
-    return OnnxCoarseSegmenter(
-        graph,
-        SegModelConfig.from_dict(info["model"]),
-        preprocess_config_from(info["preprocess"]),
-        "cpu",
-        info,
+    info, files = _checked_graphs(
+        weights, onnx_dir, quantized, device, "coarse", "a coarse segmentation model"
     )
+    graph = OnnxGraph(files["coarse"], ("image01",))
+    model_cfg = SegModelConfig.from_dict(info["model"])
+    preprocess = preprocess_config_from(info["preprocess"])
+    return OnnxCoarseSegmenter(graph, model_cfg, preprocess, "cpu", info)
 
 
 def onnx_refiner(
@@ -179,25 +169,36 @@ def onnx_refiner(
     device: str = "auto",
 ) -> Refiner:
     """A ``Refiner`` whose denoiser runs on ONNX Runtime."""
-    check_cpu(device)
-    weights = Path(weights)
-    info = read_info(weights)
-    if info.get("kind") != "refiner":
-        raise InputError(f"{weights}: holds a {info.get('kind')!r} model, not a diffusion refiner")
-    folder = Path(onnx_dir) if onnx_dir is not None else cached_onnx_dir(weights, quantized)
-    files = graph_files(folder, "refiner", weights, quantized)
+    info, files = _checked_graphs(
+        weights, onnx_dir, quantized, device, "refiner", "a diffusion refiner"
+    )
     denoiser = OnnxDenoiser(
         OnnxGraph(files["condition"], ("image01", "coarse")),
         OnnxGraph(files["step"], ("x_t", "t", *COND_NAMES)),
         DenoiserConfig.from_dict(info["denoiser"]),
     )
-    return Refiner(
-        denoiser,
-        DiffusionConfig.from_dict(info["diffusion"]),
-        preprocess_config_from(info["preprocess"]),
-        "cpu",
-        info,
-    )
+    diffusion_cfg = DiffusionConfig.from_dict(info["diffusion"])
+    preprocess = preprocess_config_from(info["preprocess"])
+    return Refiner(denoiser, diffusion_cfg, preprocess, "cpu", info)
+
+
+def _checked_graphs(
+    weights: str | Path,
+    onnx_dir: str | Path | None,
+    quantized: bool,
+    device: str,
+    kind: str,
+    what: str,
+) -> tuple[dict, dict[str, Path]]:
+    """``weights``' info and its graph files (from ``onnx_dir`` or the cache), once the device
+    is the CPU and ``weights`` holds a ``kind`` model (``what`` names that kind in the error)."""
+    check_cpu(device)
+    weights = Path(weights)
+    info = read_info(weights)
+    if info.get("kind") != kind:
+        raise InputError(f"{weights}: holds a {info.get('kind')!r} model, not {what}")
+    folder = Path(onnx_dir) if onnx_dir is not None else cached_onnx_dir(weights, quantized)
+    return info, graph_files(folder, kind, weights, quantized)
 
 
 # ---------------------------------------------------------------- cache
