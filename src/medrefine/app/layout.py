@@ -1,0 +1,225 @@
+"""The interface: the Blocks that ``build_app`` lays out and wires to the callbacks, and
+``launch``, which serves it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from medrefine.app import callbacks
+from medrefine.app.models import (
+    UPLOADED,
+    available_presets,
+    change_refiner_upload,
+    change_source,
+    model_defaults,
+    model_note,
+)
+from medrefine.app.session import close_session
+from medrefine.presets import PRESETS, sample_path
+
+MAX_FILE_SIZE = "200mb"
+# System fonts only: the default theme would fetch web fonts, which offline hospitals lack.
+FONTS = dict(
+    font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+)
+
+
+def build_app(idle_s: float = 4 * 3600) -> gr.Blocks:
+    """The interface; ``launch`` serves it. ``idle_s``: a session's files are deleted after
+    this long without a request."""
+    presets = available_presets()
+    sources = [*presets, UPLOADED]
+    source0 = "polyp" if "polyp" in presets else sources[0]
+    params0, post0 = model_defaults(source0)
+    with gr.Blocks(title="medrefine", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        # Gradio drops a session's state an hour after its tab closes (or after idle_s idle).
+        session = gr.State(None, time_to_live=idle_s, delete_callback=close_session)
+        gr.Markdown(
+            "# medrefine\nA coarse segmentation refined by diffusion, with a per-pixel "
+            "uncertainty. Research software: not for diagnosis."
+        )
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                source = gr.Radio(sources, value=source0, label="Model", elem_id="source")
+                with gr.Group(visible=source0 == UPLOADED) as weights_box:
+                    coarse_file = gr.File(
+                        label="Coarse model (.safetensors)",
+                        file_types=[".safetensors"],
+                        height=150,
+                        elem_id="coarse-weights",
+                    )
+                    refiner_file = gr.File(
+                        label="Diffusion refiner (.safetensors, optional)",
+                        file_types=[".safetensors"],
+                        height=150,
+                        elem_id="refiner-weights",
+                    )
+                note = gr.Markdown(
+                    model_note(source0)
+                    if presets
+                    else "No preset weights are installed; upload your own."
+                )
+                use_diffusion = gr.Checkbox(True, label="Diffusion refinement")
+                with gr.Accordion("Refinement", open=True):
+                    steps = gr.Slider(1, 100, params0.steps, step=1, label="Steps", elem_id="steps")
+                    strength = gr.Slider(
+                        0.01,
+                        1.0,
+                        params0.strength,
+                        step=0.01,
+                        label="Strength",
+                        info="share of the noise schedule "
+                        "re-run; higher trusts the coarse mask less",
+                    )
+                    samples = gr.Slider(
+                        1,
+                        32,
+                        params0.samples,
+                        step=1,
+                        label="Samples",
+                        info="> 1 adds the samples' spread to the uncertainty",
+                    )
+                    seed = gr.Number(params0.seed, precision=0, label="Seed")
+                with gr.Accordion("Post-processing", open=False):
+                    threshold = gr.Slider(0.05, 0.95, post0.threshold, step=0.05, label="Threshold")
+                    fill_holes = gr.Checkbox(post0.fill_holes, label="Fill holes")
+                    keep_largest = gr.Checkbox(
+                        post0.keep_largest or post0.keep_top_k == 1,
+                        label="Keep the largest object only",
+                    )
+                    min_size = gr.Number(
+                        post0.min_object_size,
+                        precision=0,
+                        minimum=0,
+                        label="Minimum object size (pixels)",
+                    )
+            with gr.Column(scale=3):
+                with gr.Tabs():
+                    with gr.Tab("Single image"):
+                        with gr.Row():
+                            with gr.Column():
+                                image_file = gr.File(
+                                    label="Image: PNG, JPEG, TIFF, BMP, DICOM or NIfTI",
+                                    elem_id="image-file",
+                                )
+                                gt_file = gr.File(
+                                    label="Ground-truth mask (optional)", elem_id="gt-file"
+                                )
+                                slice_index = gr.Slider(
+                                    0, 1, 0, step=1, label="Slice", visible=False, elem_id="slice"
+                                )
+                                run = gr.Button("Segment", variant="primary", elem_id="run")
+                            preview = _picture("Image", "preview")
+                        _examples(presets, image_file, gt_file, source)
+                        status = gr.Markdown(elem_id="status")
+                        with gr.Row():
+                            coarse_img = _picture("Coarse mask", "coarse")
+                            refined_img = _picture("Refined mask (final)", "refined")
+                        with gr.Row():
+                            contour_img = _picture(
+                                "Contours: coarse (orange) vs refined (blue)", "contours"
+                            )
+                            uncert_img = _picture("Uncertainty", "uncertainty")
+                        with gr.Row():
+                            review = gr.Number(
+                                label="Review score (high: worth a human look)",
+                                precision=3,
+                                interactive=False,
+                                elem_id="review",
+                            )
+                            mask_format = gr.Radio(
+                                ["PNG", "NIfTI"],
+                                value="PNG",
+                                label="Mask format",
+                                elem_id="mask-format",
+                            )
+                        with gr.Row():
+                            mask_dl = gr.DownloadButton(
+                                "Download mask", interactive=False, elem_id="download-mask"
+                            )
+                            overlay_dl = gr.DownloadButton(
+                                "Download overlay", interactive=False, elem_id="download-overlay"
+                            )
+                        metrics = gr.Markdown(elem_id="metrics")
+                        timings = gr.Markdown(elem_id="timings")
+                    with gr.Tab("Batch"):
+                        batch_files = gr.File(
+                            file_count="multiple", label="Images", elem_id="batch-files"
+                        )
+                        batch_run = gr.Button("Segment all", variant="primary", elem_id="batch-run")
+                        batch_zip = gr.File(
+                            label="Masks and report.json (zip)", elem_id="batch-zip"
+                        )
+                        batch_summary = gr.Markdown(elem_id="batch-summary")
+
+        settings = [source, coarse_file, refiner_file, use_diffusion, steps, strength, samples,
+                    seed, threshold, fill_holes, keep_largest, min_size]  # fmt: skip
+        followers = [steps, strength, samples, seed, threshold, fill_holes, keep_largest, min_size]
+        source.change(change_source, [source, refiner_file], [weights_box, note, *followers])
+        refiner_file.change(change_refiner_upload, [source, refiner_file], followers[:4])
+        results = [session, preview, coarse_img, refined_img, contour_img, uncert_img, review,
+                   status, metrics, timings, mask_format, mask_dl, overlay_dl]  # fmt: skip
+        image_file.change(callbacks.preview_image, [image_file], [preview, slice_index])
+        # A new image clears the last one's results, so they are never shown side by side.
+        image_file.change(callbacks.clear_results, None, results[2:])
+        slice_index.release(callbacks.preview_slice, [image_file, slice_index], [preview])
+        run.click(
+            callbacks.segment_image,
+            [session, image_file, gt_file, slice_index, mask_format, *settings],
+            results,
+        )
+        mask_format.input(callbacks.change_mask_format, [session, mask_format], [mask_dl])
+        batch_run.click(
+            callbacks.segment_batch,
+            [session, batch_files, *settings],
+            [session, batch_zip, batch_summary],
+        )
+    return demo
+
+
+def _picture(label: str, elem_id: str) -> gr.Image:
+    return gr.Image(label=label, format="png", interactive=False, elem_id=elem_id)
+
+
+def _examples(presets: list[str], image_file, gt_file, source) -> None:
+    """One bundled example per preset (all samples, without the model switch, when no preset
+    is installed)."""
+    names = presets or list(PRESETS)
+    rows = []
+    for name in names:
+        image = sample_path(name)
+        row = [str(image), str(image.with_name(f"{image.stem}_mask.png"))]
+        rows.append(row + [name] if presets else row)
+    gr.Examples(
+        rows,
+        [image_file, gt_file, source] if presets else [image_file, gt_file],
+        label="Examples (image and ground truth)",
+        example_labels=names,
+    )
+
+
+def launch(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    max_file_size: str | int = MAX_FILE_SIZE,
+    **kwargs: Any,
+) -> gr.Blocks:
+    """Build and serve the app; blocks until stopped unless ``prevent_thread_lock=True`` is
+    passed (then the caller stops it with ``.close()`` on the returned Blocks)."""
+    demo = build_app()
+    demo.queue(default_concurrency_limit=1)  # one segmentation at a time on a CPU server
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=max_file_size,
+        ssr_mode=False,
+        show_error=False,
+        theme=gr.themes.Default(**FONTS),
+        allowed_paths=[str(sample_path(next(iter(PRESETS))).parent)],
+        **kwargs,
+    )
+    return demo

@@ -1,0 +1,177 @@
+"""The model a request runs: presets or uploaded weights, the settings they start from, and
+the pipeline built for one request over models shared by all sessions."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import replace
+from typing import Any
+
+import gradio as gr
+
+from medrefine.app.session import readable_errors
+from medrefine.checkpoint import file_sha256, read_info
+from medrefine.errors import ConfigError, InputError
+from medrefine.pipeline import SegmentationPipeline
+from medrefine.postprocess import PostprocessConfig
+from medrefine.presets import PRESETS, get_preset
+from medrefine.refine import RefineParams
+
+UPLOADED = "uploaded weights"
+
+
+def available_presets() -> list[str]:
+    """Presets whose coarse weights are installed (a preset without them is not offered)."""
+    return [name for name, preset in PRESETS.items() if preset.coarse_weights.is_file()]
+
+
+def model_defaults(
+    source: str, refiner_file: str | None = None
+) -> tuple[RefineParams, PostprocessConfig]:
+    """The refiner's tuned settings and the post-processing a model source starts from."""
+    if source == UPLOADED:
+        refiner, post = refiner_file, PostprocessConfig()
+    else:
+        preset = get_preset(source)
+        refiner = preset.refiner_weights if preset.refiner_weights.is_file() else None
+        post = preset.postprocess
+    params = (
+        RefineParams(**read_info(refiner).get("refine_defaults", {})) if refiner else RefineParams()
+    )
+    return params, post
+
+
+def model_note(source: str) -> str:
+    if source == UPLOADED:
+        return (
+            "Upload a coarse model and, for diffusion refinement, a refiner "
+            "(`.safetensors` files written by `medrefine train`)."
+        )
+    preset = get_preset(source)
+    note = f"**{source}**: {preset.description}."
+    if not preset.refiner_weights.is_file():
+        note += " Its diffusion refiner is not installed yet: results are coarse only."
+    return note
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_pipeline(
+    preset: str | None, coarse: str | None, refiner: str | None, use_diffusion: bool, digest: str
+) -> SegmentationPipeline:
+    """Loaded models, shared read-only by all sessions (``digest``: uploaded files' content)."""
+    return SegmentationPipeline(coarse, refiner, use_diffusion=use_diffusion, preset=preset)
+
+
+def build_pipeline(
+    source: str,
+    coarse_file: str | None,
+    refiner_file: str | None,
+    use_diffusion: bool,
+    refine: dict[str, Any],
+    post: dict[str, Any],
+) -> tuple[SegmentationPipeline, list[str]]:
+    """A pipeline for one request (its own settings over shared models) and notes for the user.
+
+    A missing refiner (preset not fully installed, or none uploaded) falls back to coarse only."""
+    notes: list[str] = []
+    if source == UPLOADED:
+        if not coarse_file:
+            raise InputError(
+                "'uploaded weights' is selected but no coarse model was uploaded; "
+                "upload a coarse .safetensors file or pick a preset"
+            )
+        if use_diffusion and not refiner_file:
+            notes.append("No refiner uploaded: showing the coarse mask only.")
+            use_diffusion = False
+        refiner = refiner_file if use_diffusion else None
+        digest = "|".join(file_sha256(p) for p in (coarse_file, refiner) if p)
+        cached = _cached_pipeline(None, coarse_file, refiner, use_diffusion, digest)
+    else:
+        preset = get_preset(source)
+        if use_diffusion and not preset.refiner_weights.is_file():
+            notes.append(
+                f"The {source} preset's diffusion refiner is not installed yet: "
+                "showing the coarse mask only."
+            )
+            use_diffusion = False
+        cached = _cached_pipeline(source, None, None, use_diffusion, "")
+    pipe = copy.copy(cached)  # settings are per request; the models stay shared
+    if pipe.refiner is not None:
+        pipe.refine_params = replace(model_defaults(source, refiner_file)[0], **refine)
+    base = PostprocessConfig() if source == UPLOADED else get_preset(source).postprocess
+    pipe.post = postprocess_from(base, **post)
+    return pipe, notes
+
+
+def postprocess_from(
+    base: PostprocessConfig,
+    threshold: float,
+    fill_holes: bool,
+    keep_largest: bool,
+    min_object_size: float | None,
+) -> PostprocessConfig:
+    """``base`` with the UI's switches (unchanged switches give ``base`` back exactly)."""
+    changes: dict[str, Any] = {
+        "threshold": float(threshold),
+        "fill_holes": bool(fill_holes),
+        "min_object_size": int(min_object_size or 0),
+    }
+    if not fill_holes:
+        changes["max_hole_size"] = 0
+    if keep_largest != (base.keep_largest or base.keep_top_k == 1):
+        changes.update(keep_largest=bool(keep_largest), keep_top_k=0)
+    return replace(base, **changes)
+
+
+def request_settings(steps, strength, samples, seed, threshold, fill_holes, keep_largest, min_size):
+    """The UI's setting fields as ``build_pipeline``'s ``refine`` and ``post`` (an emptied
+    number field is refused)."""
+    if seed is None or steps is None or samples is None:
+        raise ConfigError("steps, samples and seed must be numbers; fill in the empty field")
+    refine = {
+        "steps": int(steps),
+        "strength": float(strength),
+        "samples": int(samples),
+        "seed": int(seed),
+    }
+    post = {
+        "threshold": threshold,
+        "fill_holes": fill_holes,
+        "keep_largest": keep_largest,
+        "min_object_size": min_size,
+    }
+    return refine, post
+
+
+# ---------------------------------------------------------------- settings that follow the model
+def _setting_updates(params: RefineParams, post: PostprocessConfig) -> list[dict]:
+    return [
+        gr.update(value=params.steps),
+        gr.update(value=params.strength),
+        gr.update(value=params.samples),
+        gr.update(value=params.seed),
+        gr.update(value=post.threshold),
+        gr.update(value=post.fill_holes),
+        gr.update(value=post.keep_largest or post.keep_top_k == 1),
+        gr.update(value=post.min_object_size),
+    ]
+
+
+@readable_errors
+def change_source(source: str, refiner_file: str | None):
+    """A new model source: show/hide the weights uploads, reset settings to its defaults."""
+    params, post = model_defaults(source, refiner_file)
+    return [
+        gr.update(visible=source == UPLOADED),
+        model_note(source),
+        *_setting_updates(params, post),
+    ]
+
+
+@readable_errors
+def change_refiner_upload(source: str, refiner_file: str | None):
+    """An uploaded refiner brings its tuned refinement settings."""
+    if source != UPLOADED or not refiner_file:
+        return [gr.update()] * 4
+    return _setting_updates(*model_defaults(source, refiner_file))[:4]
