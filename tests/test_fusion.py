@@ -85,32 +85,28 @@ def test_review_score_zero_for_certain_masks():
 
 def test_review_score_grows_with_boundary_uncertainty():
     mask = _square(40, 10, 20)
-    inner = np.zeros(mask.shape, np.float32)
-    inner[18:22, 18:22] = 0.3  # deep inside the mask, not uncertain enough to count as "far"
     boundary = binary_entropy(np.clip(_blurred(mask), 0, 1))
-    low = review_score(inner, mask)
     high = review_score(boundary, mask)
-    assert low == pytest.approx(0.0)
-    assert high > 0.2
-    assert review_score(boundary * 0.5, mask) < high
+    assert high == pytest.approx(boundary.sum() / mask.sum())
+    assert 0 < review_score(boundary * 0.5, mask) < high
 
 
-def test_review_score_counts_uncertainty_far_from_the_mask():
-    mask = _square(40, 10, 10)
-    far = np.zeros(mask.shape, np.float32)
-    far[30:40, 30:40] = 0.9  # an uncertain region far from the boundary
-    score = review_score(far, mask)
-    ring_free = (~_ring(mask)).sum()
-    assert score == pytest.approx(100 / ring_free)
+def test_review_score_is_relative_to_the_mask_size():
+    """The same width of doubt costs a small object more Dice than a large one."""
+    small, large = _square(80, 30, 10), _square(80, 10, 50)
+    u_small = binary_entropy(np.clip(_blurred(small), 0, 1))
+    u_large = binary_entropy(np.clip(_blurred(large), 0, 1))
+    assert review_score(u_small, small) > 2 * review_score(u_large, large)
+
+
+def test_review_score_counts_uncertainty_outside_an_empty_mask():
+    empty = np.zeros((40, 40), bool)
+    far = np.zeros(empty.shape, np.float32)
+    far[30:40, 30:40] = 0.9  # doubt where the mask found nothing: a possible miss
+    assert review_score(far, empty) == pytest.approx(90 / max(0.01 * empty.size, 1.0))
 
 
 def _blurred(mask):
     from scipy import ndimage as ndi
 
     return ndi.gaussian_filter(mask.astype(np.float32), 1.5)
-
-
-def _ring(mask, band=3):
-    from scipy import ndimage as ndi
-
-    return ndi.binary_dilation(mask, iterations=band) & ~ndi.binary_erosion(mask, iterations=band)

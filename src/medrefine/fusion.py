@@ -7,7 +7,6 @@ sample's sensitivity/specificity), as MedSegDiff / MB-Diff fuse diffusion sample
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from medrefine.errors import ConfigError
 
@@ -53,15 +52,16 @@ def binary_entropy(probs: np.ndarray) -> np.ndarray:
     return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).astype(np.float32)
 
 
-def review_score(uncertainty: np.ndarray, mask: np.ndarray, band: int = 3) -> float:
-    """Mean uncertainty in a band of ``band`` pixels around the mask boundary, plus the share
-    of uncertain pixels far from it. High = worth a human look. 0 for empty, certain masks."""
+def review_score(uncertainty: np.ndarray, mask: np.ndarray, min_area: float = 0.01) -> float:
+    """How much of the mask is in doubt: the summed uncertainty divided by the mask's area
+    (at least ``min_area`` of the image, so an empty or tiny mask does not divide by ~0).
+
+    Where the uncertainty is a per-pixel error probability, this estimates the share of the
+    mask that may be wrong, which is what 1 - Dice measures: a thin band of doubt around a
+    large lesion scores low, the same band around a small one, or doubt far from the mask,
+    scores high. High = worth a human look; 0 for a certain mask. (Chosen on the val splits
+    over the mean uncertainty in a boundary band: Spearman rho with 1 - Dice 0.67 vs 0.56 on
+    PH2 val, 0.76 vs 0.65 on CXR lungs val.)"""
     mask = mask.astype(bool)
-    if mask.any():
-        ring = ndi.binary_dilation(mask, iterations=band) & ~ndi.binary_erosion(mask,
-                                                                                iterations=band)
-    else:
-        ring = np.zeros_like(mask)
-    near = float(uncertainty[ring].mean()) if ring.any() else 0.0
-    far = float((uncertainty[~ring] > 0.5).mean()) if (~ring).any() else 0.0
-    return near + far
+    area = max(float(mask.sum()), min_area * mask.size, 1.0)
+    return float(np.asarray(uncertainty, dtype=np.float64).sum() / area)
