@@ -124,7 +124,8 @@ def build_app(idle_s: float = 4 * 3600) -> gr.Blocks:
                             uncert_img = _picture("Uncertainty", "uncertainty")
                         with gr.Row():
                             review = gr.Number(
-                                label="Review score: share of the mask in doubt (high: worth a human look)",
+                                label="Review score: share of the mask in doubt "
+                                "(high: worth a human look)",
                                 precision=3,
                                 interactive=False,
                                 elem_id="review",
