@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from medrefine.commands.options import (
     add_model_options,
+    add_out_option,
     add_postprocess_options,
     add_refine_options,
     build_pipeline,
@@ -92,15 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="test",
         help="which cases (default test; all = every pair in the folder)",
     )
-    parser.add_argument(
-        "-o",
-        "--out",
-        "--output",
-        dest="out",
-        type=Path,
-        required=True,
-        help="output folder (created if missing)",
-    )
+    add_out_option(parser)
     parser.add_argument("--mask-dir", default="masks", help="mask sub-folder (default masks)")
     parser.add_argument(
         "--panels",
