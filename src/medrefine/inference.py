@@ -15,6 +15,7 @@ import torch
 
 from medrefine.checkpoint import load_into, read_info
 from medrefine.errors import ConfigError, InputError
+from medrefine.models.blocks import fuse_conv_bn
 from medrefine.models.registry import SegModelConfig, build_seg_model
 from medrefine.preprocess import GridInfo, PreprocessConfig, from_grid, preprocess
 
@@ -64,13 +65,18 @@ class CoarseSegmenter:
         self.info = info or {}
 
     @classmethod
-    def from_weights(cls, path: str | Path, device: str = "auto") -> CoarseSegmenter:
+    def from_weights(cls, path: str | Path, device: str = "auto", fuse: bool = False
+                     ) -> CoarseSegmenter:
+        """``fuse``: fold BatchNorm into the convolutions (inference only; see
+        ``models.blocks.fuse_conv_bn``)."""
         info = read_info(path)
         if info.get("kind") != "coarse":
             raise InputError(f"{path}: holds a {info.get('kind')!r} model, not a coarse "
                              "segmentation model")
         model_cfg = SegModelConfig.from_dict(info["model"])
         model = load_into(build_seg_model(model_cfg, pretrained=False), path)
+        if fuse:
+            model = fuse_conv_bn(model)
         return cls(model, model_cfg, preprocess_config_from(info["preprocess"]),
                    resolve_device(device), info)
 

@@ -25,6 +25,7 @@ from medrefine.diffusion import DiffusionConfig, build_diffusion, refinement_tim
 from medrefine.errors import ConfigError, InputError
 from medrefine.fusion import FUSIONS, binary_entropy, fuse
 from medrefine.inference import preprocess_config_from, resolve_device
+from medrefine.models.blocks import fuse_conv_bn
 from medrefine.models.denoiser import Denoiser, DenoiserConfig
 from medrefine.preprocess import PreprocessConfig
 
@@ -91,13 +92,17 @@ class Refiner:
         self.defaults = RefineParams(**self.info.get("refine_defaults", {}))
 
     @classmethod
-    def from_weights(cls, path: str | Path, device: str = "auto") -> Refiner:
+    def from_weights(cls, path: str | Path, device: str = "auto", fuse: bool = False) -> Refiner:
+        """``fuse``: fold BatchNorm into the convolutions (inference only; see
+        ``models.blocks.fuse_conv_bn``)."""
         info = read_info(path)
         if info.get("kind") != "refiner":
             raise InputError(f"{path}: holds a {info.get('kind')!r} model, not a diffusion "
                              "refiner")
         model = load_into(Denoiser(DenoiserConfig.from_dict(info["denoiser"]), pretrained=False),
                           path)
+        if fuse:
+            model = fuse_conv_bn(model)
         return cls(model, DiffusionConfig.from_dict(info["diffusion"]),
                    preprocess_config_from(info["preprocess"]), resolve_device(device), info)
 

@@ -27,6 +27,9 @@ BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # TF defaults the weights were trained with
 
 
 class MBConv(nn.Module):
+    conv_bn_pairs = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
+                     ("_project_conv", "_bn2"))  # for blocks.fuse_conv_bn
+
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int):
         super().__init__()
         mid = in_ch * expand
@@ -57,6 +60,7 @@ class EfficientNetLite0Encoder(nn.Module):
     """
 
     out_channels = tuple(c for _, c in LITE0_TAPS.values())  # all five levels
+    conv_bn_pairs = (("_conv_stem", "_bn0"),)  # for blocks.fuse_conv_bn
 
     def __init__(self, in_channels: int = 3, pretrained: bool = False, levels: int = 5):
         super().__init__()
