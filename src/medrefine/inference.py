@@ -65,9 +65,9 @@ class CoarseSegmenter:
         self.info = info or {}
 
     @classmethod
-    def from_weights(cls, path: str | Path, device: str = "auto", fuse: bool = False
+    def from_weights(cls, path: str | Path, device: str = "auto", fold_bn: bool = False
                      ) -> CoarseSegmenter:
-        """``fuse``: fold BatchNorm into the convolutions (inference only; see
+        """``fold_bn``: fold BatchNorm into the convolutions (inference only; see
         ``models.blocks.fuse_conv_bn``)."""
         info = read_info(path)
         if info.get("kind") != "coarse":
@@ -75,7 +75,7 @@ class CoarseSegmenter:
                              "segmentation model")
         model_cfg = SegModelConfig.from_dict(info["model"])
         model = load_into(build_seg_model(model_cfg, pretrained=False), path)
-        if fuse:
+        if fold_bn:
             model = fuse_conv_bn(model)
         return cls(model, model_cfg, preprocess_config_from(info["preprocess"]),
                    resolve_device(device), info)

@@ -167,7 +167,7 @@ class SegmentationPipeline:
 
                 self.coarse = onnx_coarse(self.coarse_path, **onnx)
             else:
-                self.coarse = CoarseSegmenter.from_weights(self.coarse_path, device, fuse=True)
+                self.coarse = CoarseSegmenter.from_weights(self.coarse_path, device, fold_bn=True)
             if use_diffusion and self.coarse.model_cfg.num_classes != 1:
                 raise ConfigError(
                     "diffusion refinement needs a binary coarse model; pass "
@@ -187,7 +187,7 @@ class SegmentationPipeline:
 
                 self.refiner = onnx_refiner(self.refiner_path, **onnx)
             else:
-                self.refiner = Refiner.from_weights(self.refiner_path, device, fuse=True)
+                self.refiner = Refiner.from_weights(self.refiner_path, device, fold_bn=True)
         if self.coarse is None and self.refiner is None:
             raise ConfigError("a pipeline without a coarse model needs the diffusion refiner")
         self.pre_cfg = self.coarse.pre_cfg if self.coarse else self.refiner.pre_cfg

@@ -92,8 +92,9 @@ class Refiner:
         self.defaults = RefineParams(**self.info.get("refine_defaults", {}))
 
     @classmethod
-    def from_weights(cls, path: str | Path, device: str = "auto", fuse: bool = False) -> Refiner:
-        """``fuse``: fold BatchNorm into the convolutions (inference only; see
+    def from_weights(cls, path: str | Path, device: str = "auto", fold_bn: bool = False
+                     ) -> Refiner:
+        """``fold_bn``: fold BatchNorm into the convolutions (inference only; see
         ``models.blocks.fuse_conv_bn``)."""
         info = read_info(path)
         if info.get("kind") != "refiner":
@@ -101,7 +102,7 @@ class Refiner:
                              "refiner")
         model = load_into(Denoiser(DenoiserConfig.from_dict(info["denoiser"]), pretrained=False),
                           path)
-        if fuse:
+        if fold_bn:
             model = fuse_conv_bn(model)
         return cls(model, DiffusionConfig.from_dict(info["diffusion"]),
                    preprocess_config_from(info["preprocess"]), resolve_device(device), info)
