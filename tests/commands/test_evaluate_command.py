@@ -127,6 +127,8 @@ def test_evaluate_pred_scores_existing_masks(tiny_data, tmp_path, capsys):
     for stem in ("case3", "case4"):
         mask = np.asarray(Image.open(tiny_data / "masks" / f"{stem}.png"))
         Image.fromarray(mask if stem == "case3" else np.zeros_like(mask)).save(pred / f"{stem}.png")
+    # a mask whose name only starts like case5 is not taken for case5
+    Image.fromarray(mask).save(pred / "case5.extra.png")
     out = tmp_path / "eval"
     code = main(["evaluate", "--pred", str(pred), "--data", str(tiny_data), "--out", str(out)])
     assert code == 2

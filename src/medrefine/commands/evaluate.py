@@ -59,7 +59,7 @@ from medrefine.commands.outputs import (
     write_json,
 )
 from medrefine.errors import InputError
-from medrefine.io import atomic_output, read_image, read_mask, write_mask
+from medrefine.io import atomic_output, read_image, read_mask, stem_of, write_mask
 from medrefine.metrics import segmentation_metrics, summarize
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import postprocess
@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{args.pred}: --pred needs a folder of masks named by case stem")
     prepare_out_dir(args.out)
     pipe = None if args.pred is not None else build_pipeline(args)
+    predicted = mask_index(args.pred) if args.pred is not None else {}
     refining = pipe is not None and pipe.refiner is not None
     columns = ["stem", *METRICS]
     if refining:
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         for case in bar:
             try:
                 if pipe is None:
-                    row = score_case(case, args.pred)
+                    row = score_case(case, predicted.get(case.stem), args.pred)
                 else:
                     row = evaluate_case(pipe, case, args.out, pixels, panel=len(rows) < args.panels)
             except Exception as err:  # go on past a bad case; it is listed in summary.json
@@ -219,13 +220,20 @@ def evaluate_case(
     return row
 
 
-def score_case(case: Pair, pred_dir: Path) -> dict[str, Any]:
-    """Metrics of an existing mask, pred_dir/<stem>.* (any mask format), against the truth."""
-    found = sorted(p for p in pred_dir.glob(f"{case.stem}.*") if p.is_file())
-    if not found:
+def mask_index(pred_dir: Path) -> dict[str, Path]:
+    """{stem: mask file} of a folder, listed once (``a.nii.gz`` has stem ``a``)."""
+    index: dict[str, Path] = {}
+    for path in sorted(p for p in pred_dir.iterdir() if p.is_file()):
+        index.setdefault(stem_of(path), path)
+    return index
+
+
+def score_case(case: Pair, mask_path: Path | None, pred_dir: Path) -> dict[str, Any]:
+    """Metrics of an existing mask (any mask format) against the truth."""
+    if mask_path is None:
         raise InputError(f"{pred_dir}: no mask named {case.stem}.* for case {case.stem}")
-    image = read_image(case.image)
-    pred = read_mask(found[0], like=image) > 0
+    image = read_image(case.image)  # the geometry the masks are checked against
+    pred = read_mask(mask_path, like=image) > 0
     gt = read_mask(case.mask, like=image) > 0
     return {"stem": case.stem, **segmentation_metrics(pred, gt), "seconds": math.nan}
 
