@@ -35,6 +35,8 @@ def _base_config(tmp_path):
 
 
 COMMON = ["--device", "cpu", "--no-amp", "--no-pretrained"]
+# one epoch of a tiny scratch U-Net on the 64x64 grid
+TINY_RUN = ["--epochs", "1", "--arch", "unet", "--encoder", "scratch", "--size", "64", *COMMON]
 
 
 def test_train_coarse_from_flags(disk_data, tmp_path, capsys):
@@ -50,15 +52,7 @@ def test_train_coarse_from_flags(disk_data, tmp_path, capsys):
             str(disk_data),
             "-o",
             str(out),
-            "--epochs",
-            "1",
-            "--arch",
-            "unet",
-            "--encoder",
-            "scratch",
-            "--size",
-            "64",
-            *COMMON,
+            *TINY_RUN,
         ]
     )
     assert rc == 0
@@ -85,15 +79,7 @@ def test_train_both_stages(disk_data, tmp_path):
             str(disk_data),
             "-o",
             str(out),
-            "--epochs",
-            "1",
-            "--arch",
-            "unet",
-            "--encoder",
-            "scratch",
-            "--size",
-            "64",
-            *COMMON,
+            *TINY_RUN,
         ]
     )
     assert rc == 0
@@ -171,3 +157,34 @@ def test_flat_config_file_with_stage(disk_data, tmp_path):
         ]
     )
     assert rc == 0 and (tmp_path / "out" / "best.safetensors").is_file()
+
+
+def test_out_of_fold_training_from_flags(disk_data, tmp_path, capsys):
+    """Two fold models (--cv-folds/--cv-fold), then a refiner on their out-of-fold masks."""
+    base = [
+        "--config",
+        str(_base_config(tmp_path)),
+        "--data",
+        str(disk_data),
+        *TINY_RUN,
+    ]
+    folds = []
+    for fold in ("0", "1"):
+        out = tmp_path / f"fold{fold}"
+        argv = ["train", "--stage", "coarse", "--cv-folds", "2", "--cv-fold", fold, "-o", str(out)]
+        assert main([*argv, *base]) == 0
+        assert read_info(out / "best.safetensors")["training"]["cv_fold"] == int(fold)
+        folds.append(str(out / "best.safetensors"))
+    ref = tmp_path / "ref"
+    rc = main(
+        ["train", "--stage", "refiner", "--coarse-weights", folds[0], "--coarse-fold-weights",
+         *folds, "-o", str(ref), *base]
+    )
+    assert rc == 0
+    assert read_info(ref / "best.safetensors")["training"]["coarse_fold_weights"] == folds
+    rc = main(
+        ["train", "--stage", "refiner", "--coarse-weights", folds[0], "--coarse-fold-weights",
+         folds[0], folds[0], "-o", str(tmp_path / "bad"), *base]
+    )
+    assert rc == 2
+    assert "cross-validation" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from medrefine.inference import CoarseSegmenter
 from medrefine.io import read_image
 from medrefine.models.registry import SegModelConfig
 from medrefine.training.coarse import CoarseTrainConfig, train_coarse
+from medrefine.training.data import cross_val_folds, find_pairs, split_pairs
 
 RUN_FILES = {
     "best.safetensors",
@@ -166,3 +167,22 @@ def test_multiclass_on_real_label_maps(data_dir, folder, names, coarse_config, t
     info = read_info(run / "best.safetensors")
     assert info["class_names"] == list(names)
     assert 0 <= _rows(run)[0]["val_dice"] <= 1
+
+
+def test_cross_validation_fold_leaves_its_cases_out(disk_data, coarse_config, tmp_path, caplog):
+    train = split_pairs(disk_data, find_pairs(disk_data))["train"]
+    held_out = sum(f == 1 for f in cross_val_folds(train, 2, seed=0).values())
+    with caplog.at_level("INFO", logger="medrefine.training.coarse"):
+        run = train_coarse(coarse_config(disk_data, tmp_path / "f1", epochs=1, cv_folds=2,
+                                         cv_fold=1))
+    assert f"fold 1/2: training on {len(train) - held_out} cases" in caplog.text
+    assert 0 < held_out < len(train)
+    training = read_info(run / "best.safetensors")["training"]
+    assert training["cv_folds"] == 2 and training["cv_fold"] == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"cv_folds": 1}, {"cv_folds": 3, "cv_fold": 3},
+                                    {"cv_folds": 2, "cv_fold": -1}])
+def test_cross_validation_settings_are_checked(disk_data, coarse_config, tmp_path, kwargs):
+    with pytest.raises(ConfigError, match="cv_fold"):
+        coarse_config(disk_data, tmp_path, **kwargs)

@@ -15,6 +15,7 @@ from medrefine.training.data import (
     AugmentConfig,
     SegmentationDataset,
     augment_pair,
+    cross_val_folds,
     find_pairs,
     read_label_map,
     split_pairs,
@@ -146,3 +147,19 @@ def test_augment_config_check():
 
 def test_synthetic_fixture_folder(disk_data):
     assert len(find_pairs(disk_data)) == 12
+
+
+def test_cross_val_folds_partition_the_cases(folder):
+    pairs = list(find_pairs(folder).values())
+    folds = cross_val_folds(pairs, 3, seed=0)
+    assert set(folds) == {p.stem for p in pairs}
+    sizes = np.bincount(list(folds.values()))
+    assert sizes.tolist() == [4, 3, 3]  # 10 cases dealt into 3 folds
+    assert cross_val_folds(pairs[::-1], 3, seed=0) == folds  # order of the list is irrelevant
+    assert cross_val_folds(pairs, 3, seed=1) != folds  # the seed reshuffles
+
+
+@pytest.mark.parametrize("k", [1, 11])
+def test_cross_val_folds_refuses_impossible_k(folder, k):
+    with pytest.raises(ConfigError, match="fold"):
+        cross_val_folds(list(find_pairs(folder).values()), k)

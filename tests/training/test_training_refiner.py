@@ -14,7 +14,13 @@ from medrefine.errors import ConfigError
 from medrefine.models.denoiser import DenoiserConfig
 from medrefine.refine import RefineParams, Refiner
 from medrefine.training.data import find_pairs, split_pairs
-from medrefine.training.refiner import RefinerTrainConfig, sample_timesteps, train_refiner
+from medrefine.training.refiner import (
+    RefinerTrainConfig,
+    load_fold_models,
+    make_coarse_batch,
+    sample_timesteps,
+    train_refiner,
+)
 
 TINY_DENOISER = DenoiserConfig(encoder="scratch", widths=(8, 8, 8, 8), attention=False, time_dim=16)
 STRENGTHS, STEPS = (0.2, 0.4), (1, 2)
@@ -120,3 +126,58 @@ def test_sample_timesteps_range():
     cfg = _config(".", ".", "c", t_focus=0.2, p_full_range=1.0)
     t = sample_timesteps(1000, cfg, 1000, torch.Generator().manual_seed(0))
     assert t.max() >= 900 and t.max() < 1000
+
+
+class _Constant:
+    """Stands in for a coarse model: predicts ``value`` everywhere, counts its calls."""
+
+    def __init__(self, value):
+        self.value, self.calls = value, 0
+
+    def predict_grid(self, image01):
+        self.calls += 1
+        return torch.full((image01.shape[0], 1, *image01.shape[-2:]), self.value)
+
+
+def test_coarse_batch_uses_each_samples_own_model():
+    a, b = _Constant(0.25), _Constant(0.75)
+    image01, labels = torch.zeros(5, 1, 8, 8), torch.zeros(5, 8, 8, dtype=torch.long)
+    out = make_coarse_batch([a, b, a, b, a], image01, labels, 1.0, np.random.default_rng(0))
+    assert out[:, 0, 0, 0].tolist() == [0.25, 0.75, 0.25, 0.75, 0.25]
+    assert a.calls == 1 and b.calls == 1  # one batched call per model
+    out = make_coarse_batch([a] * 5, image01, labels, 0.0, np.random.default_rng(0))
+    assert a.calls == 1  # p_model 0: all corrupted ground truth, no model call
+    assert not torch.isin(out, torch.tensor([0.25])).any()
+
+
+@pytest.fixture(scope="module")
+def fold_runs(disk_data, coarse_config, tmp_path_factory):
+    from medrefine.training.coarse import train_coarse
+
+    root = tmp_path_factory.mktemp("folds")
+    return [train_coarse(coarse_config(disk_data, root / f"f{i}", epochs=1, cv_folds=2,
+                                       cv_fold=i)) / "best.safetensors" for i in (0, 1)]
+
+
+def test_fold_models_predict_the_cases_they_did_not_see(disk_data, coarse_run, fold_runs):
+    from medrefine.inference import CoarseSegmenter
+    from medrefine.training.data import cross_val_folds
+
+    train = split_pairs(disk_data, find_pairs(disk_data))["train"]
+    coarse = CoarseSegmenter.from_weights(coarse_run / "best.safetensors", "cpu")
+    # given in the other order: models are matched to folds by what their weights say
+    models = load_fold_models((str(fold_runs[1]), str(fold_runs[0])), coarse, train, "cpu")
+    folds = cross_val_folds(train, 2, seed=0)
+    for pair, model in zip(train, models):
+        assert model.info["training"]["cv_fold"] == folds[pair.stem]
+    with pytest.raises(ConfigError, match="2-fold cross-validation"):
+        load_fold_models((str(fold_runs[0]), str(fold_runs[0])), coarse, train, "cpu")
+    with pytest.raises(ConfigError, match="cross-validation"):
+        load_fold_models((str(coarse_run / "best.safetensors"),) * 2, coarse, train, "cpu")
+
+
+def test_refiner_run_on_out_of_fold_predictions(disk_data, coarse_run, fold_runs, tmp_path):
+    run = train_refiner(_config(disk_data, tmp_path / "ref", coarse_run / "best.safetensors",
+                                coarse_fold_weights=tuple(map(str, fold_runs)), p_model=1.0))
+    info = read_info(run / "best.safetensors")
+    assert info["training"]["coarse_fold_weights"] == [str(p) for p in fold_runs]

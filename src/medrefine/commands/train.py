@@ -44,6 +44,13 @@ def add_parser(sub) -> None:
     p.add_argument("--mask-dir", help="mask sub-folder name (default masks)")
     p.add_argument("--coarse-weights", "--cpunet_weights", dest="coarse_weights",
                    help="coarse weights the refiner learns to correct (stage refiner)")
+    p.add_argument("--cv-folds", type=int,
+                   help="coarse stage: split the train cases into K folds (with --cv-fold)")
+    p.add_argument("--cv-fold", type=int,
+                   help="coarse stage: train on all train folds but this one (0..K-1)")
+    p.add_argument("--coarse-fold-weights", nargs="+",
+                   help="refiner stage: the K fold models, in fold order, whose out-of-fold "
+                        "predictions give the refiner realistic mistakes to fix")
     p.add_argument("--max-minutes", type=float, help="stop after this wall time")
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir")
     p.add_argument("--no-amp", action="store_true", help="train in float32 (no bf16 autocast)")
@@ -64,7 +71,8 @@ def _coarse_config(args, base: dict):
                        ("batch_size", args.batch_size), ("lr", args.lr),
                        ("device", args.device), ("seed", args.seed),
                        ("mask_dir", args.mask_dir), ("max_minutes", args.max_minutes),
-                       ("workers", args.workers)]:
+                       ("workers", args.workers), ("cv_folds", args.cv_folds),
+                       ("cv_fold", args.cv_fold)]:
         if value is not None:
             data[key] = value
     data["output_dir"] = str(Path(args.output_dir or data.get("output_dir", "checkpoints")) /

@@ -31,6 +31,7 @@ from medrefine.training.data import (
     AugmentConfig,
     Pair,
     SegmentationDataset,
+    cross_val_folds,
     find_pairs,
     read_label_map,
     split_pairs,
@@ -71,6 +72,11 @@ class CoarseTrainConfig:
     resume: bool = False
     pretrained: bool = True
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit); the schedule is kept
+    # cross-validation: with cv_folds = k >= 2, train on the train split minus fold cv_fold.
+    # The k models' predictions on the cases each did not see (out-of-fold) are the realistic
+    # mistakes the refiner learns from (``refiner.coarse_fold_weights``).
+    cv_folds: int = 0
+    cv_fold: int = 0
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -81,6 +87,10 @@ class CoarseTrainConfig:
         if len(self.class_names) != self.model.num_classes:
             raise ConfigError(f"{len(self.class_names)} class names for "
                               f"{self.model.num_classes} classes")
+        if self.cv_folds == 1 or self.cv_folds < 0:
+            raise ConfigError(f"cv_folds must be 0 (off) or >= 2, got {self.cv_folds}")
+        if self.cv_folds and not 0 <= self.cv_fold < self.cv_folds:
+            raise ConfigError(f"cv_fold must be in 0..{self.cv_folds - 1}, got {self.cv_fold}")
 
 
 def validate(segmenter: CoarseSegmenter, pairs: list[Pair], num_classes: int) -> list[float]:
@@ -106,7 +116,9 @@ def weights_info(cfg: CoarseTrainConfig, extra: dict) -> dict:
         "model": cfg.model.to_dict(),
         "preprocess": asdict(cfg.preprocess),
         "class_names": list(cfg.class_names),
-        "training": {"data_dir": cfg.data_dir, "seed": cfg.seed, **extra},
+        "training": {"data_dir": cfg.data_dir, "seed": cfg.seed, **extra,
+                     **({"cv_folds": cfg.cv_folds, "cv_fold": cfg.cv_fold} if cfg.cv_folds
+                        else {})},
     }
 
 
@@ -123,6 +135,11 @@ def train_coarse(cfg: CoarseTrainConfig) -> Path:
     split = split_pairs(cfg.data_dir, pairs, cfg.seed)
     if not split["train"] or not split["val"]:
         raise ConfigError(f"{cfg.data_dir}: the split has no train or no val cases")
+    if cfg.cv_folds:
+        folds = cross_val_folds(split["train"], cfg.cv_folds, cfg.seed)
+        split["train"] = [p for p in split["train"] if folds[p.stem] != cfg.cv_fold]
+        logger.info("cross-validation fold %d/%d: training on %d cases", cfg.cv_fold,
+                    cfg.cv_folds, len(split["train"]))
     train_set = SegmentationDataset(split["train"], cfg.preprocess, cfg.model.num_classes,
                                     cfg.augment)
     loader, sampler = make_loader(train_set, cfg.batch_size, cfg.seed, cfg.workers, dist_info)

@@ -77,6 +77,18 @@ def split_pairs(data_dir: str | Path, pairs: dict[str, Pair], seed: int = 0
             "test": [pairs[s] for s in test]}
 
 
+def cross_val_folds(pairs: list[Pair], k: int, seed: int = 0) -> dict[str, int]:
+    """Fold (0..k-1) of each pair's stem: a seeded shuffle of the sorted stems dealt out in
+    turn, so fold sizes differ by at most one and do not depend on the order of ``pairs``."""
+    if k < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {k}")
+    stems = sorted(p.stem for p in pairs)
+    if len(stems) < k:
+        raise ConfigError(f"{len(stems)} training cases cannot be split into {k} folds")
+    order = np.random.default_rng(seed).permutation(len(stems))
+    return {stems[j]: i % k for i, j in enumerate(order)}
+
+
 def read_label_map(path: Path, num_classes: int) -> np.ndarray:
     """A mask file as uint8 labels (H, W): binary masks map >127 to 1; multi-class masks keep
     their label values; values above ``num_classes`` become 255 (ignored in the loss)."""

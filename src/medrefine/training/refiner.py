@@ -1,8 +1,11 @@
 """Training the diffusion refiner to turn coarse masks into the ground truth.
 
-Each batch pairs an augmented image with a "coarse" mask that is either the shipped coarse
-model's prediction on that augmented image (its real mistakes) or a synthetic corruption of the
-ground truth (``corrupt.py``), in proportion ``p_model``. The noisy input x_t is made from the
+Each batch pairs an augmented image with a "coarse" mask that is either a coarse model's
+prediction on that augmented image (its real mistakes) or a synthetic corruption of the ground
+truth (``corrupt.py``), in proportion ``p_model``. The coarse model's predictions on its own
+training images are nearly perfect, so with ``coarse_fold_weights`` (the k models of a k-fold
+cross-validation, ``train --stage coarse --cv-folds k --cv-fold i``) each training image is
+predicted by the fold model that did not see it: out-of-fold mistakes, like those on new images. The noisy input x_t is made from the
 ground truth or from that coarse mask (so training sees what refinement starts from: a noised
 coarse mask), and the target is always the ground truth:
 
@@ -43,6 +46,7 @@ from medrefine.training.corrupt import corrupt_mask
 from medrefine.training.data import (
     AugmentConfig,
     SegmentationDataset,
+    cross_val_folds,
     find_pairs,
     read_label_map,
     split_pairs,
@@ -91,6 +95,7 @@ class RefinerTrainConfig:
     tune_strengths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
     tune_steps: tuple[int, ...] = (2, 4, 8)
     init_from_coarse: bool = True  # start the image encoder from the coarse model's encoder
+    coarse_fold_weights: tuple[str, ...] = ()  # k-fold coarse models for out-of-fold mistakes
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -125,16 +130,63 @@ class CachedVal:
         return scores
 
 
-def make_coarse_batch(coarse: CoarseSegmenter, image01: torch.Tensor, labels: torch.Tensor,
-                      p_model: float, rng: np.random.Generator) -> torch.Tensor:
-    """(B, 1, H, W) coarse probabilities: model predictions or corrupted ground truth."""
+def make_coarse_batch(models: list[CoarseSegmenter], image01: torch.Tensor,
+                      labels: torch.Tensor, p_model: float, rng: np.random.Generator
+                      ) -> torch.Tensor:
+    """(B, 1, H, W) coarse probabilities: model predictions or corrupted ground truth.
+
+    ``models[i]`` predicts sample i (the coarse model, or the fold model that did not see it);
+    samples sharing a model run as one batch."""
     use_model = rng.random(image01.shape[0]) < p_model
     out = torch.empty(image01.shape[0], 1, *image01.shape[-2:])
-    if use_model.any():
-        out[use_model] = coarse.predict_grid(image01[use_model])[:, :1].cpu()
+    for model in {id(m): m for m in models}.values():
+        rows = [i for i in np.nonzero(use_model)[0] if models[i] is model]
+        if rows:
+            out[rows] = model.predict_grid(image01[rows])[:, :1].cpu()
     for i in np.nonzero(~use_model)[0]:
         out[i, 0] = torch.from_numpy(corrupt_mask(labels[i].numpy().astype(np.uint8), rng))
     return out
+
+
+def load_fold_models(paths: tuple[str, ...], coarse: CoarseSegmenter, train_pairs: list,
+                     device: str) -> list[CoarseSegmenter]:
+    """The fold model that did not train on each train case (in ``train_pairs`` order).
+
+    The models must be the k folds of one cross-validation of this data (``train --stage
+    coarse --cv-folds k --cv-fold 0..k-1``, same seed) on the coarse model's grid."""
+    k = len(paths)
+    models = [CoarseSegmenter.from_weights(p, device) for p in paths]
+    infos = [m.info.get("training", {}) for m in models]
+    folds_seen = sorted(i.get("cv_fold", -1) for i in infos)
+    if any(i.get("cv_folds") != k for i in infos) or folds_seen != list(range(k)):
+        raise ConfigError(f"coarse_fold_weights: expected the {k} models of one {k}-fold "
+                          f"cross-validation (train --stage coarse --cv-folds {k} --cv-fold "
+                          f"0..{k - 1}); their folds are {[i.get('cv_fold') for i in infos]} of "
+                          f"{[i.get('cv_folds') for i in infos]}")
+    seeds = {i.get("seed") for i in infos}
+    if len(seeds) != 1:
+        raise ConfigError(f"coarse_fold_weights: the fold models were trained with different "
+                          f"seeds {sorted(seeds)}, so their folds do not match")
+    for path, model in zip(paths, models):
+        if model.pre_cfg != coarse.pre_cfg or model.model_cfg.num_classes != 1:
+            raise ConfigError(f"{path}: a fold model must be binary and use the coarse model's "
+                              "preprocessing and grid")
+    by_fold = {i["cv_fold"]: m for i, m in zip(infos, models)}
+    fold_of = cross_val_folds(train_pairs, k, seeds.pop())
+    return [by_fold[fold_of[p.stem]] for p in train_pairs]
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """(index, *item): lets a batch know which training cases it holds."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int):
+        return (idx, *self.dataset[idx])
 
 
 def sample_timesteps(n: int, cfg: RefinerTrainConfig, T: int, gen: torch.Generator
@@ -202,7 +254,9 @@ def weights_info(cfg: RefinerTrainConfig, pre: dict, params: RefineParams, extra
             "diffusion": cfg.diffusion.to_dict(), "preprocess": pre,
             "refine_defaults": asdict(params),
             "training": {"data_dir": cfg.data_dir, "seed": cfg.seed,
-                         "coarse_weights": Path(cfg.coarse_weights).name, **extra}}
+                         "coarse_weights": Path(cfg.coarse_weights).name,
+                         "coarse_fold_weights": [str(p) for p in cfg.coarse_fold_weights],
+                         **extra}}
 
 
 def train_refiner(cfg: RefinerTrainConfig) -> Path:
@@ -222,7 +276,9 @@ def train_refiner(cfg: RefinerTrainConfig) -> Path:
     pairs = find_pairs(cfg.data_dir, cfg.mask_dir)
     split = split_pairs(cfg.data_dir, pairs, cfg.seed)
     train_set = SegmentationDataset(split["train"], pre, 1, cfg.augment)
-    loader, sampler = make_loader(train_set, cfg.batch_size, cfg.seed, cfg.workers, dist_info)
+    case_models = ([coarse] * len(train_set) if not cfg.coarse_fold_weights else
+                   load_fold_models(cfg.coarse_fold_weights, coarse, split["train"], str(device)))
+    loader, sampler = make_loader(_Indexed(train_set), cfg.batch_size, cfg.seed, cfg.workers, dist_info)
     val = CachedVal(coarse, split["val"][dist_info.rank::dist_info.world_size])
     coarse_val = D.all_reduce_sum([float(np.sum(val.score(None, cfg.val_params))),
                                    float(len(val.items))], dist_info)
@@ -252,8 +308,9 @@ def train_refiner(cfg: RefinerTrainConfig) -> Path:
         losses = []
         bar = tqdm(loader, desc=f"refiner epoch {epoch}/{cfg.epochs}", mininterval=10,
                    disable=not dist_info.is_main, leave=False)
-        for image01, labels in bar:
-            coarse_probs = make_coarse_batch(coarse, image01, labels, cfg.p_model, rng)
+        for index, image01, labels in bar:
+            coarse_probs = make_coarse_batch([case_models[i] for i in index.tolist()], image01,
+                                             labels, cfg.p_model, rng)
             image01, coarse_probs = image01.to(device), coarse_probs.to(device)
             gt = (labels == 1).float().unsqueeze(1).to(device)
             t = sample_timesteps(gt.shape[0], cfg, diffusion.num_timesteps, gen).to(device)
@@ -317,7 +374,7 @@ def train_refiner_from_args(args, base: dict) -> Path:
 
     data = dict(base.get("refiner", {}))
     for key in ("data_dir", "epochs", "batch_size", "lr", "device", "seed", "mask_dir",
-                "max_minutes", "workers", "coarse_weights"):
+                "max_minutes", "workers", "coarse_weights", "coarse_fold_weights"):
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value
