@@ -168,7 +168,7 @@ def test_fold_models_predict_the_cases_they_did_not_see(disk_data, coarse_run, f
     # given in the other order: models are matched to folds by what their weights say
     models = load_fold_models((str(fold_runs[1]), str(fold_runs[0])), coarse, train, "cpu")
     folds = cross_val_folds(train, 2, seed=0)
-    for pair, model in zip(train, models):
+    for pair, model in zip(train, models, strict=True):
         assert model.info["training"]["cv_fold"] == folds[pair.stem]
     with pytest.raises(ConfigError, match="2-fold cross-validation"):
         load_fold_models((str(fold_runs[0]), str(fold_runs[0])), coarse, train, "cpu")

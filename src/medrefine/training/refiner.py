@@ -5,9 +5,9 @@ prediction on that augmented image (its real mistakes) or a synthetic corruption
 truth (``corrupt.py``), in proportion ``p_model``. The coarse model's predictions on its own
 training images are nearly perfect, so with ``coarse_fold_weights`` (the k models of a k-fold
 cross-validation, ``train --stage coarse --cv-folds k --cv-fold i``) each training image is
-predicted by the fold model that did not see it: out-of-fold mistakes, like those on new images. The noisy input x_t is made from the
-ground truth or from that coarse mask (so training sees what refinement starts from: a noised
-coarse mask), and the target is always the ground truth:
+predicted by the fold model that did not see it: out-of-fold mistakes, like those on new images.
+The noisy input x_t is made from the ground truth or from that coarse mask (so training sees
+what refinement starts from: a noised coarse mask), and the target is always the ground truth:
 
 * Gaussian, x0-prediction: BCE + soft Dice on the predicted mask.
 * Gaussian, epsilon-prediction: MSE to the noise that leads from the ground truth to x_t.
@@ -167,11 +167,11 @@ def load_fold_models(paths: tuple[str, ...], coarse: CoarseSegmenter, train_pair
     if len(seeds) != 1:
         raise ConfigError(f"coarse_fold_weights: the fold models were trained with different "
                           f"seeds {sorted(seeds)}, so their folds do not match")
-    for path, model in zip(paths, models):
+    for path, model in zip(paths, models, strict=True):
         if model.pre_cfg != coarse.pre_cfg or model.model_cfg.num_classes != 1:
             raise ConfigError(f"{path}: a fold model must be binary and use the coarse model's "
                               "preprocessing and grid")
-    by_fold = {i["cv_fold"]: m for i, m in zip(infos, models)}
+    by_fold = {i["cv_fold"]: m for i, m in zip(infos, models, strict=True)}
     fold_of = cross_val_folds(train_pairs, k, seeds.pop())
     return [by_fold[fold_of[p.stem]] for p in train_pairs]
 
@@ -278,7 +278,8 @@ def train_refiner(cfg: RefinerTrainConfig) -> Path:
     train_set = SegmentationDataset(split["train"], pre, 1, cfg.augment)
     case_models = ([coarse] * len(train_set) if not cfg.coarse_fold_weights else
                    load_fold_models(cfg.coarse_fold_weights, coarse, split["train"], str(device)))
-    loader, sampler = make_loader(_Indexed(train_set), cfg.batch_size, cfg.seed, cfg.workers, dist_info)
+    loader, sampler = make_loader(_Indexed(train_set), cfg.batch_size, cfg.seed, cfg.workers,
+                                  dist_info)
     val = CachedVal(coarse, split["val"][dist_info.rank::dist_info.world_size])
     coarse_val = D.all_reduce_sum([float(np.sum(val.score(None, cfg.val_params))),
                                    float(len(val.items))], dist_info)
