@@ -30,7 +30,7 @@ from medrefine.refine import Refiner
 from medrefine.training.data import find_pairs, read_label_map, split_pairs
 
 FLIPS = [(), (-1,), (-2,), (-2, -1)]
-BANDS = (1, 2, 4, 8)
+BANDS = (0.5, 1, 2, 4, 8)  # in grid pixels; 0.5 is one pixel of a 512-wide image
 
 
 def _flip(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
