@@ -179,6 +179,7 @@ def test_cross_validation_fold_leaves_its_cases_out(disk_data, coarse_config, tm
     assert 0 < held_out < len(train)
     training = read_info(run / "best.safetensors")["training"]
     assert training["cv_folds"] == 2 and training["cv_fold"] == 1
+    assert len(training["cv_cases"]) == 16  # fingerprint of the whole train split
 
 
 @pytest.mark.parametrize("kwargs", [{"cv_folds": 1}, {"cv_folds": 3, "cv_fold": 3},

@@ -174,6 +174,8 @@ def test_fold_models_predict_the_cases_they_did_not_see(disk_data, coarse_run, f
         load_fold_models((str(fold_runs[0]), str(fold_runs[0])), coarse, train, "cpu")
     with pytest.raises(ConfigError, match="cross-validation"):
         load_fold_models((str(coarse_run / "best.safetensors"),) * 2, coarse, train, "cpu")
+    with pytest.raises(ConfigError, match="another train split"):
+        load_fold_models(tuple(map(str, fold_runs)), coarse, train[1:], "cpu")
 
 
 def test_refiner_run_on_out_of_fold_predictions(disk_data, coarse_run, fold_runs, tmp_path):

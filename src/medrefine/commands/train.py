@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
     p.add_argument("--cv-fold", type=int,
                    help="coarse stage: train on all train folds but this one (0..K-1)")
     p.add_argument("--coarse-fold-weights", nargs="+",
-                   help="refiner stage: the K fold models, in fold order, whose out-of-fold "
+                   help="refiner stage: the K fold models (any order) whose out-of-fold "
                         "predictions give the refiner realistic mistakes to fix")
     p.add_argument("--max-minutes", type=float, help="stop after this wall time")
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir")

@@ -31,6 +31,7 @@ from medrefine.training.data import (
     AugmentConfig,
     Pair,
     SegmentationDataset,
+    cases_digest,
     cross_val_folds,
     find_pairs,
     read_label_map,
@@ -116,9 +117,7 @@ def weights_info(cfg: CoarseTrainConfig, extra: dict) -> dict:
         "model": cfg.model.to_dict(),
         "preprocess": asdict(cfg.preprocess),
         "class_names": list(cfg.class_names),
-        "training": {"data_dir": cfg.data_dir, "seed": cfg.seed, **extra,
-                     **({"cv_folds": cfg.cv_folds, "cv_fold": cfg.cv_fold} if cfg.cv_folds
-                        else {})},
+        "training": {"data_dir": cfg.data_dir, "seed": cfg.seed, **extra},
     }
 
 
@@ -135,7 +134,10 @@ def train_coarse(cfg: CoarseTrainConfig) -> Path:
     split = split_pairs(cfg.data_dir, pairs, cfg.seed)
     if not split["train"] or not split["val"]:
         raise ConfigError(f"{cfg.data_dir}: the split has no train or no val cases")
+    cv_info = {}
     if cfg.cv_folds:
+        cv_info = {"cv_folds": cfg.cv_folds, "cv_fold": cfg.cv_fold,
+                   "cv_cases": cases_digest(split["train"])}
         folds = cross_val_folds(split["train"], cfg.cv_folds, cfg.seed)
         split["train"] = [p for p in split["train"] if folds[p.stem] != cfg.cv_fold]
         logger.info("cross-validation fold %d/%d: training on %d cases", cfg.cv_fold,
@@ -181,7 +183,7 @@ def train_coarse(cfg: CoarseTrainConfig) -> Path:
         val_dice = total_dice / max(count, 1.0)
         train_loss = loss_sum / dist_info.world_size
         minutes = progress.minutes_before + (time.time() - t0) / 60
-        extra = {"epoch": epoch, "val_dice": val_dice, "epochs_planned": cfg.epochs}
+        extra = {"epoch": epoch, "val_dice": val_dice, "epochs_planned": cfg.epochs, **cv_info}
         end_of_epoch(run, dist_info, model, optimizer, scheduler, resume_path, epoch, val_dice,
                      progress, weights_info(cfg, extra),
                      {"epoch": epoch, "train_loss": train_loss, "val_dice": val_dice,

@@ -4,6 +4,7 @@ a slightly larger grid than the model's so augmentations can crop and rescale.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -87,6 +88,11 @@ def cross_val_folds(pairs: list[Pair], k: int, seed: int = 0) -> dict[str, int]:
         raise ConfigError(f"{len(stems)} training cases cannot be split into {k} folds")
     order = np.random.default_rng(seed).permutation(len(stems))
     return {stems[j]: i % k for i, j in enumerate(order)}
+
+
+def cases_digest(pairs: list[Pair]) -> str:
+    """A short fingerprint of a list of cases (their sorted stems)."""
+    return hashlib.sha256("\n".join(sorted(p.stem for p in pairs)).encode()).hexdigest()[:16]
 
 
 def read_label_map(path: Path, num_classes: int) -> np.ndarray:

@@ -46,6 +46,7 @@ from medrefine.training.corrupt import corrupt_mask
 from medrefine.training.data import (
     AugmentConfig,
     SegmentationDataset,
+    cases_digest,
     cross_val_folds,
     find_pairs,
     read_label_map,
@@ -167,6 +168,9 @@ def load_fold_models(paths: tuple[str, ...], coarse: CoarseSegmenter, train_pair
     if len(seeds) != 1:
         raise ConfigError(f"coarse_fold_weights: the fold models were trained with different "
                           f"seeds {sorted(seeds)}, so their folds do not match")
+    if any(i.get("cv_cases") != cases_digest(train_pairs) for i in infos):
+        raise ConfigError("coarse_fold_weights: the fold models were trained on another train "
+                          "split (another data folder, or another seed without a manifest)")
     for path, model in zip(paths, models, strict=True):
         if model.pre_cfg != coarse.pre_cfg or model.model_cfg.num_classes != 1:
             raise ConfigError(f"{path}: a fold model must be binary and use the coarse model's "
