@@ -4,9 +4,10 @@ For each case of a split this scores, at the original resolution and without pos
   coarse        the coarse model's mask (probability > 0.5)
   coarse_flips  the mean of the coarse model over the four flips (test-time augmentation)
   refined       the refiner's default refinement (when the preset or --refiner has one)
-  band_K        an oracle that corrects every pixel within K grid pixels of the coarse mask's
-                boundary and nothing else: the most a boundary refiner could gain
-Errors outside band_8 are missed or false objects, which boundary refinement cannot fix.
+  band_K        an oracle that corrects every pixel within K pixels (of the original image) of
+                the coarse mask's boundary and nothing else: the most a refiner that moves the
+                boundary by at most K pixels could gain
+Errors outside band_16 are missed or false objects, which boundary refinement cannot fix.
 
 usage: python scripts/refinement_headroom.py --preset skin --data ../shared/data/ph2 --split val
        [--refiner runs/skin_refiner_oof/best.safetensors] [--json out.json]
@@ -30,7 +31,7 @@ from medrefine.refine import Refiner
 from medrefine.training.data import find_pairs, read_label_map, split_pairs
 
 FLIPS = [(), (-1,), (-2,), (-2, -1)]
-BANDS = (0.5, 1, 2, 4, 8)  # in grid pixels; 0.5 is one pixel of a 512-wide image
+BANDS = (1, 2, 4, 8, 16)  # pixels of the original image
 
 
 def _flip(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -61,9 +62,8 @@ def score_case(coarse: CoarseSegmenter, refiner: Refiner | None, image: Path, ma
     row = {"coarse": dice(mask0, gt), "coarse_flips": dice(full(views.mean(0)), gt)}
     if refiner is not None:
         row["refined"] = dice(full(refiner.refine_grid(image01, views[0]).probs), gt)
-    grid_px = max(gt.shape) / max(image01.shape[1:])  # one grid pixel at the original size
     for k in BANDS:
-        row[f"band_{k}"] = dice(band_oracle(mask0, gt, k * grid_px), gt)
+        row[f"band_{k}"] = dice(band_oracle(mask0, gt, k), gt)
     return row
 
 
