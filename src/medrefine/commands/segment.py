@@ -66,6 +66,7 @@ from medrefine.commands.outputs import (
 )
 from medrefine.errors import ConfigError, MedrefineError
 from medrefine.io import read_image
+from medrefine.pacs.options import add_dicomweb_options
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.training.distributed import DistInfo
 
@@ -88,9 +89,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
-        help="image file, folder of images, DICOM series folder or glob pattern",
+        help="image file, folder of images, DICOM series folder or glob pattern "
+        "(or --dicomweb URL)",
     )
     add_out_option(parser)
     parser.add_argument(
@@ -107,6 +109,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_model_options(parser)
     add_mask_options(parser)
+    add_dicomweb_options(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -114,7 +117,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t_start = time.perf_counter()
-    formats = parse_formats(args.format, refining=not args.no_refine)
+    if getattr(args, "dicomweb", None):
+        from medrefine.pacs.pull import run as run_dicomweb
+
+        return run_dicomweb(args)
+    if not args.inputs:
+        raise ConfigError("give one or more INPUT files, folders or patterns (or --dicomweb URL)")
+    formats = parse_formats(args.format or "png", refining=not args.no_refine)
     if args.slice_batch < 1:
         raise ConfigError(f"--slice-batch {args.slice_batch}: give at least 1 slice")
     prepare_out_dir(args.out)

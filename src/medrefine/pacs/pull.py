@@ -1,0 +1,275 @@
+"""``medrefine segment --dicomweb URL``: pull series from a PACS, segment them, push the SEG.
+
+Each series is fetched (WADO-RS) into ``OUT/.dicomweb/<SeriesUID>/``, segmented by the file batch
+runner's ``segment_one`` (so outputs, report.json and provenance are those of any other input,
+named after the Series Instance UID) and, with ``push``, its DICOM-SEG is stored back into the
+same study (STOW-RS) and looked up again to make sure the server kept it. The fetched files are
+removed once the series is done.
+
+Resuming: with ``push`` a series that a medrefine SEG on the server already references is
+skipped; without it, a series whose outputs are all in OUT is skipped (``overwrite`` redoes
+both). A series whose SEG was written but not pushed (the server refused it) is pushed from OUT
+on the next run without segmenting it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from medrefine.commands.inputs import InputKind
+from medrefine.commands.options import build_pipeline, parse_formats, provenance
+from medrefine.commands.outputs import (
+    echo_above_bar,
+    failure_reason,
+    output_names,
+    prepare_out_dir,
+    report_failure,
+)
+from medrefine.commands.segment import (
+    SKIPPED,
+    _sigterm_as_interrupt,
+    finish_report,
+    segment_one,
+    summary_line,
+    warn_if_settings_changed,
+    write_reports,
+)
+from medrefine.errors import ConfigError, InputError, MedrefineError
+from medrefine.pacs.config import NON_IMAGE_MODALITIES, DicomwebConfig, parse_query
+from medrefine.pacs.dicomweb import DicomwebServer, RemoteSeries, iter_unique
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FORMATS = "dicom-seg,json"
+NOT_AN_IMAGE = "skipped (not an image)"
+FETCH_DIR = ".dicomweb"
+
+
+def config_from_args(args: argparse.Namespace) -> DicomwebConfig:
+    return DicomwebConfig(
+        url=args.dicomweb,
+        study=args.study,
+        series=args.series,
+        query=parse_query(args.query),
+        push=args.push,
+        overwrite=args.overwrite,
+        ca_bundle=args.ca_bundle,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``segment --dicomweb`` command; returns the exit code (2 when a series failed)."""
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    t_start = time.perf_counter()
+    if args.inputs:
+        raise ConfigError(
+            f"give INPUT files or --dicomweb, not both (got {len(args.inputs)} INPUT(s))"
+        )
+    config = config_from_args(args)
+    formats = parse_formats(args.format or DEFAULT_FORMATS, refining=not args.no_refine)
+    if config.push and "dicom-seg" not in formats:
+        raise ConfigError("--push stores the DICOM-SEG: add dicom-seg to --format")
+    if args.slice_batch < 1:
+        raise ConfigError(f"--slice-batch {args.slice_batch}: give at least 1 slice")
+    server = DicomwebServer(config)
+    server.check()  # unreachable server, wrong credentials: one line before anything else
+    targets = select_series(server, config)
+    if args.list_only:
+        for line in plan_lines(server, config, targets):
+            print(line)
+        return 0
+    prepare_out_dir(args.out)
+    pipe = build_pipeline(args)
+    pipe.slice_batch = args.slice_batch
+    prov = provenance(pipe, args)
+    warn_if_settings_changed(args.out, prov, formats, config.overwrite)
+    head = {
+        "command": "segment",
+        "started": started,
+        "inputs": [],
+        "dicomweb": {
+            "url": config.url,
+            "study": config.study,
+            "series": config.series,
+            "query": config.query,
+            "push": config.push,
+        },
+        "out": str(args.out),
+        "formats": formats,
+        "world_size": 1,
+        "provenance": prov,
+    }
+    file_extra = {"weights": {k: v["sha256"] for k, v in prov["weights"].items()}}
+    runner = SeriesRunner(server, config, pipe, args.out, formats, file_extra)
+    records: list[dict[str, Any]] = []
+    quiet = getattr(args, "quiet", False)
+    try:
+        with _sigterm_as_interrupt():
+            for series in tqdm(targets, desc="segment", unit="series", disable=quiet or None):
+                records.append(runner.process(series))
+    except KeyboardInterrupt:
+        report = finish_report(head, records, t_start, interrupted=True, left=len(targets))
+        write_reports(args.out, report)
+        raise
+    report = finish_report(head, records, t_start)
+    report["n_not_image"] = sum(r["status"] == NOT_AN_IMAGE for r in records)
+    report["n_pushed"] = sum(bool(r.get("pushed")) for r in records)
+    write_reports(args.out, report)
+    line = summary_line(report, args.out)
+    if report["n_not_image"]:
+        line += f"; {report['n_not_image']} not image series (SEG, SR, ...) skipped"
+    if config.push:
+        line += f"; {report['n_pushed']} SEG(s) stored on {config.url}"
+    print(line)
+    return 2 if report["n_failed"] else 0
+
+
+def select_series(server: DicomwebServer, config: DicomwebConfig) -> list[RemoteSeries]:
+    """The series the run covers, each once; an unknown study or series, or a named series
+    that is not an image, raises ``InputError``."""
+    if config.query:
+        found = server.query_series(config.query, config.study)
+        if not found:
+            where = f" in study {config.study}" if config.study else ""
+            raise InputError(
+                f"{server.url}: no series{where} match --query "
+                f"{' '.join(f'{k}={v}' for k, v in config.query.items())}; check the values"
+            )
+    else:
+        found = server.study_series(config.study or "")
+    if config.series:
+        found = [s for s in found if s.series == config.series]
+        if not found:
+            raise InputError(
+                f"{server.url}: series {config.series} is not in study {config.study}"
+                + (" or does not match --query" if config.query else "")
+                + "; check the Series Instance UID"
+            )
+        if found[0].modality.upper() in NON_IMAGE_MODALITIES:
+            raise InputError(
+                f"{server.url}: series {config.series} is a {found[0].modality} series, not an "
+                "image; give an image series (CT, MR, CR, DX, US, ...)"
+            )
+    return list(iter_unique(found))
+
+
+def plan_lines(
+    server: DicomwebServer, config: DicomwebConfig, targets: list[RemoteSeries]
+) -> list[str]:
+    """``--list``: one line per series with what a run would do with it."""
+    done_by_study: dict[str, set[str]] = {}
+    lines = []
+    for s in targets:
+        if s.modality.upper() in NON_IMAGE_MODALITIES:
+            action = "skip (not an image)"
+        elif config.push and not config.overwrite:
+            if s.study not in done_by_study:
+                done_by_study[s.study] = server.segmented_series(s.study)
+            action = "skip (SEG on server)" if s.series in done_by_study[s.study] else "segment"
+        else:
+            action = "segment"
+        n = "?" if s.n_instances is None else s.n_instances
+        lines.append(
+            f"{action}\t{s.study}\t{s.series}\t{s.modality}\t{n} instance(s)\t{s.description}"
+        )
+    return lines
+
+
+class SeriesRunner:
+    """Fetch, segment and push one series at a time; failures become report records."""
+
+    def __init__(
+        self,
+        server: DicomwebServer,
+        config: DicomwebConfig,
+        pipe,
+        out_dir: Path,
+        formats: list[str],
+        file_extra: dict[str, Any],
+    ) -> None:
+        self.server, self.config, self.pipe = server, config, pipe
+        self.out_dir, self.formats, self.file_extra = out_dir, formats, file_extra
+        self._done_on_server: dict[str, set[str]] = {}
+
+    def process(self, series: RemoteSeries) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        base = {"input": series.series, "study": series.study, "modality": series.modality}
+        if series.modality.upper() in NON_IMAGE_MODALITIES:
+            # Listed in the report and counted in the summary, not printed one by one: a
+            # study holds its SR and SEG series (medrefine's own, after a push) on every run.
+            reason = f"{series.modality} series holds no image to segment"
+            logger.info("series %s: %s; skipped", series.series, reason)
+            return {**base, "status": NOT_AN_IMAGE, "error": reason, "seconds": 0.0}
+        try:
+            if self.config.push and not self.config.overwrite and self._seg_on_server(series):
+                logger.info("series %s: a medrefine SEG is on the server; skipped", series.series)
+                return {**base, "status": SKIPPED, "seg_on_server": True, "seconds": 0.0}
+            local = self._local_outputs(series)
+            if local is not None and not self.config.overwrite:
+                record = {**base, "status": SKIPPED, "outputs": local, "seconds": 0.0}
+            else:
+                record = {**base, **self._segment(series)}
+            if record["status"] != "failed" and self.config.push:
+                seg_path = self.out_dir / f"{series.series}.dcm"
+                record["seg_sop_instance_uid"] = self.server.store(seg_path, series.study)
+                record["pushed"] = True
+                if record["status"] == SKIPPED:  # segmented before, pushed now
+                    record["status"] = "ok"
+                self._done_on_server.setdefault(series.study, set()).add(series.series)
+        except MedrefineError as err:
+            reason = failure_reason(err)
+            report_failure(f"series {series.series}", reason, echo_above_bar)
+            return {**base, "status": "failed", "error": reason, "seconds": _since(t0)}
+        record["seconds"] = _since(t0)
+        return record
+
+    def _seg_on_server(self, series: RemoteSeries) -> bool:
+        if series.study not in self._done_on_server:
+            self._done_on_server[series.study] = self.server.segmented_series(series.study)
+        return series.series in self._done_on_server[series.study]
+
+    def _local_outputs(self, series: RemoteSeries) -> list[str] | None:
+        kind = InputKind(volume=series.n_instances != 1, dicom=True)
+        names = output_names(series.series, self.formats, kind)
+        return names if names and all((self.out_dir / n).is_file() for n in names) else None
+
+    def _segment(self, series: RemoteSeries) -> dict[str, Any]:
+        folder = self.out_dir / FETCH_DIR / series.series
+        shutil.rmtree(folder, ignore_errors=True)  # a previous run's leftovers
+        t0 = time.perf_counter()
+        try:
+            files = self.server.fetch_series(series, folder)
+            fetch_s = _since(t0)
+
+            def echo(line: str) -> None:  # name the series, not the scratch folder
+                echo_above_bar(line.replace(str(folder), f"series {series.series}"))
+
+            record = segment_one(
+                self.pipe, folder, series.series, self.out_dir, self.formats, echo, self.file_extra
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            _remove_if_empty(self.out_dir / FETCH_DIR)
+        record.pop("input", None)
+        record["n_instances"] = len(files)
+        record.setdefault("timings", {})["fetch"] = fetch_s
+        return record
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _since(t0: float) -> float:
+    return time.perf_counter() - t0
