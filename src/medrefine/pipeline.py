@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from medrefine.io import LoadedImage, read_image
 from medrefine.postprocess import PostprocessConfig, postprocess, postprocess_labels
 from medrefine.preprocess import from_grid, preprocess, to_grid
 from medrefine.presets import get_preset
+from medrefine.prompts import boxes_to_mask
 from medrefine.refine import RefineParams, Refiner
 
 logger = logging.getLogger(__name__)
@@ -243,6 +245,8 @@ class SegmentationPipeline:
         source_dtype: str,
         timings: dict,
         coarse_mask: np.ndarray | None = None,
+        params: RefineParams | None = None,
+        log: list | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """One 2D (C, H, W) image -> coarse, refined, uncertainty on the original grid."""
         t = time.perf_counter()
@@ -258,7 +262,8 @@ class SegmentationPipeline:
         coarse = from_grid(coarse_grid, grid)
         if self.refiner is None:
             return coarse, None, None
-        refined, uncertainty = self._refine_slice(image01, coarse_grid[0], grid, timings)
+        refined, uncertainty = self._refine_slice(image01, coarse_grid[0], grid, timings,
+                                                  params, log)
         return coarse, refined, uncertainty
 
     def _volume_probs(
@@ -267,6 +272,8 @@ class SegmentationPipeline:
         source_dtype: str,
         timings: dict,
         coarse_mask: np.ndarray | None = None,
+        params: RefineParams | None = None,
+        log: list | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(C, D, H, W) -> coarse (K, D, H, W), refined and uncertainty (D, H, W).
 
@@ -304,17 +311,20 @@ class SegmentationPipeline:
                 coarse[:, d] = slice_coarse
                 if self.refiner is not None:
                     refined[d], uncertainty[d] = self._refine_slice(
-                        image01[i], coarse_grid[i, 0], grid, timings
+                        image01[i], coarse_grid[i, 0], grid, timings, params, log
                     )
         return coarse, refined, uncertainty
 
     def _refine_slice(
-        self, image01: np.ndarray, coarse_grid: np.ndarray, grid, timings: dict
+        self, image01: np.ndarray, coarse_grid: np.ndarray, grid, timings: dict,
+        params: RefineParams | None = None, log: list | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """image01 (C, h, w) and coarse probs (h, w) on the grid -> refined, uncertainty (H, W)."""
         t = time.perf_counter()
-        out = self.refiner.refine_grid(image01, coarse_grid, self.refine_params)
+        out = self.refiner.refine_grid(image01, coarse_grid, params or self.refine_params)
         _add_time(timings, "refine", t)
+        if log is not None:
+            log.append(out.summary())
         both = from_grid(np.stack([out.probs, out.uncertainty]), grid)
         return both[0], both[1]
 
@@ -324,10 +334,16 @@ class SegmentationPipeline:
         return self.coarse
 
     def run(
-        self, image: str | Path | np.ndarray | LoadedImage, coarse_mask: np.ndarray | None = None
+        self,
+        image: str | Path | np.ndarray | LoadedImage,
+        coarse_mask: np.ndarray | None = None,
+        boxes: Sequence[Sequence[float]] | None = None,
+        refine: RefineParams | None = None,
     ) -> SegmentationResult:
         """Segment one image or volume (``coarse_mask``: refine this mask instead of the
-        coarse model's, values 0/1, 0/255 or probabilities, same spatial size).
+        coarse model's, values 0/1, 0/255 or probabilities, same spatial size; ``boxes``:
+        ``(x0, y0, x1, y1)`` pixel boxes around the objects of a 2D image, refined into a mask
+        with the input never kept as it is; ``refine``: settings for this run only).
 
         Volumes (C, D, H, W) go slice by slice through the models in batches of
         ``slice_batch`` and are post-processed in 3D; the mask is (D, H, W) on the input grid.
@@ -336,11 +352,23 @@ class SegmentationPipeline:
         t = time.perf_counter()
         loaded = as_loaded(image)
         timings["load"] = time.perf_counter() - t
+        params = refine or self.refine_params
+        if boxes is not None:
+            if coarse_mask is not None or loaded.is_volume:
+                raise InputError("boxes prompt a 2D image instead of a mask: pass one or the "
+                                 "other, on a 2D image")
+            if self.refiner is None:
+                raise ConfigError("boxes are turned into masks by the diffusion refiner; this "
+                                  "pipeline has none")
+            coarse_mask = boxes_to_mask(boxes, loaded.spatial_shape)
+            params = replace(params, leave_alone=False)
         if coarse_mask is not None:
             coarse_mask = _as_probability_mask(coarse_mask, loaded)
         dtype = loaded.meta.get("source_dtype", "float32")
         slices_of = self._volume_probs if loaded.is_volume else self._slice_probs
-        coarse, refined, uncertainty = slices_of(loaded.array, dtype, timings, coarse_mask)
+        log: list[dict] = []
+        coarse, refined, uncertainty = slices_of(loaded.array, dtype, timings, coarse_mask,
+                                                 params, log)
         t = time.perf_counter()
         spacing = loaded.spacing
         if coarse.shape[0] > 1:  # multi-class: labels from the softmax, cleaned per class
@@ -357,13 +385,17 @@ class SegmentationPipeline:
             score = review_score(uncertainty, mask)  # volumes: the boundary band is 3D
             timings["review"] = time.perf_counter() - t
         timings["total"] = sum(timings.values())
-        params = {
-            "refine": asdict(self.refine_params) if self.refiner else None,
+        run_params = {
+            "refine": asdict(params) if self.refiner else None,
             "postprocess": asdict(self.post),
             "preset": self.preset.name if self.preset else None,
         }
+        if log:
+            run_params["refinement"] = _refinement_summary(log)
+        if boxes is not None:
+            run_params["boxes"] = [list(map(float, b)) for b in boxes]
         return SegmentationResult(
-            loaded, mask, coarse_out, refined, uncertainty, score, timings, params
+            loaded, mask, coarse_out, refined, uncertainty, score, timings, run_params
         )
 
     # -------------------------------------------------------------- the design's API
@@ -381,13 +413,21 @@ class SegmentationPipeline:
     def refine(
         self,
         image: str | Path | np.ndarray,
-        mask: str | Path | np.ndarray,
+        mask: str | Path | np.ndarray | None = None,
         return_intermediate: bool = False,
+        box: Sequence[float] | Sequence[Sequence[float]] | None = None,
     ):
-        """Refine a mask made by any segmenter (nnU-Net, SAM, your own)."""
+        """Refine a mask made by any segmenter (nnU-Net, SAM, your own), or turn ``box``
+        (``(x0, y0, x1, y1)`` in pixels, or a list of them, one per object) into a mask."""
         if self.refiner is None:
-            raise ConfigError("this pipeline has no diffusion refiner (use_diffusion=False, or its "
-                              "preset ships none yet); pass diffusion_weights= to refine")
+            raise ConfigError("this pipeline has no diffusion refiner (use_diffusion=False); "
+                              "pass diffusion_weights= to refine")
+        if (mask is None) == (box is None):
+            raise InputError("refine needs a mask or a box (one of them)")
+        if box is not None:
+            boxes = [box] if np.ndim(box) == 1 else list(box)
+            result = self.run(image, boxes=boxes)
+            return result.as_dict() if return_intermediate else result.mask
         if isinstance(mask, (str, Path)):
             from medrefine.io import read_mask
 
@@ -420,6 +460,16 @@ class SegmentationPipeline:
         if save_path is not None:
             save_png(rgb, save_path)
         return rgb
+
+
+def _refinement_summary(log: list[dict]) -> dict[str, Any]:
+    """What refinement did: for one slice its strength, disagreement and whether it left the
+    input alone; for a volume, the same over its slices."""
+    if len(log) == 1:
+        return log[0]
+    strengths = [e["strength"] for e in log]
+    return {"slices": len(log), "strength_min": min(strengths), "strength_max": max(strengths),
+            "left_alone_slices": int(sum(e["left_alone"] for e in log))}
 
 
 def _add_time(timings: dict[str, float], key: str, since: float) -> None:

@@ -92,25 +92,26 @@ def coarse_run_copy(coarse_run, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def expected_tuning():
-    """``expected_tuning(weights, coarse_weights, val_pairs)``: the val Dice of every
-    (steps, strength) a refiner run tuned, scored here on all of ``val_pairs``."""
+    """``expected_tuning(weights, coarse_weights, val_pairs)``: kind -> {strength: val Dice} at
+    the steps a refiner run chose, scored here on all of ``val_pairs``, for comparison with the
+    calibration report stored in its weights."""
     from dataclasses import replace
 
     from medrefine.checkpoint import read_info
     from medrefine.inference import CoarseSegmenter
     from medrefine.refine import RefineParams, Refiner
-    from medrefine.training.refiner import CachedVal
+    from medrefine.training.calibrate import ValSet
 
     def score(weights, coarse_weights, val_pairs):
         info = read_info(weights)
-        val = CachedVal(CoarseSegmenter.from_weights(coarse_weights, "cpu"), val_pairs)
+        val = ValSet(CoarseSegmenter.from_weights(coarse_weights, "cpu"), val_pairs)
         refiner = Refiner.from_weights(weights, "cpu")
-        base = RefineParams(**info["refine_defaults"])
-        return [
-            float(
-                np.mean(val.score(refiner, replace(base, steps=t["steps"], strength=t["strength"])))
-            )
-            for t in info["training"]["val_tuning"]
-        ]
+        base = replace(RefineParams(**info["refine_defaults"]), leave_alone=False)
+        out: dict[str, dict[str, float]] = {}
+        for strength in info["training"]["calibration"]["per_kind"]["coarse"]["fixed"]:
+            scores = val.score(refiner, replace(base, strength=float(strength)))
+            for kind, values in scores.items():
+                out.setdefault(kind, {})[strength] = float(np.mean(values))
+        return out
 
     return score

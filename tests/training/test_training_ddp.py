@@ -162,5 +162,7 @@ def test_torchrun_refiner_tunes_on_the_whole_val_split(
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     pairs = find_pairs(data)
     expected = expected_tuning(out / "best.safetensors", coarse, [pairs[s] for s in split["val"]])
-    got = [t["val_dice"] for t in info["training"]["val_tuning"]]
-    assert got == pytest.approx(expected, abs=1e-6)
+    got = {k: v["fixed"] for k, v in info["training"]["calibration"]["per_kind"].items()}
+    assert got.keys() == expected.keys()
+    for kind in got:
+        assert got[kind] == pytest.approx(expected[kind], abs=1e-6)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,14 +15,15 @@ from medrefine.diffusion import DiffusionConfig
 from medrefine.errors import ConfigError
 from medrefine.models.denoiser import DenoiserConfig
 from medrefine.refine import RefineParams, Refiner
+from medrefine.training.calibrate import VAL_KINDS
 from medrefine.training.data import find_pairs, split_pairs
 from medrefine.training.refiner import (
     RefinerTrainConfig,
     load_fold_models,
-    make_coarse_batch,
     sample_timesteps,
     train_refiner,
 )
+from medrefine.training.mask_sources import MaskSources, make_input_masks
 
 TINY_DENOISER = DenoiserConfig(encoder="scratch", widths=(8, 8, 8, 8), attention=False, time_dim=16)
 STRENGTHS, STEPS = (0.2, 0.4), (1, 2)
@@ -67,22 +70,22 @@ def test_refiner_run(disk_data, coarse_run, tmp_path, diffusion, expected_tuning
     assert info["denoiser"]["image_channels"] == 1  # taken from the coarse model
     assert info["diffusion"] == diffusion.to_dict()
     defaults = info["refine_defaults"]
-    assert defaults["strength"] in STRENGTHS and defaults["steps"] in STEPS
-    tuning = info["training"]["val_tuning"]
-    assert len(tuning) == len(STRENGTHS) * len(STEPS)
-    best = max(round(t["val_dice"], 3) for t in tuning)
-    chosen = [
-        t
-        for t in tuning
-        if t["steps"] == defaults["steps"] and t["strength"] == defaults["strength"]
-    ]
-    assert round(chosen[0]["val_dice"], 3) == best  # the best on val (ties: fewer steps)
+    assert defaults["strength"] == "auto" and defaults["steps"] in STEPS
+    assert defaults["leave_alone"] is True
+    auto = info["auto_strength"]
+    assert set(auto["strengths"]) <= set(STRENGTHS)
+    assert len(auto["strengths"]) == len(auto["edges"]) + 1
+    report = info["training"]["calibration"]
+    assert report == json.loads((run / "calibration.json").read_text())
+    assert set(report["per_kind"]) == set(VAL_KINDS)
     val_pairs = split_pairs(disk_data, find_pairs(disk_data), seed=0)["val"]
     scored = expected_tuning(run / "best.safetensors", coarse_run / "best.safetensors", val_pairs)
-    assert [t["val_dice"] for t in tuning] == pytest.approx(scored, abs=1e-6)
+    for kind, row in report["per_kind"].items():
+        assert row["fixed"] == pytest.approx(scored[kind], abs=1e-6)
+        assert row["best_fixed"] == pytest.approx(max(row["fixed"].values()))
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1]
-    assert 0 <= rows[0]["val_dice"] <= 1 and 0 <= rows[0]["val_dice_coarse"] <= 1
+    assert 0 <= rows[0]["val_dice"] <= 1 and 0 <= rows[0]["val_dice_inputs"] <= 1
     config = json.loads((run / "config.json").read_text())
     assert config["stage"] == "refiner" and config["world_size"] == 1
     refiner = Refiner.from_weights(run / "best.safetensors", device="cpu")
@@ -113,7 +116,8 @@ def test_refiner_refuses_a_multiclass_coarse_model(disk_data, coarse_config, tmp
         train_refiner(_config(disk_data, tmp_path / "r", coarse / "best.safetensors"))
 
 
-@pytest.mark.parametrize("kwargs", [{"p_model": 1.5}, {"t_focus": -0.1}, {"epochs": 0}])
+@pytest.mark.parametrize("kwargs", [{"t_focus": -0.1}, {"epochs": 0}, {"val_kinds": ("nope",)},
+                                    {"val_kinds": ()}])
 def test_config_checks(tmp_path, kwargs):
     with pytest.raises(ConfigError):
         _config(tmp_path, tmp_path, tmp_path / "c.safetensors", **kwargs)
@@ -131,23 +135,46 @@ def test_sample_timesteps_range():
 class _Constant:
     """Stands in for a coarse model: predicts ``value`` everywhere, counts its calls."""
 
-    def __init__(self, value):
+    def __init__(self, value, size=8):
         self.value, self.calls = value, 0
+        self.pre_cfg = SimpleNamespace(size=(size, size))
+        self.seen = []
 
     def predict_grid(self, image01):
         self.calls += 1
+        self.seen.append(tuple(image01.shape[-2:]))
         return torch.full((image01.shape[0], 1, *image01.shape[-2:]), self.value)
 
 
-def test_coarse_batch_uses_each_samples_own_model():
+ONLY_COARSE = MaskSources(coarse=1, segmenters=0, corrupt=0, box=0, outline=0, shift=0,
+                          fragment=0, lowres=0, hard=0)
+
+
+def test_input_masks_use_each_samples_own_model():
     a, b = _Constant(0.25), _Constant(0.75)
     image01, labels = torch.zeros(5, 1, 8, 8), torch.zeros(5, 8, 8, dtype=torch.long)
-    out = make_coarse_batch([a, b, a, b, a], image01, labels, 1.0, np.random.default_rng(0))
+    out = make_input_masks(ONLY_COARSE, [a, b, a, b, a], [], image01, labels,
+                           np.random.default_rng(0))
     assert out[:, 0, 0, 0].tolist() == [0.25, 0.75, 0.25, 0.75, 0.25]
     assert a.calls == 1 and b.calls == 1  # one batched call per model
-    out = make_coarse_batch([a] * 5, image01, labels, 0.0, np.random.default_rng(0))
-    assert a.calls == 1  # p_model 0: all corrupted ground truth, no model call
+    only_synthetic = replace(ONLY_COARSE, coarse=0, corrupt=1)
+    out = make_input_masks(only_synthetic, [a] * 5, [], image01, labels,
+                           np.random.default_rng(0))
+    assert a.calls == 1  # no model share: all made from the ground truth, no model call
     assert not torch.isin(out, torch.tensor([0.25])).any()
+
+
+def test_other_segmenters_run_on_their_own_grid():
+    coarse, low = _Constant(0.25), _Constant(0.75, size=4)
+    image01, labels = torch.zeros(6, 1, 8, 8), torch.zeros(6, 8, 8, dtype=torch.long)
+    sources = replace(ONLY_COARSE, coarse=0, segmenters=1)
+    out = make_input_masks(sources, [coarse] * 6, [low], image01, labels,
+                           np.random.default_rng(0))
+    assert coarse.calls == 0 and low.seen == [(4, 4)]  # resized to its grid, one call
+    assert out.shape == (6, 1, 8, 8) and torch.allclose(out, torch.tensor(0.75))
+    hard = make_input_masks(replace(sources, hard=1.0), [coarse] * 6, [low], image01, labels,
+                            np.random.default_rng(0))
+    assert set(hard.unique().tolist()) == {1.0}  # thresholded as a PNG from another tool
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +207,6 @@ def test_fold_models_predict_the_cases_they_did_not_see(disk_data, coarse_run, f
 
 def test_refiner_run_on_out_of_fold_predictions(disk_data, coarse_run, fold_runs, tmp_path):
     run = train_refiner(_config(disk_data, tmp_path / "ref", coarse_run / "best.safetensors",
-                                coarse_fold_weights=tuple(map(str, fold_runs)), p_model=1.0))
+                                coarse_fold_weights=tuple(map(str, fold_runs)), mask_sources=ONLY_COARSE))
     info = read_info(run / "best.safetensors")
     assert info["training"]["coarse_fold_weights"] == [str(p) for p in fold_runs]

@@ -90,14 +90,28 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, help="denoising steps")
     g.add_argument(
         "--strength",
-        type=float,
-        help="share of the noise schedule to re-run, in (0, 1]; higher trusts the coarse mask less",
+        type=strength_arg,
+        help="share of the noise schedule to re-run, in (0, 1]; higher trusts the coarse mask "
+        "less; 'auto' picks it per image from how much the refiner disagrees with the mask",
     )
     g.add_argument(
         "--samples", type=int, help="samples per image (> 1 adds sample spread to the uncertainty)"
     )
     g.add_argument("--seed", type=int, help="noise seed (same seed, same mask)")
     g.add_argument("--fusion", choices=FUSIONS, help="how samples are combined")
+
+
+def strength_arg(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in (0, 1], got {text}")
+    return value
 
 
 def add_postprocess_options(parser: argparse.ArgumentParser) -> None:

@@ -2,13 +2,18 @@
 a manual outline) with the diffusion refiner, conditioned on the image.
 
 The mask (PNG, NIfTI or DICOM-SEG; any non-zero label counts as foreground) must have the
-image's size. The refined mask is written to OUT/<image stem>.png (0/255). ``--image`` and
+image's size. Instead of a mask, ``--box x0,y0,x1,y1`` (pixels, x to the right, y down; once per
+object) prompts the refiner with boxes, as a detector or a quick drag gives them. The strength
+is ``auto`` unless given: picked per image from how far the refiner would move the mask, and
+where the refiner is unsure of its own correction the mask is returned as it came. The refined
+mask is written to OUT/<image stem>.png (0/255). ``--image`` and
 ``--mask`` may also both be folders: images and masks are then paired by file stem. Pairs that
 fail are reported on stderr and skipped (exit code 2); OUT/report.json records each pair.
 
 examples:
   medrefine refine --image case1.png --mask nnunet/case1.png -o refined/ --preset polyp
   medrefine refine --image images/ --mask sam_masks/ -o refined/ --weights refiner.safetensors
+  medrefine refine --image case1.png --box 120,80,260,210 -o refined/ --preset polyp
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from medrefine.io.sniff import SUFFIX_FORMATS
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import PostprocessConfig
 from medrefine.presets import PRESETS, get_preset
+from medrefine.prompts import parse_box
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +77,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--mask",
         type=Path,
-        required=True,
         help="the mask to refine, or a folder of masks named like the images",
+    )
+    parser.add_argument(
+        "--box",
+        action="append",
+        type=parse_box_arg,
+        metavar="X0,Y0,X1,Y1",
+        help="instead of --mask: a box around one object, in pixels (repeat for several)",
     )
     add_out_option(parser)
     group = parser.add_mutually_exclusive_group()
@@ -97,8 +109,18 @@ def run(args: argparse.Namespace) -> int:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t_start = time.perf_counter()
     formats = parse_formats(args.format, refining=True)
+    if (args.mask is None) == (args.box is None):
+        raise ConfigError("refine needs --mask M (a mask or a folder of masks) or --box "
+                          "x0,y0,x1,y1 (one per object), not both")
+    if args.box is not None and args.image.is_dir() and not _is_series(args.image):
+        raise ConfigError(f"--box prompts one image; {args.image} is a folder of images")
     prepare_out_dir(args.out)
-    pairs, problems = find_mask_pairs(args.image, args.mask)
+    if args.box is not None:
+        if not args.image.exists():
+            raise InputError(f"{args.image}: no such file or folder; check --image")
+        pairs, problems = [(args.image, None)], []
+    else:
+        pairs, problems = find_mask_pairs(args.image, args.mask)
     preset = args.preset or DEFAULT_PRESET
     refiner_path = args.weights or get_preset(preset).refiner_weights
     base_post = get_preset(preset).postprocess if args.weights is None else PostprocessConfig()
@@ -106,9 +128,8 @@ def run(args: argparse.Namespace) -> int:
         refiner_path, preset=None if args.weights is not None else preset, device=args.device,
         postprocess=postprocess_config(args, base_post),
     )
-    overrides = refine_overrides(args)
-    if overrides:
-        pipe.refine_params = replace(pipe.refine_params, **overrides)
+    overrides = {"strength": "auto", **refine_overrides(args)}
+    pipe.refine_params = replace(pipe.refine_params, **overrides)
     records: list[dict[str, Any]] = []
     for name, reason in problems:
         report_failure(name, reason)
@@ -122,12 +143,11 @@ def run(args: argparse.Namespace) -> int:
         disable=True if getattr(args, "quiet", False) else None,
     )
     for (image_path, mask_path), stem in bar:
-        records.append(
-            refine_one(pipe, image_path, mask_path, stem, args.out, formats, echo_above_bar)
-        )
+        records.append(refine_one(pipe, image_path, mask_path, stem, args.out, formats,
+                                  echo_above_bar, args.box))
     n_failed = sum(r["status"] != "ok" for r in records)
     prov = pipe.provenance()
-    prov["coarse"] = "given masks (--mask)"
+    prov["coarse"] = "given masks (--mask)" if args.box is None else "boxes (--box)"
     write_json(
         args.out / "report.json",
         {
@@ -135,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
             "started": started,
             "seconds": time.perf_counter() - t_start,
             "image": str(args.image),
-            "mask": str(args.mask),
+            "mask": None if args.mask is None else str(args.mask),
+            "boxes": args.box,
             "out": str(args.out),
             "formats": formats,
             "n_inputs": len(records),
@@ -150,6 +171,18 @@ def run(args: argparse.Namespace) -> int:
         + (f"; {n_failed} failed (listed in report.json)" if n_failed else "")
     )
     return 2 if n_failed else 0
+
+
+def parse_box_arg(text: str):
+    try:
+        return parse_box(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _is_series(folder: Path) -> bool:
+    """A folder that ``folder_inputs`` reads as one DICOM series."""
+    return folder_inputs(folder) == [folder]
 
 
 def find_mask_pairs(
@@ -197,17 +230,25 @@ def find_mask_pairs(
 def refine_one(
     pipe: SegmentationPipeline,
     image_path: Path,
-    mask_path: Path,
+    mask_path: Path | None,
     stem: str,
     out_dir: Path,
     formats: list[str],
     echo,
+    boxes: list | None = None,
 ) -> dict[str, Any]:
-    """Refine one mask and write the outputs; a failure is reported, not raised."""
+    """Refine one mask (or turn ``boxes`` into one) and write the outputs; a failure is
+    reported, not raised."""
     t0 = time.perf_counter()
     try:
         loaded = read_image(image_path)
         check_formats_fit(loaded, formats)
+        if boxes is not None:
+            result = pipe.run(loaded, boxes=boxes)
+            written = write_outputs(result, out_dir, stem, formats)
+            return result_record(image_path, result, written, t0, time.perf_counter(),
+                                 {"boxes": [list(b) for b in boxes],
+                                  "refinement": result.params.get("refinement")})
         labels = read_mask(mask_path, like=loaded)
         if int(labels.max(initial=0)) > 1:
             logger.warning(
@@ -227,6 +268,6 @@ def refine_one(
         written,
         t0,
         t_write,
-        {"changed_pixels": changed},
+        {"changed_pixels": changed, "refinement": result.params.get("refinement")},
         mask=str(mask_path),
     )

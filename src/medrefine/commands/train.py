@@ -51,6 +51,8 @@ def add_parser(sub) -> None:
     p.add_argument("--coarse-fold-weights", nargs="+",
                    help="refiner stage: the K fold models (any order) whose out-of-fold "
                         "predictions give the refiner realistic mistakes to fix")
+    p.add_argument("--keep-epochs", type=int, nargs="+",
+                   help="coarse stage: also keep these epochs' weights (epoch_K.safetensors)")
     p.add_argument("--max-minutes", type=float, help="stop after this wall time")
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir")
     p.add_argument("--no-amp", action="store_true", help="train in float32 (no bf16 autocast)")
@@ -72,7 +74,7 @@ def _coarse_config(args, base: dict):
                        ("device", args.device), ("seed", args.seed),
                        ("mask_dir", args.mask_dir), ("max_minutes", args.max_minutes),
                        ("workers", args.workers), ("cv_folds", args.cv_folds),
-                       ("cv_fold", args.cv_fold)]:
+                       ("cv_fold", args.cv_fold), ("keep_epochs", args.keep_epochs)]:
         if value is not None:
             data[key] = value
     data["output_dir"] = str(Path(args.output_dir or data.get("output_dir", "checkpoints")) /

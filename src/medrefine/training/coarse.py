@@ -78,6 +78,7 @@ class CoarseTrainConfig:
     # mistakes the refiner learns from (``refiner.coarse_fold_weights``).
     cv_folds: int = 0
     cv_fold: int = 0
+    keep_epochs: tuple[int, ...] = ()  # also save these epochs' weights (epoch_K.safetensors)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -188,7 +189,7 @@ def train_coarse(cfg: CoarseTrainConfig) -> Path:
                      progress, weights_info(cfg, extra),
                      {"epoch": epoch, "train_loss": train_loss, "val_dice": val_dice,
                       "lr": scheduler.get_last_lr()[0], "minutes": minutes},
-                     ("train_loss", "val_dice"))
+                     ("train_loss", "val_dice"), cfg.keep_epochs)
         logger.info("epoch %d loss %.4f val dice %.4f (best %.4f) %.1f min", epoch, train_loss,
                     val_dice, progress.best, minutes)
         if time_is_up(cfg.max_minutes, (time.time() - t0) / 60, dist_info):

@@ -65,8 +65,11 @@ def maybe_resume(resume: bool, path: Path, model, optimizer, scheduler, run: Run
 
 def end_of_epoch(run: RunLog, dist_info: D.DistInfo, model, optimizer, scheduler,
                  resume_path: Path, epoch: int, score: float, progress: Progress,
-                 info: dict[str, Any], row: dict[str, Any], curve_keys: tuple[str, ...]) -> None:
-    """On the main rank: last/best weights, resume state and the metrics row."""
+                 info: dict[str, Any], row: dict[str, Any], curve_keys: tuple[str, ...],
+                 keep_epochs: tuple[int, ...] = ()) -> None:
+    """On the main rank: last/best weights, resume state and the metrics row; the weights of
+    the epochs in ``keep_epochs`` are kept too (``epoch_K.safetensors``: early checkpoints are
+    the weaker segmenters whose masks the refiner learns to fix)."""
     improved = score > progress.best
     progress.best = max(progress.best, score)
     if not dist_info.is_main:
@@ -74,6 +77,8 @@ def end_of_epoch(run: RunLog, dist_info: D.DistInfo, model, optimizer, scheduler
     save_weights(run.dir / "last.safetensors", model, info)
     if improved:
         save_weights(run.dir / "best.safetensors", model, info)
+    if epoch in keep_epochs:
+        save_weights(run.dir / f"epoch_{epoch}.safetensors", model, info)
     save_resume_state(resume_path, {
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "epoch": epoch, "best": progress.best})

@@ -1,8 +1,10 @@
 """Training the diffusion refiner to turn coarse masks into the ground truth.
 
-Each batch pairs an augmented image with a "coarse" mask that is either a coarse model's
-prediction on that augmented image (its real mistakes) or a synthetic corruption of the ground
-truth (``corrupt.py``), in proportion ``p_model``. The coarse model's predictions on its own
+Each batch pairs an augmented image with an input mask of the kinds a user brings
+(``mask_sources.py``): the coarse model's prediction on that augmented image (its real
+mistakes), other segmenters' masks, synthetic corruptions of the ground truth, boxes, rough
+outlines, shifted, fragmented and low-resolution masks, in the shares of ``mask_sources``.
+The coarse model's predictions on its own
 training images are nearly perfect, so with ``coarse_fold_weights`` (the k models of a k-fold
 cross-validation, ``train --stage coarse --cv-folds k --cv-fold i``) each training image is
 predicted by the fold model that did not see it: out-of-fold mistakes, like those on new images.
@@ -20,6 +22,7 @@ scored on val and the best becomes the weights' default (never chosen on test).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -36,20 +39,16 @@ from medrefine.checkpoint import read_info, save_weights
 from medrefine.diffusion import DiffusionConfig, build_diffusion
 from medrefine.errors import ConfigError
 from medrefine.inference import CoarseSegmenter, resolve_device
-from medrefine.io import read_image
-from medrefine.metrics import dice
 from medrefine.models.denoiser import Denoiser, DenoiserConfig
-from medrefine.preprocess import from_grid
 from medrefine.refine import RefineParams, Refiner
 from medrefine.training import distributed as D
-from medrefine.training.corrupt import corrupt_mask
+from medrefine.training.calibrate import VAL_KINDS, ValSet, calibrate
 from medrefine.training.data import (
     AugmentConfig,
     SegmentationDataset,
     cases_digest,
     cross_val_folds,
     find_pairs,
-    read_label_map,
     split_pairs,
 )
 from medrefine.training.loop import (
@@ -62,6 +61,7 @@ from medrefine.training.loop import (
     use_bf16,
 )
 from medrefine.training.losses import segmentation_loss
+from medrefine.training.mask_sources import MaskSources, load_segmenters, make_input_masks
 from medrefine.training.runlog import RunLog
 
 logger = logging.getLogger(__name__)
@@ -88,13 +88,16 @@ class RefinerTrainConfig:
     resume: bool = False
     pretrained: bool = True
     max_minutes: float = 0.0
-    p_model: float = 0.5  # share of coarse masks that are the coarse model's own predictions
+    mask_sources: MaskSources = field(default_factory=MaskSources)
+    segmenter_weights: tuple[str, ...] = ()  # other segmenters whose masks it learns to fix
     p_noise_from_gt: float = 0.5  # share of x_t made by noising the ground truth
     t_focus: float = 0.6  # most training timesteps lie in [0, t_focus * T) ...
     p_full_range: float = 0.25  # ... the rest anywhere in [0, T) (sampling from pure noise)
-    val_params: RefineParams = field(default_factory=RefineParams)
-    tune_strengths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
-    tune_steps: tuple[int, ...] = (2, 4, 8)
+    val_params: RefineParams = field(default_factory=lambda: RefineParams(steps=2))
+    val_kinds: tuple[str, ...] = VAL_KINDS  # the inputs validation refines (calibrate.py)
+    val_max_cases: int = 40  # val images scored each epoch and in calibration (0 = all)
+    tune_strengths: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
+    tune_steps: tuple[int, ...] = (2, 4)
     init_from_coarse: bool = True  # start the image encoder from the coarse model's encoder
     coarse_fold_weights: tuple[str, ...] = ()  # k-fold coarse models for out-of-fold mistakes
 
@@ -104,49 +107,12 @@ class RefinerTrainConfig:
         if self.denoiser.residual and self.diffusion.prediction != "x0":
             raise ConfigError("denoiser.residual adds the coarse logit to an x0 prediction; "
                               "it cannot be used with prediction='epsilon'")
-        for name in ("p_model", "p_noise_from_gt", "t_focus", "p_full_range"):
+        unknown = set(self.val_kinds) - set(VAL_KINDS)
+        if unknown or not self.val_kinds:
+            raise ConfigError(f"val_kinds must be taken from {VAL_KINDS}, got {self.val_kinds}")
+        for name in ("p_noise_from_gt", "t_focus", "p_full_range"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1]")
-
-
-class CachedVal:
-    """Val cases with the coarse model's grid prediction computed once."""
-
-    def __init__(self, coarse: CoarseSegmenter, pairs):
-        self.items = []
-        for pair in pairs:
-            loaded = read_image(pair.image)
-            image01, grid = coarse.prepare(loaded.array, loaded.meta["source_dtype"])
-            probs = coarse.predict_grid(image01[None])[0, 0].cpu().numpy()
-            gt = read_label_map(pair.mask, 1) == 1
-            self.items.append((image01, probs, grid, gt))
-
-    def score(self, refiner: Refiner | None, params: RefineParams) -> list[float]:
-        scores = []
-        for image01, probs, grid, gt in self.items:
-            if refiner is not None:
-                probs = refiner.refine_grid(image01, probs, params).probs
-            full = from_grid(probs[None], grid)[0]
-            scores.append(dice(full > 0.5, gt))
-        return scores
-
-
-def make_coarse_batch(models: list[CoarseSegmenter], image01: torch.Tensor,
-                      labels: torch.Tensor, p_model: float, rng: np.random.Generator
-                      ) -> torch.Tensor:
-    """(B, 1, H, W) coarse probabilities: model predictions or corrupted ground truth.
-
-    ``models[i]`` predicts sample i (the coarse model, or the fold model that did not see it);
-    samples sharing a model run as one batch."""
-    use_model = rng.random(image01.shape[0]) < p_model
-    out = torch.empty(image01.shape[0], 1, *image01.shape[-2:])
-    for model in {id(m): m for m in models}.values():
-        rows = [i for i in np.nonzero(use_model)[0] if models[i] is model]
-        if rows:
-            out[rows] = model.predict_grid(image01[rows])[:, :1].cpu()
-    for i in np.nonzero(~use_model)[0]:
-        out[i, 0] = torch.from_numpy(corrupt_mask(labels[i].numpy().astype(np.uint8), rng))
-    return out
 
 
 def load_fold_models(paths: tuple[str, ...], coarse: CoarseSegmenter, train_pairs: list,
@@ -260,6 +226,8 @@ def weights_info(cfg: RefinerTrainConfig, pre: dict, params: RefineParams, extra
             "training": {"data_dir": cfg.data_dir, "seed": cfg.seed,
                          "coarse_weights": Path(cfg.coarse_weights).name,
                          "coarse_fold_weights": [str(p) for p in cfg.coarse_fold_weights],
+                         "segmenter_weights": [str(p) for p in cfg.segmenter_weights],
+                         "mask_sources": asdict(cfg.mask_sources),
                          **extra}}
 
 
@@ -282,11 +250,13 @@ def train_refiner(cfg: RefinerTrainConfig) -> Path:
     train_set = SegmentationDataset(split["train"], pre, 1, cfg.augment)
     case_models = ([coarse] * len(train_set) if not cfg.coarse_fold_weights else
                    load_fold_models(cfg.coarse_fold_weights, coarse, split["train"], str(device)))
+    segmenters = load_segmenters(cfg.segmenter_weights, coarse, str(device))
     loader, sampler = make_loader(_Indexed(train_set), cfg.batch_size, cfg.seed, cfg.workers,
                                   dist_info)
-    val = CachedVal(coarse, split["val"][dist_info.rank::dist_info.world_size])
-    coarse_val = D.all_reduce_sum([float(np.sum(val.score(None, cfg.val_params))),
-                                   float(len(val.items))], dist_info)
+    val_pairs = split["val"][:cfg.val_max_cases] if cfg.val_max_cases else split["val"]
+    val = ValSet(coarse, val_pairs[dist_info.rank::dist_info.world_size], cfg.val_kinds,
+                 cfg.seed)
+    coarse_val = D.all_reduce_sum(_sum_count(val.score(None, cfg.val_params)), dist_info)
     coarse_val_dice = coarse_val[0] / max(coarse_val[1], 1)
 
     denoiser_cfg = replace(cfg.denoiser, image_channels=coarse.model_cfg.in_channels)
@@ -314,8 +284,9 @@ def train_refiner(cfg: RefinerTrainConfig) -> Path:
         bar = tqdm(loader, desc=f"refiner epoch {epoch}/{cfg.epochs}", mininterval=10,
                    disable=not dist_info.is_main, leave=False)
         for index, image01, labels in bar:
-            coarse_probs = make_coarse_batch([case_models[i] for i in index.tolist()], image01,
-                                             labels, cfg.p_model, rng)
+            coarse_probs = make_input_masks(cfg.mask_sources,
+                                            [case_models[i] for i in index.tolist()],
+                                            segmenters, image01, labels, rng)
             image01, coarse_probs = image01.to(device), coarse_probs.to(device)
             gt = (labels == 1).float().unsqueeze(1).to(device)
             t = sample_timesteps(gt.shape[0], cfg, diffusion.num_timesteps, gen).to(device)
@@ -331,46 +302,48 @@ def train_refiner(cfg: RefinerTrainConfig) -> Path:
         scores = val.score(refiner, cfg.val_params)
         model.train()
         s, n, loss_sum = D.all_reduce_sum(
-            [float(np.sum(scores)), float(len(scores)), float(np.mean(losses))], dist_info)
+            [*_sum_count(scores), float(np.mean(losses))], dist_info)
         val_dice, train_loss = s / max(n, 1), loss_sum / dist_info.world_size
         minutes = progress.minutes_before + (time.time() - t0) / 60
         extra = {"epoch": epoch, "val_dice_refined": val_dice,
-                 "val_dice_coarse": coarse_val_dice, "epochs_planned": cfg.epochs}
+                 "val_dice_inputs": coarse_val_dice, "val_kinds": list(cfg.val_kinds),
+                 "epochs_planned": cfg.epochs}
         end_of_epoch(run, dist_info, model, optimizer, scheduler, resume_path, epoch, val_dice,
                      progress, weights_info(cfg, pre_dict, cfg.val_params, extra),
                      {"epoch": epoch, "train_loss": train_loss, "val_dice": val_dice,
-                      "val_dice_coarse": coarse_val_dice, "lr": scheduler.get_last_lr()[0],
+                      "val_dice_inputs": coarse_val_dice, "lr": scheduler.get_last_lr()[0],
                       "minutes": minutes}, ("train_loss", "val_dice"))
-        logger.info("refiner epoch %d loss %.4f val dice %.4f (coarse %.4f, best %.4f)",
+        logger.info("refiner epoch %d loss %.4f val dice %.4f (inputs %.4f, best %.4f)",
                     epoch, train_loss, val_dice, coarse_val_dice, progress.best)
         if time_is_up(cfg.max_minutes, (time.time() - t0) / 60, dist_info):
             break
     D.barrier(dist_info)
     if dist_info.is_main and (run.dir / "best.safetensors").is_file():
-        full_val = val if not dist_info.enabled else CachedVal(coarse, split["val"])
-        tune_defaults(run.dir / "best.safetensors", full_val, cfg, str(device))
+        tune_defaults(run.dir / "best.safetensors", ValSet(coarse, val_pairs, cfg.val_kinds,
+                                                           cfg.seed, shifts=True),
+                      cfg, str(device))
     D.shutdown(dist_info)
     return run.dir
 
 
-def tune_defaults(weights: Path, val: CachedVal, cfg: RefinerTrainConfig, device: str) -> None:
-    """Score strength x steps on val; store the best (ties: fewer steps) as the default."""
+def _sum_count(scores: dict[str, list[float]]) -> list[float]:
+    values = [v for kind in scores.values() for v in kind]
+    return [float(np.sum(values)), float(len(values))]
+
+
+def tune_defaults(weights: Path, val: ValSet, cfg: RefinerTrainConfig, device: str) -> dict:
+    """Calibrate steps, auto strength and the leave-alone threshold on val
+    (``calibrate.py``) and store them in the weights as their defaults."""
     refiner = Refiner.from_weights(weights, device)
-    results = []
-    for steps in cfg.tune_steps:
-        for strength in cfg.tune_strengths:
-            params = replace(cfg.val_params, steps=steps, strength=strength)
-            results.append((float(np.mean(val.score(refiner, params))), -steps, params))
-            logger.info("val dice %.4f at steps=%d strength=%.2f", results[-1][0], steps,
-                        strength)
-    best_dice, _, best_params = max(results, key=lambda r: (round(r[0], 3), r[1]))
+    params, auto, report = calibrate(refiner, val, cfg.val_params, cfg.tune_strengths,
+                                     cfg.tune_steps)
     info = read_info(weights)
-    info["refine_defaults"] = asdict(best_params)
-    info["training"]["val_tuning"] = [
-        {"steps": p.steps, "strength": p.strength, "val_dice": d} for d, _, p in results]
+    info["refine_defaults"] = asdict(params)
+    info["auto_strength"] = auto.to_dict()
+    info["training"]["calibration"] = report
     save_weights(weights, refiner.model, info)
-    logger.info("default refinement: steps=%d strength=%.2f (val dice %.4f)", best_params.steps,
-                best_params.strength, best_dice)
+    (weights.parent / "calibration.json").write_text(json.dumps(report, indent=2))
+    return report
 
 
 def train_refiner_from_args(args, base: dict) -> Path:
