@@ -13,7 +13,7 @@ from medrefine import __version__
 from medrefine.errors import MedrefineError
 
 # Explicit list: the order is the order of ``medrefine --help``.
-COMMANDS = ["segment", "refine", "evaluate", "train", "bench", "export", "info", "app"]
+COMMANDS = ["segment", "listen", "refine", "evaluate", "train", "bench", "export", "info", "app"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -164,3 +164,30 @@ def dciodvfy_errors(path: Path) -> list[str]:
         pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
     run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def clone_series(
+    sources: list[Path], folder: Path, *, patient_id: str, n_series: int = 1
+) -> tuple[str, list[str], list[list[Path]]]:
+    """Copies of the ``sources`` (one series) as ``n_series`` new series of one new study:
+    fresh Study/Series/SOP Instance UIDs, ``patient_id``. Returns (study UID, series UIDs,
+    files per series)."""
+    from pydicom.uid import generate_uid
+
+    study = generate_uid()
+    series_uids, files = [], []
+    for k in range(n_series):
+        series = generate_uid()
+        written = []
+        for i, source in enumerate(sources):
+            ds = pydicom.dcmread(source)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.PatientID, ds.SeriesNumber = patient_id, k + 1
+            path = folder / f"s{k:02d}_{i:03d}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(path, enforce_file_format=True)
+            written.append(path)
+        series_uids.append(series)
+        files.append(written)
+    return study, series_uids, files

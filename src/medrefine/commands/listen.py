@@ -1,0 +1,161 @@
+"""``medrefine listen -o OUT``: a DICOM receiver (storage SCP) that segments what scanners and
+PACS send it.
+
+It accepts CT, MR, CR, DX, US and secondary-capture images by C-STORE and answers C-ECHO.
+Received instances are filed by series under OUT/received/<StudyUID>/<SeriesUID>/. A series is
+segmented once it is complete: no instance of it arrived for --quiet-seconds and every
+association that sent it was released normally (a series cut off by an aborted association is
+not segmented until it is sent again). Outputs are named after the Series Instance UID
+(default: OUT/<SeriesUID>.dcm, a DICOM-SEG referencing the received images, and
+OUT/<SeriesUID>.json); with --send-to the SEG is sent on by C-STORE. OUT/report.json lists every
+series, OUT/associations.jsonl every association. Nothing is written outside OUT.
+
+Ctrl-C or SIGTERM stops it cleanly: the series being segmented is finished, the report written;
+series still arriving are left unsegmented (and listed in the report).
+
+examples:
+  medrefine listen -o received_out --port 11112 --ae-title MEDREFINE --preset polyp --no-refine
+  medrefine listen -o out --send-to pacs.example.org:104:PACS --quiet-seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+
+from medrefine.commands.options import (
+    add_mask_options,
+    add_model_options,
+    add_out_option,
+    build_pipeline,
+    parse_formats,
+    provenance,
+)
+from medrefine.commands.outputs import prepare_out_dir
+from medrefine.errors import ConfigError
+
+DEFAULT_FORMATS = "dicom-seg,json"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "listen",
+        help="receive images over DICOM (C-STORE), segment each series, send the SEG on",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_out_option(parser)
+    parser.add_argument("--port", type=int, default=11112, help="TCP port (default 11112)")
+    parser.add_argument(
+        "--ae-title", default="MEDREFINE", help="this receiver's AE title (default MEDREFINE)"
+    )
+    parser.add_argument(
+        "--bind",
+        default="0.0.0.0",
+        metavar="ADDRESS",
+        help="interface to listen on (default 0.0.0.0, all: scanners send over the network)",
+    )
+    parser.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a series is complete once nothing of it arrived for S seconds (default 10)",
+    )
+    parser.add_argument(
+        "--send-to",
+        metavar="HOST:PORT:AET",
+        help="send each DICOM-SEG on to this DICOM node by C-STORE",
+    )
+    add_model_options(parser)
+    add_mask_options(parser)
+    parser.set_defaults(func=run, format=None)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from medrefine.pacs.config import Destination, ListenConfig
+    from medrefine.pacs.listen import Listener
+
+    send_to = Destination.parse(args.send_to) if args.send_to else None
+    config = ListenConfig(
+        port=args.port,
+        ae_title=args.ae_title,
+        bind=args.bind,
+        quiet_seconds=args.quiet_seconds,
+        send_to=send_to,
+    )
+    formats = parse_formats(args.format or DEFAULT_FORMATS, refining=not args.no_refine)
+    if "dicom-seg" not in formats and send_to is not None:
+        raise ConfigError("--send-to sends the DICOM-SEG: add dicom-seg to --format")
+    if any(f in formats for f in ("png", "overlay")):
+        raise ConfigError(
+            f"--format {','.join(formats)}: png and overlay hold 2D images and received series "
+            "are volumes; use dicom-seg, nifti, json (and uncertainty)"
+        )
+    _service_logging(args)
+    prepare_out_dir(args.out)
+    pipe = build_pipeline(args)
+    prov = provenance(pipe, args)
+    head = {
+        "command": "listen",
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "inputs": [],
+        "listen": {
+            "port": config.port,
+            "ae_title": config.ae_title,
+            "bind": config.bind,
+            "quiet_seconds": config.quiet_seconds,
+            "send_to": str(send_to) if send_to else None,
+        },
+        "out": str(args.out),
+        "formats": formats,
+        "world_size": 1,
+        "provenance": prov,
+    }
+    file_extra = {"weights": {k: v["sha256"] for k, v in prov["weights"].items()}}
+    listener = Listener(config, args.out, pipe, formats, head, file_extra)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():  # a second Ctrl-C: stop now, even mid-series
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        listener.start()
+        print(
+            f"medrefine: listening on {config.bind}:{config.port} as {config.ae_title}, "
+            f"writing to {args.out} (Ctrl-C or SIGTERM stops)",
+            file=sys.stderr,
+            flush=True,
+        )
+        listener.serve(stop)
+    finally:
+        waiting = listener.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    n_ok = sum(r["status"] == "ok" for r in listener.records)
+    n_failed = sum(r["status"] == "failed" for r in listener.records)
+    line = f"medrefine: stopped; segmented {n_ok} series into {args.out}"
+    if n_failed:
+        line += f"; {n_failed} failed (listed in report.json)"
+    if waiting:
+        line += f"; {len(waiting)} incomplete series not segmented (kept in {args.out}/received)"
+    print(line, file=sys.stderr)
+    return 0
+
+
+def _service_logging(args: argparse.Namespace) -> None:
+    """A service logs its associations and series by default (-q: errors only); the DICOM
+    libraries' own chatter only with -vv."""
+    if not args.quiet:
+        logging.getLogger("medrefine.pacs").setLevel(logging.INFO)
+    if args.verbose < 2:
+        for name in ("pynetdicom", "highdicom"):
+            logging.getLogger(name).setLevel(logging.WARNING)
