@@ -34,6 +34,7 @@ def settings(weights: dict[str, Path], refiner: bool = True, use_diffusion: bool
         use_diffusion,
         2,
         0.3,
+        False,
         2,
         0,
         0.5,
@@ -105,6 +106,7 @@ def test_corrupt_uploads_give_readable_errors(tiny_weights, tmp_path):
             True,
             2,
             0.3,
+            False,
             2,
             0,
             0.5,
@@ -125,6 +127,7 @@ def test_corrupt_uploads_give_readable_errors(tiny_weights, tmp_path):
             True,
             0,
             0.3,
+            False,
             2,
             0,
             0.5,
@@ -241,8 +244,9 @@ def test_postprocess_switches():
 def test_change_source_resets_settings(tiny_weights):
     out = app.change_source(app.UPLOADED, str(tiny_weights["refiner"]))
     assert out[0]["visible"] is True
-    assert [u["value"] for u in out[2:6]] == [2, 0.3, 2, 0]  # the refiner's tuned defaults
-    assert app.change_refiner_upload(app.UPLOADED, None) == [gr.update()] * 4
+    assert out[2]["interactive"] is True
+    assert [u["value"] for u in out[3:8]] == [2, 0.3, False, 2, 0]  # the refiner's defaults
+    assert app.change_refiner_upload(app.UPLOADED, None) == [gr.update()] * 5
 
 
 def test_batch_zip_holds_masks_and_report(tiny_weights, disk_image, tmp_path):
@@ -316,6 +320,44 @@ def test_root_launcher_runs_the_app_command(monkeypatch):
     assert done.value.code == 0 and calls == [("127.0.0.1", 7999, False, "200mb")]
 
 
+def test_prompt_tab_refines_paint_boxes_and_uploaded_masks(tiny_weights, tmp_path):
+    image = sample_path("polyp")
+    h, w = np.asarray(Image.open(image)).shape[:2]
+    canvas = app.prompt_canvas(str(image))
+    assert canvas["background"].shape == (h, w, 3)
+    ring = np.zeros((h, w, 4), np.uint8)  # a painted closed outline: its inside is the prompt
+    ring[100:200, 150:160, 3] = ring[100:200, 250:260, 3] = 255
+    ring[100:110, 150:260, 3] = ring[190:200, 150:260, 3] = 255
+    painted = app.painted_mask({**canvas, "layers": [ring]}, (h, w))
+    assert painted[150, 200] == 1 and painted[50, 50] == 0
+    assert app.painted_mask({**canvas, "layers": []}, (h, w)) is None
+    pipe = SegmentationPipeline(tiny_weights["coarse"], tiny_weights["refiner"],
+                                refine=RefineParams(steps=2, strength=0.3, samples=2, seed=0),
+                                postprocess=PostprocessConfig())
+    out = app.refine_prompt(None, str(image), None, {**canvas, "layers": [ring]}, None, "",
+                            *settings(tiny_weights))
+    session, picture, heat, review, status, download = out
+    assert picture.shape == heat.shape == (h, w, 3) and "painted region" in status
+    expected = pipe.run(image, coarse_mask=painted)
+    np.testing.assert_array_equal(read_mask(download["value"]), expected.mask)
+    out = app.refine_prompt(session, str(image), None, None, None, "100,90,300,260\n10,10,60,60",
+                            *settings(tiny_weights))
+    expected = pipe.run(image, boxes=[(100, 90, 300, 260), (10, 10, 60, 60)])
+    np.testing.assert_array_equal(read_mask(out[5]["value"]), expected.mask)
+    assert "boxes" in out[4]
+    mask_file = tmp_path / "other_tool.png"
+    Image.fromarray(painted * 255).save(mask_file)
+    out = app.refine_prompt(session, str(image), None, None, str(mask_file), None,
+                            *settings(tiny_weights))
+    assert "uploaded mask" in out[4]
+    with pytest.raises(gr.Error, match="nothing to refine"):
+        app.refine_prompt(session, str(image), None, canvas, None, " ", *settings(tiny_weights))
+    with pytest.raises(gr.Error, match="four numbers"):
+        app.refine_prompt(session, str(image), None, None, None, "1,2,3",
+                          *settings(tiny_weights))
+    session.close()
+
+
 def test_layout_wires_callbacks_to_matching_outputs(tiny_weights):
     demo = app.build_app()
     returned = {
@@ -324,6 +366,8 @@ def test_layout_wires_callbacks_to_matching_outputs(tiny_weights):
         "change_refiner_upload": len(app.change_refiner_upload(app.UPLOADED, None)),
         "segment_image": len(OUT),
         "segment_batch": 3,
+        "refine_prompt": 6,
+        "prompt_canvas": 1,
     }
     wired = {f.fn.__name__: len(f.outputs) for f in demo.fns.values() if f.fn is not None}
     assert {k: wired[k] for k in returned} == returned

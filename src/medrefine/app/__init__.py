@@ -47,6 +47,7 @@ from medrefine.app.models import (
     model_note,
     postprocess_from,
 )
+from medrefine.app.prompt import painted_mask, prompt_canvas, refine_prompt
 from medrefine.app.session import Outcome, Session, close_session, readable_errors
 from medrefine.presets import PRESETS
 
@@ -73,10 +74,13 @@ __all__ = [
     "launch",
     "model_defaults",
     "model_note",
+    "painted_mask",
     "postprocess_from",
+    "prompt_canvas",
     "preview_image",
     "preview_slice",
     "readable_errors",
+    "refine_prompt",
     "segment_batch",
     "segment_image",
     "to_rgb",

@@ -7,17 +7,19 @@ from typing import Any
 
 import gradio as gr
 
-from medrefine.app import callbacks
+from medrefine.app import callbacks, prompt
 from medrefine.app.models import (
     UPLOADED,
     available_presets,
     change_refiner_upload,
     change_source,
+    has_refiner,
     model_defaults,
     model_note,
 )
 from medrefine.app.session import close_session
 from medrefine.presets import PRESETS, sample_path
+from medrefine.refine import RefineParams
 
 MAX_FILE_SIZE = "200mb"
 # System fonts only: the default theme would fetch web fonts, which offline hospitals lack.
@@ -61,15 +63,26 @@ def build_app(idle_s: float = 4 * 3600) -> gr.Blocks:
                     if presets
                     else "No preset weights are installed; upload your own."
                 )
-                use_diffusion = gr.Checkbox(True, label="Diffusion refinement")
+                refinable0 = source0 == UPLOADED or has_refiner(source0)
+                use_diffusion = gr.Checkbox(
+                    refinable0, label="Diffusion refinement", interactive=refinable0
+                )
                 with gr.Accordion("Refinement", open=True):
                     steps = gr.Slider(1, 100, params0.steps, step=1, label="Steps", elem_id="steps")
+                    auto0 = params0.strength == "auto"
+                    auto_strength = gr.Checkbox(
+                        auto0,
+                        label="Strength: auto",
+                        info="picked per image from how far the refiner would move the mask; "
+                        "where it is unsure of its correction the mask is kept",
+                        elem_id="auto-strength",
+                    )
                     strength = gr.Slider(
                         0.01,
                         1.0,
-                        params0.strength,
+                        RefineParams().strength if auto0 else params0.strength,
                         step=0.01,
-                        label="Strength",
+                        label="Strength (when not auto)",
                         info="share of the noise schedule "
                         "re-run; higher trusts the coarse mask less",
                     )
@@ -145,6 +158,49 @@ def build_app(idle_s: float = 4 * 3600) -> gr.Blocks:
                             )
                         metrics = gr.Markdown(elem_id="metrics")
                         timings = gr.Markdown(elem_id="timings")
+                    with gr.Tab("Refine a mask or box"):
+                        gr.Markdown(
+                            "Upload the image in the *Single image* tab, then paint roughly "
+                            "over the object, type boxes, or upload a mask from another tool; "
+                            "the refiner turns it into a mask."
+                        )
+                        with gr.Row():
+                            editor = gr.ImageEditor(
+                                label="Paint over the object (a closed outline counts as "
+                                "its inside)",
+                                type="numpy",
+                                sources=(),
+                                layers=False,
+                                transforms=(),
+                                brush=gr.Brush(colors=["#ff8c00"], color_mode="fixed"),
+                                elem_id="prompt-editor",
+                            )
+                            with gr.Column():
+                                boxes = gr.Textbox(
+                                    label="Boxes: x0,y0,x1,y1 in pixels, one per line",
+                                    placeholder="120,80,260,210",
+                                    lines=2,
+                                    elem_id="prompt-boxes",
+                                )
+                                prompt_mask = gr.File(
+                                    label="Or a mask from another tool", elem_id="prompt-mask"
+                                )
+                                prompt_run = gr.Button(
+                                    "Refine", variant="primary", elem_id="prompt-run"
+                                )
+                        prompt_status = gr.Markdown(elem_id="prompt-status")
+                        with gr.Row():
+                            prompt_img = _picture(
+                                "Prompt (orange) and refined mask (blue)", "prompt-result"
+                            )
+                            prompt_heat = _picture("Uncertainty", "prompt-uncertainty")
+                        with gr.Row():
+                            prompt_review = gr.Number(
+                                label="Review score", precision=3, interactive=False
+                            )
+                            prompt_dl = gr.DownloadButton(
+                                "Download mask", interactive=False, elem_id="prompt-download"
+                            )
                     with gr.Tab("Batch"):
                         batch_files = gr.File(
                             file_count="multiple", label="Images", elem_id="batch-files"
@@ -155,11 +211,15 @@ def build_app(idle_s: float = 4 * 3600) -> gr.Blocks:
                         )
                         batch_summary = gr.Markdown(elem_id="batch-summary")
 
-        settings = [source, coarse_file, refiner_file, use_diffusion, steps, strength, samples,
-                    seed, threshold, fill_holes, keep_largest, min_size]  # fmt: skip
-        followers = [steps, strength, samples, seed, threshold, fill_holes, keep_largest, min_size]
-        source.change(change_source, [source, refiner_file], [weights_box, note, *followers])
-        refiner_file.change(change_refiner_upload, [source, refiner_file], followers[:4])
+        settings = [source, coarse_file, refiner_file, use_diffusion, steps, strength,
+                    auto_strength, samples, seed, threshold, fill_holes, keep_largest,
+                    min_size]  # fmt: skip
+        followers = [steps, strength, auto_strength, samples, seed, threshold, fill_holes,
+                     keep_largest, min_size]  # fmt: skip
+        source.change(
+            change_source, [source, refiner_file], [weights_box, note, use_diffusion, *followers]
+        )
+        refiner_file.change(change_refiner_upload, [source, refiner_file], followers[:5])
         results = [session, preview, coarse_img, refined_img, contour_img, uncert_img, review,
                    status, metrics, timings, mask_format, mask_dl, overlay_dl]  # fmt: skip
         image_file.change(callbacks.preview_image, [image_file], [preview, slice_index])
@@ -172,6 +232,13 @@ def build_app(idle_s: float = 4 * 3600) -> gr.Blocks:
             results,
         )
         mask_format.input(callbacks.change_mask_format, [session, mask_format], [mask_dl])
+        image_file.change(prompt.prompt_canvas, [image_file], [editor])
+        slice_index.release(prompt.prompt_canvas, [image_file, slice_index], [editor])
+        prompt_run.click(
+            prompt.refine_prompt,
+            [session, image_file, slice_index, editor, prompt_mask, boxes, *settings],
+            [session, prompt_img, prompt_heat, prompt_review, prompt_status, prompt_dl],
+        )
         batch_run.click(
             callbacks.segment_batch,
             [session, batch_files, *settings],

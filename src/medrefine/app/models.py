@@ -124,14 +124,15 @@ def postprocess_from(
     return replace(base, **changes)
 
 
-def request_settings(steps, strength, samples, seed, threshold, fill_holes, keep_largest, min_size):
+def request_settings(steps, strength, auto_strength, samples, seed, threshold, fill_holes,
+                     keep_largest, min_size):
     """The UI's setting fields as ``build_pipeline``'s ``refine`` and ``post`` (an emptied
     number field is refused)."""
     if seed is None or steps is None or samples is None:
         raise ConfigError("steps, samples and seed must be numbers; fill in the empty field")
     refine = {
         "steps": int(steps),
-        "strength": float(strength),
+        "strength": "auto" if auto_strength else float(strength),
         "samples": int(samples),
         "seed": int(seed),
     }
@@ -146,9 +147,11 @@ def request_settings(steps, strength, samples, seed, threshold, fill_holes, keep
 
 # ---------------------------------------------------------------- settings that follow the model
 def _setting_updates(params: RefineParams, post: PostprocessConfig) -> list[dict]:
+    auto = params.strength == "auto"
     return [
         gr.update(value=params.steps),
-        gr.update(value=params.strength),
+        gr.update(value=RefineParams().strength if auto else params.strength),
+        gr.update(value=auto),
         gr.update(value=params.samples),
         gr.update(value=params.seed),
         gr.update(value=post.threshold),
@@ -158,13 +161,22 @@ def _setting_updates(params: RefineParams, post: PostprocessConfig) -> list[dict
     ]
 
 
+def has_refiner(source: str, refiner_file: str | None = None) -> bool:
+    if source == UPLOADED:
+        return bool(refiner_file)
+    return get_preset(source).refiner_weights.is_file()
+
+
 @readable_errors
 def change_source(source: str, refiner_file: str | None):
-    """A new model source: show/hide the weights uploads, reset settings to its defaults."""
+    """A new model source: show/hide the weights uploads, reset settings to its defaults, and
+    offer diffusion refinement only where there is a refiner (uploads: once one is given)."""
     params, post = model_defaults(source, refiner_file)
+    refinable = source == UPLOADED or has_refiner(source)
     return [
         gr.update(visible=source == UPLOADED),
         model_note(source),
+        gr.update(value=refinable, interactive=refinable),
         *_setting_updates(params, post),
     ]
 
@@ -173,5 +185,5 @@ def change_source(source: str, refiner_file: str | None):
 def change_refiner_upload(source: str, refiner_file: str | None):
     """An uploaded refiner brings its tuned refinement settings."""
     if source != UPLOADED or not refiner_file:
-        return [gr.update()] * 4
-    return _setting_updates(*model_defaults(source, refiner_file))[:4]
+        return [gr.update()] * 5
+    return _setting_updates(*model_defaults(source, refiner_file))[:5]

@@ -19,6 +19,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from dataclasses import replace
@@ -86,6 +87,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="X0,Y0,X1,Y1",
         help="instead of --mask: a box around one object, in pixels (repeat for several)",
     )
+    parser.add_argument(
+        "--boxes",
+        type=Path,
+        metavar="BOXES.json",
+        help='instead of --mask: boxes for a folder of images, {"<image stem>": [[x0, y0, x1, '
+        'y1], ...], ...} (a detector\'s output); images without an entry are reported',
+    )
     add_out_option(parser)
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -109,16 +117,21 @@ def run(args: argparse.Namespace) -> int:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t_start = time.perf_counter()
     formats = parse_formats(args.format, refining=True)
-    if (args.mask is None) == (args.box is None):
-        raise ConfigError("refine needs --mask M (a mask or a folder of masks) or --box "
-                          "x0,y0,x1,y1 (one per object), not both")
+    if sum(x is not None for x in (args.mask, args.box, args.boxes)) != 1:
+        raise ConfigError("refine needs one of --mask M (a mask or a folder of masks), --box "
+                          "x0,y0,x1,y1 (one per object) or --boxes BOXES.json")
     if args.box is not None and args.image.is_dir() and not _is_series(args.image):
-        raise ConfigError(f"--box prompts one image; {args.image} is a folder of images")
+        raise ConfigError(f"--box prompts one image; {args.image} is a folder of images "
+                          "(use --boxes BOXES.json)")
+    if not args.image.exists():
+        raise InputError(f"{args.image}: no such file or folder; check --image")
     prepare_out_dir(args.out)
+    boxes_of: dict[Path, list] = {}
     if args.box is not None:
-        if not args.image.exists():
-            raise InputError(f"{args.image}: no such file or folder; check --image")
         pairs, problems = [(args.image, None)], []
+        boxes_of[args.image] = args.box
+    elif args.boxes is not None:
+        pairs, problems, boxes_of = box_prompts(args.image, args.boxes)
     else:
         pairs, problems = find_mask_pairs(args.image, args.mask)
     preset = args.preset or DEFAULT_PRESET
@@ -144,10 +157,10 @@ def run(args: argparse.Namespace) -> int:
     )
     for (image_path, mask_path), stem in bar:
         records.append(refine_one(pipe, image_path, mask_path, stem, args.out, formats,
-                                  echo_above_bar, args.box))
+                                  echo_above_bar, boxes_of.get(image_path)))
     n_failed = sum(r["status"] != "ok" for r in records)
     prov = pipe.provenance()
-    prov["coarse"] = "given masks (--mask)" if args.box is None else "boxes (--box)"
+    prov["coarse"] = "given masks (--mask)" if args.mask is not None else "boxes"
     write_json(
         args.out / "report.json",
         {
@@ -156,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             "seconds": time.perf_counter() - t_start,
             "image": str(args.image),
             "mask": None if args.mask is None else str(args.mask),
-            "boxes": args.box,
+            "boxes": str(args.boxes) if args.boxes else args.box,
             "out": str(args.out),
             "formats": formats,
             "n_inputs": len(records),
@@ -183,6 +196,36 @@ def parse_box_arg(text: str):
 def _is_series(folder: Path) -> bool:
     """A folder that ``folder_inputs`` reads as one DICOM series."""
     return folder_inputs(folder) == [folder]
+
+
+def box_prompts(image: Path, boxes_file: Path
+                ) -> tuple[list[tuple[Path, None]], list[tuple[str, str]], dict[Path, list]]:
+    """Images of ``image`` (a file, series folder or folder of images) with their boxes from
+    a JSON file ``{stem: [[x0, y0, x1, y1], ...]}``; images without boxes are problems."""
+    try:
+        table = json.loads(boxes_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{boxes_file}: cannot read the boxes ({err}); expected JSON "
+                         '{"<image stem>": [[x0, y0, x1, y1], ...]}') from err
+    if not isinstance(table, dict):
+        raise InputError(f"{boxes_file}: expected a JSON object "
+                         '{"<image stem>": [[x0, y0, x1, y1], ...]}')
+    images = [p for p in folder_inputs(image) if p != image] if image.is_dir() and \
+        not _is_series(image) else [image]
+    pairs, problems, boxes_of = [], [], {}
+    for path in images:
+        entry = table.get(stem_of(path))
+        if not entry:
+            problems.append((str(path), f"no boxes for {stem_of(path)} in {boxes_file}"))
+            continue
+        if not isinstance(entry, list) or not all(isinstance(b, list) and len(b) == 4
+                                                  for b in entry):
+            problems.append((str(path), f"{boxes_file}: boxes of {stem_of(path)} must be a "
+                             "list of [x0, y0, x1, y1]"))
+            continue
+        pairs.append((path, None))
+        boxes_of[path] = entry
+    return pairs, problems, boxes_of
 
 
 def find_mask_pairs(
