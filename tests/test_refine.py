@@ -202,3 +202,53 @@ def test_from_weights_round_trip(tmp_path, refiner, inputs):
     save_weights(tmp_path / "c.safetensors", refiner.model, {**info, "kind": "coarse"})
     with pytest.raises(InputError, match="not a diffusion refiner"):
         Refiner.from_weights(tmp_path / "c.safetensors", device="cpu")
+
+
+def test_auto_strength_table_and_checks():
+    from medrefine.refine import AutoStrength
+
+    auto = AutoStrength(edges=(0.1, 0.3), strengths=(0.1, 0.4, 0.8))
+    assert [auto.pick(d) for d in (0.0, 0.1, 0.2, 0.3, 0.9)] == [0.1, 0.4, 0.4, 0.8, 0.8]
+    assert AutoStrength.from_dict(auto.to_dict()) == auto
+    assert auto.to_dict()["max_doubt"] is None  # inf is stored as null (JSON has no inf)
+    with pytest.raises(ConfigError):
+        AutoStrength(edges=(0.3, 0.1), strengths=(0.1, 0.2, 0.3))
+    with pytest.raises(ConfigError):
+        AutoStrength(edges=(0.1,), strengths=(0.1,))
+    assert RefineParams(strength="auto").strength == "auto"
+    assert RefineParams(strength="0.4").strength == 0.4
+    with pytest.raises(ConfigError, match="auto"):
+        RefineParams(strength="strong")
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "bernoulli"])
+def test_auto_strength_picks_from_the_probe(inputs, kind):
+    from medrefine.refine import AutoStrength
+
+    refiner = _refiner(kind)
+    refiner.auto = AutoStrength(edges=(0.5,), strengths=(0.2, 0.6))
+    out = refiner.refine_grid(*inputs, RefineParams(steps=2, strength="auto"))
+    assert 0 <= out.disagreement <= 1
+    assert out.strength == (0.2 if out.disagreement < 0.5 else 0.6)
+    assert out.timesteps[0] == round(out.strength * 999)
+    again = refiner.refine_grid(*inputs, RefineParams(steps=2, strength="auto"))
+    np.testing.assert_array_equal(out.probs, again.probs)  # seeded: the same
+    fixed = refiner.refine_grid(*inputs, RefineParams(steps=2, strength=0.3))
+    assert fixed.disagreement is None and fixed.strength == 0.3
+
+
+def test_leave_alone_returns_the_input_where_the_refiner_is_in_doubt(inputs):
+    from dataclasses import replace
+
+    from medrefine.refine import AutoStrength
+
+    refiner = _refiner()
+    image01, coarse = inputs
+    refiner.auto = AutoStrength(max_doubt=-1.0)  # every result counts as in doubt
+    kept = refiner.refine_grid(image01, coarse, RefineParams(steps=2))
+    assert kept.left_alone and np.array_equal(kept.probs, coarse)
+    assert kept.doubt >= 0 and kept.uncertainty.shape == coarse.shape
+    free = refiner.refine_grid(image01, coarse, RefineParams(steps=2, leave_alone=False))
+    assert not free.left_alone and not np.array_equal(free.probs, coarse)
+    refiner.auto = replace(refiner.auto, max_doubt=float("inf"))
+    assert not refiner.refine_grid(image01, coarse, RefineParams(steps=2)).left_alone

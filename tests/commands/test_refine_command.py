@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from medrefine.cli import main
@@ -92,3 +93,46 @@ def test_refine_mask_of_wrong_size_is_reported(tiny_weights, tiny_data, tmp_path
     )
     assert code == 2
     assert "wrong.png" in capsys.readouterr().err
+
+
+def test_refine_boxes(tiny_weights, tiny_data, tmp_path, capsys):
+    image = tiny_data / "images" / "case0.png"
+    base = ["--weights", str(tiny_weights["refiner"]), "--device", "cpu", "--steps", "1"]
+    out = tmp_path / "one"
+    code = main(["refine", "--image", str(image), "--box", "5,5,30,25", "--box", "35,30,47,39",
+                 "-o", str(out), *base])
+    assert code == 0, capsys.readouterr().err
+    assert np.asarray(Image.open(out / "case0.png")).shape == (40, 48)
+    report = json.loads((out / "report.json").read_text())
+    entry = report["files"][0]
+    assert entry["boxes"] == [[5, 5, 30, 25], [35, 30, 47, 39]]
+    assert entry["refinement"]["strength"] > 0 and entry["refinement"]["left_alone"] is False
+    assert report["provenance"]["refine"]["strength"] == "auto"  # refine's default
+    # a folder of images with a detector's boxes file; an image without boxes is reported
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"case0": [[5, 5, 30, 25]], "case1": [[1, 1, 20, 20]]}))
+    code = main(["refine", "--image", str(tiny_data / "images"), "--boxes", str(boxes),
+                 "-o", str(tmp_path / "many"), *base])
+    assert code == 2  # the other cases have no boxes
+    report = json.loads((tmp_path / "many" / "report.json").read_text())
+    ok = sorted(f["input"].rsplit("/", 1)[-1] for f in report["files"] if f["status"] == "ok")
+    assert ok == ["case0.png", "case1.png"]
+    assert all("no boxes for" in f["error"] for f in report["files"] if f["status"] != "ok")
+
+
+def test_refine_prompt_errors(tiny_weights, tiny_data, tmp_path, capsys):
+    image = str(tiny_data / "images" / "case0.png")
+    mask = str(tiny_data / "masks" / "case0.png")
+    base = ["-o", str(tmp_path / "o"), "--weights", str(tiny_weights["refiner"])]
+    assert main(["refine", "--image", image, *base]) == 2  # neither mask nor box
+    assert main(["refine", "--image", image, "--mask", mask, "--box", "1,1,5,5", *base]) == 2
+    assert main(["refine", "--image", image, "--box", "100,100,200,200", *base]) == 2
+    err = capsys.readouterr().err
+    assert "--mask" in err and "holds no pixel" in err
+    bad = tmp_path / "boxes.json"
+    bad.write_text("[1, 2")
+    assert main(["refine", "--image", image, "--boxes", str(bad), *base]) == 2
+    assert "cannot read the boxes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["refine", "--image", image, "--box", "1,2,3", *base])
+    assert exit_.value.code == 2

@@ -72,3 +72,42 @@ def test_each_operation_keeps_a_binary_uint8_mask(op):
         assert set(np.unique(out)) <= {0, 1}
         changed |= not np.array_equal(out, mask)
     assert changed, f"{op.__name__} never changed the mask"
+
+
+@pytest.mark.parametrize("kind", ["box", "outline", "shift", "fragment", "lowres", "corrupt"])
+@pytest.mark.parametrize("seed", range(4))
+def test_user_like_masks(kind, seed):
+    from medrefine.training.mask_sources import SYNTHETIC
+
+    mask = _mask()
+    out = np.asarray(SYNTHETIC[kind](mask, np.random.default_rng(seed)))
+    assert out.shape == mask.shape and out.min() >= 0 and out.max() <= 1
+    score = dice(out > 0.5, mask.astype(bool))
+    assert 0.2 < score < 1.0  # damaged, but about the same object
+    if kind == "box":  # a box holds the whole object (only loosened or tightened by <= 20%)
+        assert (out > 0.5).sum() >= 0.7 * mask.sum()
+
+
+def test_box_source_gives_one_box_per_object():
+    from medrefine.training.mask_sources import box_mask
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[5:15, 5:15] = 1
+    mask[40:60, 30:50] = 1
+    out = box_mask(mask, np.random.default_rng(0))
+    import cv2
+
+    assert cv2.connectedComponents(out)[0] - 1 == 2
+
+
+def test_mask_sources_config_checks():
+    from medrefine.errors import ConfigError
+    from medrefine.training.mask_sources import MaskSources
+
+    assert abs(sum(MaskSources().shares().values()) - 1.0) < 1e-9
+    with pytest.raises(ConfigError):
+        MaskSources(coarse=-1)
+    with pytest.raises(ConfigError):
+        MaskSources(hard=1.5)
+    with pytest.raises(ConfigError, match="at least one"):
+        MaskSources(**{k: 0 for k in MaskSources().shares()})
