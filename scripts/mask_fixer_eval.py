@@ -11,7 +11,10 @@ them over:
    1 - Dice gives the Spearman correlation;
 3. boxes: one tight ground-truth box per object, each side jittered by up to 5% of the box's
    size (seeded), through ``medrefine refine --boxes``; beside it the box itself as a mask and
-   OpenCV GrabCut started from the same boxes.
+   OpenCV GrabCut started from the same boxes;
+4. shifted images (``--shifts``): the split's images with their colour, contrast or sharpness
+   changed (seeded; the look of another device), segmented by the coarse model and refined,
+   with and without the leave-alone gate: the refiner must not make them worse.
 
 usage:
   python scripts/mask_fixer_eval.py --preset skin --data ../shared/data/ph2 --split test \\
@@ -36,13 +39,15 @@ from medrefine.prompts import boxes_to_mask, jitter_box, mask_boxes
 from medrefine.training.data import find_pairs, read_label_map, split_pairs
 
 
-def sh(*args: str) -> None:
+def sh(*args: str) -> str:
+    """Run a command; its standard output (exit 2, some inputs failed, is reported, not fatal)."""
     print("+", " ".join(args), flush=True)
     proc = subprocess.run(args, text=True, capture_output=True)
     if proc.returncode not in (0, 2):
         sys.exit(f"failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr[-2000:]}")
     if proc.stdout.strip():
         print(proc.stdout.strip().splitlines()[-1])
+    return proc.stdout
 
 
 def evaluate(pred: Path, data: str, split: str, out: Path) -> dict:
@@ -86,6 +91,37 @@ def grabcut(image_path: Path, boxes: list, shape: tuple[int, int]) -> np.ndarray
     return np.isin(init, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
 
 
+def score_shifts(args, pairs, out: Path, weights: list[str]) -> dict:
+    from medrefine.pipeline import replace_range
+    from medrefine.training.calibrate import SHIFTS, shift_image
+
+    rng = np.random.default_rng(args.seed + 1)
+    folders = {kind: out / "shifted" / kind for kind in SHIFTS}
+    for pair in pairs:
+        loaded = read_image(pair.image)
+        image01 = replace_range(loaded.array, loaded.meta.get("source_dtype", "float32"))
+        for kind, folder in folders.items():
+            (folder / "images").mkdir(parents=True, exist_ok=True)
+            shifted = shift_image(image01, kind, rng)
+            rgb = np.rint(np.moveaxis(shifted, 0, -1) * 255).astype(np.uint8)
+            cv2.imwrite(str(folder / "images" / f"{stem_of(pair.image)}.png"),
+                        rgb[..., ::-1] if rgb.shape[-1] == 3 else rgb[..., 0])
+    scores = {}
+    for kind, folder in folders.items():
+        sh("medrefine", "segment", str(folder / "images"), "-o", str(folder / "input"),
+           "--preset", args.preset, "--no-refine", "--format", "png", "--overwrite")
+        row = {"input": evaluate(folder / "input", args.data, args.split, folder / "eval_input")}
+        for name, flag in (("refined", "--leave-alone"), ("refined_no_gate", "--no-leave-alone")):
+            sh("medrefine", "refine", "--image", str(folder / "images"), "--mask",
+               str(folder / "input"), "-o", str(folder / name), *weights, flag)
+            row[name] = evaluate(folder / name, args.data, args.split, folder / f"eval_{name}")
+        report = json.loads((folder / "refined" / "report.json").read_text())
+        row["left_alone"] = sum(bool((f.get("refinement") or {}).get("left_alone"))
+                                for f in report["files"])
+        scores[kind] = row
+    return scores
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,6 +133,7 @@ def main() -> int:
     ap.add_argument("--refiner", help="refiner weights (default: the preset's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], choices=["coarse", "outside", "boxes"])
+    ap.add_argument("--shifts", action="store_true", help="also score shifted images")
     args = ap.parse_args()
 
     weights = ["--weights", args.refiner] if args.refiner else ["--preset", args.preset]
@@ -114,8 +151,9 @@ def main() -> int:
         refiner = ["--refiner-weights", args.refiner, "--weights",
                    str(Path("src/medrefine/weights") / args.preset / "coarse.safetensors")] \
             if args.refiner else []
-        sh("medrefine", "evaluate", "--preset", args.preset, *refiner, "--data", args.data,
-           "--split", args.split, "-o", str(ev))
+        printed = sh("medrefine", "evaluate", "--preset", args.preset, *refiner, "--data",
+                     args.data, "--split", args.split, "-o", str(ev))
+        (ev / "printed.txt").write_text(printed)
         s = json.loads((ev / "summary.json").read_text())
         results["coarse"] = {
             k: {"dice": s[k]["dice"]["mean"], "iou": s[k]["iou"]["mean"],
@@ -162,6 +200,8 @@ def main() -> int:
         }
         results["boxes"]["review_spearman"] = review_spearman(refined,
                                                               out / "boxes" / "eval_refined")
+    if args.shifts:
+        results["shifts"] = score_shifts(args, pairs, out, weights)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0

@@ -76,9 +76,66 @@ def section(args) -> str:
         "```",
         printed,
         "```",
+        *(fixer_lines(args.fixer, info) if args.stage == "refiner" and args.fixer else []),
         END.format(stage=args.stage),
     ]
     return "\n".join(lines)
+
+
+def fixer_lines(fixer_dir: str, info: dict) -> list[str]:
+    """The refiner as a mask fixer: the mask sources it trained on, what the calibration
+    chose on val per input kind, and the test table of ``scripts/mask_fixer_eval.py``."""
+    res = json.loads((Path(fixer_dir) / "results.json").read_text())
+    training = info["training"]
+    calib = training.get("calibration", {})
+    lines = ["", "### As a mask fixer", "",
+             f"- mask sources (shares): `{json.dumps(training.get('mask_sources'))}`",
+             f"- other segmenters trained on: `{json.dumps(training.get('segmenter_weights'))}`",
+             f"- auto strength (calibrated on val): `{json.dumps(info.get('auto_strength'))}`",
+             "", "Val, per input kind (Dice; auto strength against the best fixed one):", "",
+             "| input | input Dice | auto | best fixed (strength) |", "|---|---|---|---|"]
+    for kind, row in calib.get("per_kind", {}).items():
+        lines.append(f"| {kind} | {row['input']:.4f} | {row['auto']:.4f} | "
+                     f"{row['best_fixed']:.4f} ({row['best_fixed_strength']}) |")
+    gate = calib.get("gate")
+    if gate:
+        lines += ["", f"Leave-alone gate (val, clean and colour/contrast/blur-shifted images, "
+                  f"{gate['cases']} inputs): mean Dice {gate['mean_dice_ungated']:.4f} without, "
+                  f"{gate['mean_dice_gated']:.4f} with it; {100 * gate['left_alone_share']:.1f}% "
+                  "left alone."]
+    lines += ["", f"Test split, `python scripts/mask_fixer_eval.py --preset ... --split "
+              f"{res['split']}` (every mask a 0/255 PNG through `medrefine refine`; scored by "
+              "`medrefine evaluate --pred`):", "",
+              "| source | input Dice / HD95 px | refined Dice / HD95 px | review Spearman |",
+              "|---|---|---|---|"]
+    coarse = res.get("coarse")
+    if coarse:
+        lines.append(f"| our coarse model (`segment`) | {coarse['coarse']['dice']:.4f} / "
+                     f"{coarse['coarse']['hd95']:.1f} | {coarse['refined']['dice']:.4f} / "
+                     f"{coarse['refined']['hd95']:.1f} | {coarse['review_spearman']:.2f} |")
+    for name, row in res.get("outside", {}).items():
+        lines.append(f"| {name} (never trained on) | {row['input']['dice']:.4f} / "
+                     f"{row['input']['hd95']:.1f} | {row['refined']['dice']:.4f} / "
+                     f"{row['refined']['hd95']:.1f} | {row['review_spearman']:.2f} |")
+    boxes = res.get("boxes")
+    if boxes:
+        lines.append(f"| GT box per object, jittered <= 5% | {boxes['box_as_mask']['dice']:.4f} /"
+                     f" {boxes['box_as_mask']['hd95']:.1f} | {boxes['refined']['dice']:.4f} / "
+                     f"{boxes['refined']['hd95']:.1f} | {boxes['review_spearman']:.2f} |")
+        lines.append(f"| OpenCV GrabCut on the same boxes | | {boxes['grabcut']['dice']:.4f} / "
+                     f"{boxes['grabcut']['hd95']:.1f} | |")
+    shifts = res.get("shifts")
+    if shifts:
+        lines += ["", "Shifted test images (colour, contrast, blur: the look of another device), "
+                  "our coarse model's masks refined with and without the leave-alone gate "
+                  "(Dice / HD95 px):", "",
+                  "| shift | input | refined (gate on, default) | refined, gate off | left alone |",
+                  "|---|---|---|---|---|"]
+        for kind, row in shifts.items():
+            cells = [f"{row[k]['dice']:.4f} / {row[k]['hd95']:.1f}"
+                     for k in ("input", "refined", "refined_no_gate")]
+            lines.append(f"| {kind} | " + " | ".join(cells) + f" | {row['left_alone']} |")
+    return lines
 
 
 def write_json_card(path: Path, args) -> None:
@@ -95,6 +152,11 @@ def write_json_card(path: Path, args) -> None:
         "evaluate_command": args.eval_command,
         "test_summary": summary,
     }
+    if args.stage == "refiner" and args.fixer:
+        data[args.stage]["mask_fixer_test"] = json.loads(
+            (Path(args.fixer) / "results.json").read_text())
+        data[args.stage]["calibration_val"] = read_info(run / "best.safetensors")[
+            "training"].get("calibration")
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
@@ -109,6 +171,7 @@ def main() -> None:
     p.add_argument("--machine", default=f"{platform.machine()} CPU, 2 cores (this project's "
                    "workstation class), bf16 autocast")
     p.add_argument("--title", default="")
+    p.add_argument("--fixer", help="refiner: the --out folder of scripts/mask_fixer_eval.py")
     args = p.parse_args()
     folder = ROOT / "src" / "medrefine" / "weights" / args.preset
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,11 @@ import torch
 
 from medrefine import __version__
 from medrefine.errors import ConfigError
-from medrefine.io import read_image, write_mask
+from medrefine.io import read_image, read_mask, write_mask
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import postprocess
 from medrefine.presets import sample_path
+from medrefine.prompts import mask_boxes
 from medrefine.refine import RefineParams
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,16 @@ def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
     out["end_to_end"] = {"coarse_only": timeit(lambda: pipe_coarse.run(image_path), reps)}
     if refiner is not None:
         out["end_to_end"]["refined_default"] = timeit(lambda: pipe.run(image_path), reps)
+        # ``medrefine refine`` on another tool's mask and on boxes: the sample's shipped mask
+        # and its boxes, strength auto (refine's default), load to post-processed mask
+        fixer = SegmentationPipeline.for_refinement(preset=preset, device=device)
+        fixer.refine_params = replace(fixer.refine_params, strength="auto")
+        given = read_mask(image_path.with_name(f"{image_path.stem}_mask.png")) > 0
+        boxes = mask_boxes(given)
+        out["end_to_end"]["refine_mask_auto"] = timeit(
+            lambda: fixer.run(image_path, coarse_mask=given), reps)
+        out["end_to_end"]["refine_boxes_auto"] = timeit(
+            lambda: fixer.run(image_path, boxes=boxes), reps)
     for batch in (1, 4, 8) if not quick else (1, 4):
         x = np.repeat(image01[None], batch, 0)
         t = timeit(lambda x=x: coarse.predict_grid(x), max(3, reps // 2))
@@ -150,10 +161,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"medrefine {result['medrefine_version']} bench: preset {result['preset']}, "
              f"image {result['image']} {result['image_size']}, grid {result['grid']}, "
              f"{result['threads']} threads, {result['device']}"]
-    lines.append(f"{'stage':<22}{'median ms':>12}{'p10..p90 ms':>20}")
+    lines.append(f"{'stage':<30}{'median ms':>12}{'p10..p90 ms':>20}")
     for name, t in {**result["stages"], **{f"end-to-end {k}": v for k, v in
                                            result["end_to_end"].items()}}.items():
-        lines.append(f"{name:<22}{t['median_s'] * 1000:>12.1f}"
+        lines.append(f"{name:<30}{t['median_s'] * 1000:>12.1f}"
                      f"{t['p10_s'] * 1000:>10.1f}..{t['p90_s'] * 1000:<8.1f}")
     for b, t in result.get("coarse_batch", {}).items():
         lines.append(f"coarse batch {b:<9}{t['median_s'] * 1000:>12.1f}   "

@@ -99,6 +99,13 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, help="noise seed (same seed, same mask)")
     g.add_argument("--fusion", choices=FUSIONS, help="how samples are combined")
+    g.add_argument(
+        "--leave-alone",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the input mask where the refiner is unsure of its own correction (default: "
+        "on; the threshold was calibrated on val)",
+    )
 
 
 def strength_arg(text: str) -> float | str:
@@ -214,7 +221,7 @@ def postprocess_config(args: argparse.Namespace, base: PostprocessConfig) -> Pos
 def refine_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         k: getattr(args, k)
-        for k in ("steps", "strength", "samples", "seed", "fusion")
+        for k in ("steps", "strength", "samples", "seed", "fusion", "leave_alone")
         if getattr(args, k, None) is not None
     }
 
