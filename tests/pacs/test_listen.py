@@ -54,7 +54,7 @@ def wait_for(check, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_orthanc_sends_a_study_and_the_seg_comes_back(orthanc, data_dir, tmp_path):
+def test_orthanc_sends_a_study_and_the_seg_comes_back(orthanc, tiny_weights, data_dir, tmp_path):
     sources = sorted((data_dir / CT_SERIES).glob("*.dcm"))
     study, (series,), (files,) = clone_series(sources, tmp_path / "src", patient_id="LISTEN")
     for path in files:
@@ -63,7 +63,7 @@ def test_orthanc_sends_a_study_and_the_seg_comes_back(orthanc, data_dir, tmp_pat
     command = [sys.executable, "-m", "medrefine.cli", "listen", "-o", str(out)]
     command += ["--port", str(port), "--bind", "127.0.0.1", "--quiet-seconds", "1"]
     command += ["--send-to", f"127.0.0.1:{orthanc.dicom_port}:{orthanc.aet}"]
-    command += ["--preset", "polyp", "--no-refine", "--device", "cpu"]
+    command += ["--weights", str(tiny_weights["coarse"]), "--no-refine", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log = (tmp_path / "listen.log").open("w")
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
