@@ -139,3 +139,65 @@ def test_segment_and_download_in_the_browser(server, kvasir_test_image, tiny_wei
     expected = pipe.run(kvasir_test_image)
     np.testing.assert_array_equal(read_mask(downloaded), expected.mask)
     assert "refined" in status
+
+
+def test_refine_boxes_and_brush_in_the_browser(server, tiny_weights, tmp_path):
+    """The 'Refine a mask or box' tab: typed boxes give the Python API's mask; a brush stroke on
+    the canvas is refined too."""
+    image = Path(shutil.copy(get_preset("skin").folder.parents[1] / "samples" / "ph2_lesion.jpg",
+                             tmp_path / "lesion.jpg"))
+    real = "skin" in app.available_presets() and get_preset("skin").refiner_weights.is_file()
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(server, wait_until="domcontentloaded")
+            page.wait_for_selector("#run")
+            if real:
+                page.locator("#source").get_by_label("skin").check()
+            else:
+                page.locator("#source").get_by_label(app.UPLOADED).check()
+                page.locator("#coarse-weights input[type=file]").set_input_files(
+                    str(tiny_weights["coarse"]))
+                page.locator("#refiner-weights input[type=file]").set_input_files(
+                    str(tiny_weights["refiner"]))
+                page.wait_for_function(
+                    "() => document.querySelector('#steps input[type=number]').value === '2'")
+            page.locator("#image-file input[type=file]").set_input_files(str(image))
+            page.wait_for_selector("#preview img")
+            page.get_by_role("tab", name="Refine a mask or box").click()
+            page.locator("#prompt-boxes textarea").fill("120,80,400,300")
+            page.locator("#prompt-run").click()
+            page.wait_for_selector("#prompt-result img")
+            page.wait_for_function("() => !document.querySelector('#prompt-download').disabled")
+            with page.expect_download() as info:
+                page.locator("#prompt-download").click()
+            downloaded = tmp_path / info.value.suggested_filename
+            info.value.save_as(downloaded)
+            box_status = page.locator("#prompt-status").inner_text()
+            # a brush stroke across the canvas, boxes cleared: the painted region is refined
+            page.locator("#prompt-boxes textarea").fill("")
+            canvas = page.locator("#prompt-editor canvas").first
+            page.wait_for_function(
+                "() => document.querySelector('#prompt-editor canvas') !== null")
+            box = canvas.bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
+            page.mouse.down()
+            for f in (0.45, 0.5, 0.55, 0.6):
+                page.mouse.move(box["x"] + box["width"] * f, box["y"] + box["height"] * 0.5)
+            page.mouse.up()
+            page.locator("#prompt-run").click()
+            page.wait_for_function(
+                "() => document.querySelector('#prompt-status').innerText.includes('painted')")
+            page.screenshot(path=str(artifacts_dir() / "app_prompt.png"), full_page=True)
+        finally:
+            browser.close()
+    assert "boxes" in box_status
+    if real:
+        pipe = SegmentationPipeline(preset="skin")
+    else:
+        pipe = SegmentationPipeline(tiny_weights["coarse"], tiny_weights["refiner"],
+                                    postprocess=PostprocessConfig())
+    expected = pipe.run(image, boxes=[(120, 80, 400, 300)])
+    np.testing.assert_array_equal(read_mask(downloaded), expected.mask)
