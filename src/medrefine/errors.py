@@ -12,7 +12,13 @@ class MedrefineError(Exception):
 
 
 class InputError(MedrefineError):
-    """An input file or array is missing, corrupt, empty or has an unusable shape/dtype."""
+    """An input file or array is missing, corrupt, empty or has an unusable shape/dtype.
+
+    The message is kept to one line (library errors quoted in it often span several), since
+    the CLI prints it as one line and a batch report stores it in one cell."""
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(" ".join(str(message).split()), *args)
 
 
 class UnsupportedFormatError(InputError):

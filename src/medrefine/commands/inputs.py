@@ -3,8 +3,11 @@ input's kind (volume or 2D, NIfTI, DICOM), which decides the files its outputs a
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +19,22 @@ from medrefine.io.sniff import SUFFIX_FORMATS
 logger = logging.getLogger(__name__)
 
 
-def expand_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+def expand_inputs(
+    specs: list[str], ignored: list[tuple[str, str]] | None = None
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files, folders (their supported images, not recursive; a folder holding one DICOM
-    series is one input) and glob patterns -> (inputs in order, [(spec, why it gave none)])."""
+    series is one input) and glob patterns -> (inputs in order, [(entry, why it failed)]).
+
+    Every entry a spec names is accounted for: an input, a failure (a symlink loop or broken
+    link, a folder named like an image, a FIFO or device, a file that cannot be read) or, when
+    ``ignored`` is given, appended there with why (a file that is not an image, a sub-folder).
+    Nothing here raises for a bad entry."""
     inputs: list[Path] = []
     problems: list[tuple[str, str]] = []
+    ignored = [] if ignored is None else ignored
     for spec in specs:
         path = Path(spec)
-        if path.exists():
+        if _lexists(path):
             candidates, from_pattern = [path], False
         elif glob.has_magic(spec):
             candidates, from_pattern = [Path(p) for p in sorted(glob.glob(spec))], True
@@ -33,8 +44,11 @@ def expand_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
             problems.append((spec, "no such file or folder; check the path"))
             continue
         for cand in candidates:
-            if cand.is_dir():
-                found = folder_inputs(cand)
+            why = entry_problem(cand)
+            if why is not None:
+                problems.append((str(cand), why))
+            elif cand.is_dir():
+                found = folder_inputs(cand, problems=problems, ignored=ignored)
                 if not found and not from_pattern:
                     problems.append(
                         (
@@ -42,25 +56,96 @@ def expand_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
                             "folder holds no supported images (PNG, JPEG, TIFF, BMP, DICOM, NIfTI)",
                         )
                     )
+                elif not found:
+                    ignored.append((str(cand), "a folder without supported images"))
                 inputs.extend(found)
             elif not from_pattern or _looks_supported(cand):
                 inputs.append(cand)
+            else:
+                ignored.append((str(cand), _not_an_image(cand)))
     first: dict[Path, Path] = {}
     for path in inputs:  # the same file named twice is segmented once
-        first.setdefault(path.resolve(), path)
+        first.setdefault(_resolved(path), path)
     return list(first.values()), problems
 
 
-def folder_inputs(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+def entry_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an input (without opening it), or None.
+
+    A symlink loop or a broken link, a folder named like an image file, a FIFO, socket or
+    device (reading one could block for ever), a file this user may not read."""
+    try:
+        info = path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symlink loop (the link points back to itself); remove or fix the link"
+        if path.is_symlink():
+            return f"broken symlink (it points to {os.readlink(path)!r}, which does not exist)"
+        return f"cannot be examined ({err.strerror or err}); check the path and permissions"
+    if stat.S_ISDIR(info.st_mode):
+        if SUFFIX_FORMATS.get(full_suffix(path)) not in (None, "dicom"):
+            return "is a folder, not an image file, despite its name; give the files in it"
+        return None if os.access(path, os.R_OK | os.X_OK) else "folder cannot be read (permission)"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a FIFO, socket or device); give an image file"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied); check its permissions"
+    return None
+
+
+def folder_inputs(
+    folder: Path,
+    *,
+    problems: list[tuple[str, str]] | None = None,
+    ignored: list[tuple[str, str]] | None = None,
+) -> list[Path]:
+    """The inputs in ``folder`` (not recursive); entries that cannot be inputs go to
+    ``problems`` (failures, see ``entry_problem``) or ``ignored`` (not images, sub-folders)."""
+    problems = [] if problems is None else problems
+    ignored = [] if ignored is None else ignored
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        problems.append((str(folder), f"cannot list the folder ({err.strerror or err})"))
+        return []
+    files = []
+    for entry in entries:
+        why = entry_problem(entry)
+        if why is not None:
+            problems.append((str(entry), why))
+        elif entry.is_dir():
+            ignored.append((str(entry), "a sub-folder (not searched; give it as its own input)"))
+        elif entry.name.startswith("."):
+            ignored.append((str(entry), "a hidden file"))
+        else:
+            files.append(entry)
     images = [p for p in files if SUFFIX_FORMATS.get(full_suffix(p)) not in (None, "dicom")]
     dicoms = [p for p in files if _is_dicom(p)]
+    ignored.extend((str(p), _not_an_image(p)) for p in files if p not in images and p not in dicoms)
     if images or len(dicoms) <= 1:
         return images + dicoms
     if len(_series_uids(dicoms)) == 1:
         return [folder]  # one series: one volume
     logger.info("%s: holds several DICOM series; segmenting each file on its own", folder)
     return dicoms
+
+
+def _lexists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a loop made after the check: keep it apart
+        return path.absolute()
+
+
+def _not_an_image(path: Path) -> str:
+    suffix = full_suffix(path)
+    return (
+        f"not a supported image ({'suffix ' + repr(suffix) if suffix else 'no suffix, not DICOM'})"
+    )
 
 
 def _looks_supported(path: Path) -> bool:

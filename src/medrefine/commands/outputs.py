@@ -53,7 +53,7 @@ def display_image01(result: SegmentationResult) -> np.ndarray:
 def output_names(stem: str, formats: list[str], kind: InputKind) -> list[str]:
     """The files ``write_outputs`` writes for one input, in the order it writes them."""
     names = []
-    for fmt in formats:
+    for fmt in fitting_formats(formats, kind):
         if fmt == "png":
             names.append(f"{stem}.png")
         elif fmt == "nifti":
@@ -72,9 +72,30 @@ def output_names(stem: str, formats: list[str], kind: InputKind) -> list[str]:
     return names
 
 
+def fitting_formats(formats: list[str], kind: InputKind) -> list[str]:
+    """``formats`` less DICOM-SEG for an input that is not DICOM, when other formats remain: a
+    mixed batch (DICOM beside NIfTI) asked for ``nifti,dicom-seg`` writes DICOM-SEG where it
+    can and the other formats everywhere. DICOM-SEG alone is kept (``check_formats_fit``
+    then refuses the input with the reason)."""
+    if "dicom-seg" in formats and not kind.dicom and len(formats) > 1:
+        return [f for f in formats if f != "dicom-seg"]
+    return list(formats)
+
+
+def skipped_formats(image: LoadedImage, formats: list[str]) -> dict[str, dict[str, str]]:
+    """``{"skipped_formats": {format: why}}`` for an input's report entry, or ``{}``."""
+    kept = fitting_formats(formats, InputKind.of(image))
+    skipped = {
+        f: f"needs a DICOM input to reference; this input is {image.meta.get('format')}"
+        for f in formats
+        if f not in kept
+    }
+    return {"skipped_formats": skipped} if skipped else {}
+
+
 def check_formats_fit(image: LoadedImage, formats: list[str]) -> None:
     """Refuse an input that a requested format cannot hold (before segmenting it): a volume
-    for the 2D pictures, anything but DICOM for DICOM-SEG."""
+    for the 2D pictures, anything but DICOM for DICOM-SEG when it is the only format asked."""
     pictures = [f for f in formats if f in ("png", "overlay")]
     if image.is_volume and pictures:
         raise InputError(
@@ -83,7 +104,7 @@ def check_formats_fit(image: LoadedImage, formats: list[str]) -> None:
             "--format nifti"
         )
     fmt = image.meta.get("format")
-    if "dicom-seg" in formats and fmt != "dicom":
+    if "dicom-seg" in fitting_formats(formats, InputKind.of(image)) and fmt != "dicom":
         raise InputError(
             f"{image.path}: --format dicom-seg needs a DICOM input to reference, got "
             f"{fmt!r}; use --format nifti for this file (or drop dicom-seg)"
@@ -107,7 +128,7 @@ def write_outputs(
     check_formats_fit(image, formats)
     kind = InputKind.of(image)
     written = []
-    for fmt in formats:
+    for fmt in fitting_formats(formats, kind):
         if fmt == "png":
             written.append(write_mask(result.mask, out_dir / f"{stem}.png", like=image))
         elif fmt == "nifti":

@@ -60,6 +60,7 @@ from medrefine.commands.outputs import (
     prepare_out_dir,
     report_failure,
     result_record,
+    skipped_formats,
     write_csv,
     write_json,
     write_outputs,
@@ -133,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         pipe.slice_batch = args.slice_batch
         prov = provenance(pipe, args)
         warn_if_settings_changed(args.out, prov, formats, args.overwrite)
-        inputs, problems = expand_inputs(args.inputs)
+        ignored: list[tuple[str, str]] = []  # entries that are not images: listed, not failed
+        inputs, problems = expand_inputs(args.inputs, ignored)
         inputs = sorted(inputs, key=str)  # the same order (and stems) on every rank and re-run
         jobs = list(zip(inputs, unique_stems(inputs), strict=True))[info.rank :: info.world_size]
         records: list[dict[str, Any]] = []
@@ -147,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             "inputs": args.inputs,
             "out": str(args.out),
             "formats": formats,
+            "ignored": [{"input": entry, "why": why} for entry, why in ignored],
             "world_size": info.world_size,
             "provenance": prov,
         }
@@ -203,7 +206,8 @@ def completed_outputs(path: Path, stem: str, formats: list[str], out_dir: Path) 
 
     Outputs are renamed into place only once complete, so a file that exists is whole."""
     try:
-        kind = probe_kind(path) if "uncertainty" in formats else InputKind(False)
+        probe = "uncertainty" in formats or "dicom-seg" in formats
+        kind = probe_kind(path) if probe else InputKind(False)
     except MedrefineError:
         return None  # unreadable: segment it, so the failure is reported again
     names = output_names(stem, formats, kind)
@@ -233,7 +237,9 @@ def segment_one(
     except Exception as err:  # a batch goes on past a bad file (KeyboardInterrupt still stops)
         return failure_record(path, err, t0, echo)
     fraction = float((result.mask > 0).mean())
-    return result_record(path, result, written, t0, t_write, {"foreground_fraction": fraction})
+    measures = {"foreground_fraction": fraction}
+    extra = skipped_formats(result.image, formats)  # DICOM-SEG asked of a non-DICOM input
+    return result_record(path, result, written, t0, t_write, measures, **extra)
 
 
 # ---------------------------------------------------------------- reports

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from medrefine.errors import InputError
-from medrefine.io.base import LoadedImage, LoadedMask, atomic_output, stem_of
+from medrefine.io.base import LoadedImage, LoadedMask, atomic_output, reading, stem_of
+from medrefine.io.limits import ReadLimits, read_limits, set_read_limits
 from medrefine.io.masks import load_mask, read_mask
 from medrefine.io.sniff import sniff_format
 from medrefine.io.writers import write_float_nifti, write_image_png, write_mask
@@ -17,10 +18,13 @@ from medrefine.io.writers import write_float_nifti, write_image_png, write_mask
 __all__ = [
     "LoadedImage",
     "LoadedMask",
+    "ReadLimits",
     "atomic_output",
     "load_mask",
     "read_image",
+    "read_limits",
     "read_mask",
+    "set_read_limits",
     "sniff_format",
     "stem_of",
     "write_float_nifti",
@@ -56,6 +60,8 @@ def read_image(
     Raises:
         InputError: missing, empty, corrupt or unusable file (the message names the file).
         UnsupportedFormatError: readable but unsupported (RTSTRUCT, DICOM-SEG, 5D NIfTI...).
+        Nothing else leaves it: a file whose header promises more than the decoded-size limit
+        (``medrefine.io.limits``) is refused before decoding.
     """
     from medrefine.io.dicom import read_dicom
     from medrefine.io.dicom_series import read_dicom_folder
@@ -63,15 +69,16 @@ def read_image(
     from medrefine.io.raster import read_raster
 
     path = Path(path)
-    fmt = sniff_format(path)
-    if fmt == "nifti":
-        return read_nifti(path, slice=slice, reorient=reorient)
-    if fmt == "dicom":
-        image = read_dicom(path)
-    elif fmt == "dicom-folder":
-        image = read_dicom_folder(path)
-    else:
-        image = read_raster(path, fmt=fmt, tiff_pages=tiff_pages)
+    with reading(path):
+        fmt = sniff_format(path)
+        if fmt == "nifti":
+            return read_nifti(path, slice=slice, reorient=reorient)
+        if fmt == "dicom":
+            image = read_dicom(path)
+        elif fmt == "dicom-folder":
+            image = read_dicom_folder(path)
+        else:
+            image = read_raster(path, fmt=fmt, tiff_pages=tiff_pages)
     if slice is not None:
         image = _take_slice(image, int(slice))
     return image

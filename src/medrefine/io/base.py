@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from medrefine.errors import InputError
+from medrefine.errors import InputError, MedrefineError
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,31 @@ def check_size(path: Path, shape: tuple[int, ...], limit: int = MAX_VOXELS) -> N
             f"{path}: header says shape {tuple(int(n) for n in shape)} ({count:,} values), "
             f"more than the {limit:,} medrefine loads; crop or downsample it first"
         )
+
+
+@contextlib.contextmanager
+def reading(path: Path | str) -> Iterator[None]:
+    """The last line of defence of ``read_image``/``load_mask``: whatever a reader or a library
+    under it raises for a damaged file leaves as ``InputError`` naming the file.
+
+    Readers catch the failures they expect with a precise message; a message from here says
+    "unexpected", which the fuzz harness (tests/fuzz) counts as a bug to fix at its source.
+    """
+    try:
+        yield
+    except MedrefineError:
+        raise
+    except MemoryError as err:
+        raise InputError(
+            f"{path}: not enough memory to decode the file; free memory or lower its size"
+        ) from err
+    except Exception as err:
+        logger.debug("unexpected error reading %s", path, exc_info=err)
+        text = " ".join(str(err).split())[:200]
+        raise InputError(
+            f"{path}: cannot read the file (unexpected {type(err).__name__}: {text}); the file is "
+            "probably damaged"
+        ) from err
 
 
 def finite_float32(array: np.ndarray, path: Path | None) -> np.ndarray:

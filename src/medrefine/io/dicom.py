@@ -29,6 +29,7 @@ from pydicom.uid import UID
 from medrefine.errors import InputError, UnsupportedFormatError
 from medrefine.io import dicom_geometry as geometry
 from medrefine.io.base import MAX_VOXELS, LoadedImage, check_size, finite_float32
+from medrefine.io.limits import check_decoded_size
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +88,19 @@ def open_dicom(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
     at least a SOP Class UID, a modality or pixel data, so non-DICOM files are refused.
     """
     try:
+        forced = False
         try:
             with _quiet(path):
-                return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+                ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:
             with _quiet(path):
                 ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
-        if not any(k in ds for k in ("SOPClassUID", "Modality", *_PIXEL_KEYWORDS)):
+            forced = True
+        with _quiet(path):
+            _drop_undecodable(ds, path)
+            if getattr(ds, "file_meta", None) is not None:
+                _drop_undecodable(ds.file_meta, path)
+        if forced and not any(k in ds for k in ("SOPClassUID", "Modality", *_PIXEL_KEYWORDS)):
             raise InputError(
                 f"{path}: not a DICOM file (no SOP Class, modality or pixel "
                 "data found); check that it is really DICOM"
@@ -105,6 +112,35 @@ def open_dicom(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
         raise InputError(
             f"{path}: cannot parse DICOM ({type(err).__name__}: {err}); the file "
             "is probably truncated or not DICOM"
+        ) from err
+
+
+def _drop_undecodable(ds: Dataset, path: Path, depth: int = 0) -> None:
+    """Decode every element now, inside ``open_dicom``'s guard, and drop those that cannot be
+    decoded (an unknown VR, a damaged value): pydicom decodes elements lazily, so otherwise a
+    damaged private tag fails wherever it is first touched, long after the file was opened."""
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+            if elem.VR == "SQ" and depth < 16:
+                for item in elem.value:
+                    _drop_undecodable(item, path, depth + 1)
+        except Exception as err:  # any type: it is the library's decoding that failed
+            logger.debug("%s: element %s dropped (%s: %s)", path, tag, type(err).__name__, err)
+            with contextlib.suppress(Exception):
+                del ds[tag]
+
+
+def header_int(ds: Dataset, keyword: str, default: int, path: Path) -> int:
+    """An integer header value; a damaged one (text, unknown VR, a list) is an ``InputError``."""
+    try:
+        value = ds.get(keyword, default)
+        if value is None or value == "":
+            return default
+        return int(value)
+    except Exception as err:  # pydicom decodes elements lazily: any type can come out here
+        raise InputError(
+            f"{path}: DICOM {keyword} is not a number ({type(err).__name__}); the header is damaged"
         ) from err
 
 
@@ -137,14 +173,17 @@ def refuse_non_image(ds: Dataset, path: Path) -> None:
 
 def decode_frames(ds: Dataset, path: Path) -> DecodedFrames:
     """Decode pixels (any transfer syntax pydicom has a plugin for) and apply the modality LUT."""
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if rows <= 0 or cols <= 0:
+    rows, cols = header_int(ds, "Rows", 0, path), header_int(ds, "Columns", 0, path)
+    n_frames = header_int(ds, "NumberOfFrames", 1, path) or 1
+    samples = header_int(ds, "SamplesPerPixel", 1, path) or 1
+    if rows <= 0 or cols <= 0 or n_frames < 0 or samples not in (1, 3):
         raise InputError(
-            f"{path}: DICOM has no valid Rows/Columns ({rows}x{cols}); the header is damaged"
+            f"{path}: DICOM header gives {n_frames} frame(s) of {rows}x{cols} pixels with "
+            f"{samples} sample(s) each; expected positive sizes and 1 or 3 samples (damaged header)"
         )
     check_size(path, (n_frames, rows, cols, samples), MAX_VOXELS)
+    bits = header_int(ds, "BitsAllocated", 16, path)
+    check_decoded_size(path, (n_frames, rows, cols, samples), max(bits, 8) / 8, "pixel values")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     stored = _pixel_array(ds, path)
     source_dtype = str(stored.dtype)
@@ -160,6 +199,11 @@ def decode_frames(ds: Dataset, path: Path) -> DecodedFrames:
             ) from err
         samples = 3
     # pydicom gives (H, W), (F, H, W), (H, W, 3) or (F, H, W, 3); make it (C, F, H, W).
+    if stored.size != n_frames * rows * cols * samples:
+        raise InputError(
+            f"{path}: decoded {stored.size:,} pixel values where the header promises "
+            f"{n_frames} frame(s) x {rows} x {cols} x {samples}; the header is inconsistent"
+        )
     if samples == 1:
         stored = stored.reshape(n_frames, rows, cols)[None]
     else:

@@ -181,19 +181,27 @@ def read_dicom_seg(path: Path, like: LoadedImage | None = None) -> LoadedMask:
         mask = mask[0]
         spacing = spacing[1:] if spacing is not None and len(spacing) == 3 else spacing
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    meta = {
-        "format": "dicom-seg",
-        "source_dtype": "bool" if int(seg.BitsAllocated) == 1 else f"uint{seg.BitsAllocated}",
-        "modality": "SEG",
-        "labels": [int(v) for v in np.unique(mask) if v],
-        "segment_labels": {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence},
-        "segmentation_type": str(seg.SegmentationType),
-        "referenced_sop_instance_uids": [u[2] for u in seg.get_source_image_uids()],
-        "study_instance_uid": str(seg.StudyInstanceUID),
-        "series_instance_uid": str(seg.SeriesInstanceUID),
-        "sop_instance_uids": [str(seg.SOPInstanceUID)],
-        "number_of_frames": int(seg.NumberOfFrames),
-    }
+    try:
+        meta = {
+            "format": "dicom-seg",
+            "source_dtype": "bool" if int(seg.BitsAllocated) == 1 else f"uint{seg.BitsAllocated}",
+            "modality": "SEG",
+            "labels": [int(v) for v in np.unique(mask) if v],
+            "segment_labels": {
+                int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence
+            },
+            "segmentation_type": str(seg.SegmentationType),
+            "referenced_sop_instance_uids": [u[2] for u in seg.get_source_image_uids()],
+            # UIDs a damaged or hand-made SEG may lack: facts for `medrefine info`, not needed
+            "study_instance_uid": str(seg.get("StudyInstanceUID", "")) or None,
+            "series_instance_uid": str(seg.get("SeriesInstanceUID", "")) or None,
+            "sop_instance_uids": [str(seg.get("SOPInstanceUID", ""))],
+            "number_of_frames": int(seg.get("NumberOfFrames", 1) or 1),
+        }
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise InputError(
+            f"{path}: DICOM-SEG header is incomplete ({type(err).__name__}: {err}); check the file"
+        ) from err
     return LoadedMask(mask, spacing, meta, path)
 
 

@@ -20,11 +20,13 @@ from medrefine.io.dicom import (
     DecodedFrames,
     decode_frames,
     dicom_meta,
+    header_int,
     open_dicom,
     read_dicom,
     refuse_non_image,
 )
-from medrefine.io.dicom_geometry import volume_spacing
+from medrefine.io.dicom_geometry import floats, volume_spacing
+from medrefine.io.limits import check_decoded_size
 from medrefine.io.sniff import sniff_format
 
 logger = logging.getLogger(__name__)
@@ -67,17 +69,16 @@ def read_dicom_folder(folder: Path) -> LoadedImage:
         image = read_dicom(items[0][0])
         image.path = folder
         return image
-    first = items[0][1]
-    check_size(
-        folder,
-        (
-            len(items),
-            int(first.Rows),
-            int(first.Columns),
-            int(first.get("SamplesPerPixel", 1) or 1),
-        ),
-        MAX_VOXELS,
+    first, first_path = items[0][1], items[0][0]
+    shape = (
+        len(items),
+        header_int(first, "Rows", 0, first_path),
+        header_int(first, "Columns", 0, first_path),
+        header_int(first, "SamplesPerPixel", 1, first_path) or 1,
     )
+    check_size(folder, shape, MAX_VOXELS)
+    bits = header_int(first, "BitsAllocated", 16, first_path)
+    check_decoded_size(folder, shape, max(bits, 8) / 8, "pixel values")
     paths = [p for p, _ in _sort(items, folder)]
     return _read_sorted(folder, paths)
 
@@ -107,32 +108,32 @@ def _scan(folder: Path) -> list[tuple[Path, Dataset]]:
 
 def _sort(items: list[tuple[Path, Dataset]], folder: Path) -> list[tuple[Path, Dataset]]:
     """Along the slice normal if every file has a position, else by InstanceNumber."""
-    sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in items}
+    sizes = {(header_int(ds, "Rows", 0, p), header_int(ds, "Columns", 0, p)) for p, ds in items}
     if len(sizes) > 1:
         raise InputError(
             f"{folder}: the series mixes image sizes {sorted(sizes)}; it is not one "
             "volume, split it into folders by size"
         )
-    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in items):
+    if any((header_int(ds, "NumberOfFrames", 1, p) or 1) > 1 for p, ds in items):
         raise UnsupportedFormatError(
             f"{folder}: the series mixes several multi-frame files; give the files one at a time"
         )
-    orientation = items[0][1].get("ImageOrientationPatient")
-    if orientation is not None and all("ImagePositionPatient" in ds for _, ds in items):
-        iop = np.asarray([float(v) for v in orientation])
+    iop = floats(items[0][1].get("ImageOrientationPatient") or (), 6)
+    found = [floats(ds.get("ImagePositionPatient") or (), 3) for _, ds in items]
+    if iop is not None and all(p is not None for p in found):
         normal = np.cross(iop[:3], iop[3:])
-        keys = [
-            float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for _, ds in items
-        ]
+        keys = [float(np.dot(p, normal)) for p in found]
         if len(set(np.round(keys, 4))) != len(keys):
             raise InputError(
                 f"{folder}: several files share a slice position (time points, "
                 "echoes or duplicates); keep one image per position in the folder"
             )
         return [item for _, item in sorted(zip(keys, items, strict=True), key=lambda t: t[0])]
-    if all("InstanceNumber" in ds for _, ds in items):
+    numbers = [header_int(ds, "InstanceNumber", -1, p) for p, ds in items]
+    if all(n >= 0 for n in numbers):
         logger.warning("%s: slices have no ImagePositionPatient; sorted by InstanceNumber", folder)
-        return sorted(items, key=lambda t: int(t[1].InstanceNumber))
+        order = sorted(range(len(items)), key=numbers.__getitem__)
+        return [items[i] for i in order]
     logger.warning("%s: slices have no position or instance number; sorted by file name", folder)
     return items
 

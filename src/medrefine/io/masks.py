@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from medrefine.errors import InputError, UnsupportedFormatError
-from medrefine.io.base import MAX_PIXELS_2D, LoadedImage, LoadedMask, check_size
+from medrefine.io.base import MAX_PIXELS_2D, LoadedImage, LoadedMask, check_size, reading
+from medrefine.io.limits import check_decoded_size
 from medrefine.io.sniff import sniff_format
 
 logger = logging.getLogger(__name__)
@@ -45,29 +46,31 @@ def load_mask(path: str | Path, like: LoadedImage | None = None) -> LoadedMask:
     from medrefine.io.raster import read_raster
 
     path = Path(path)
-    fmt = sniff_format(path)
-    if fmt == "dicom":
-        ds = open_dicom(path, stop_before_pixels=True)
-        if sop_class_uid(ds) != SEG_SOP_CLASS:
+    with reading(path):
+        fmt = sniff_format(path)
+        if fmt == "dicom":
+            ds = open_dicom(path, stop_before_pixels=True)
+            if sop_class_uid(ds) != SEG_SOP_CLASS:
+                raise UnsupportedFormatError(
+                    f"{path}: DICOM {ds.get('Modality', '?')} object is not a DICOM-SEG; a "
+                    "DICOM mask must be a Segmentation Storage object (RTSTRUCT contours are "
+                    "not supported)"
+                )
+            loaded = read_dicom_seg(path, like=like)
+        elif fmt == "dicom-folder":
             raise UnsupportedFormatError(
-                f"{path}: DICOM {ds.get('Modality', '?')} object is not a DICOM-SEG; a DICOM mask "
-                "must be a Segmentation Storage object (RTSTRUCT contours are not supported)"
+                f"{path}: a folder is not a mask; give a DICOM-SEG, NIfTI or PNG mask file"
             )
-        loaded = read_dicom_seg(path, like=like)
-    elif fmt == "dicom-folder":
-        raise UnsupportedFormatError(
-            f"{path}: a folder is not a mask; give a DICOM-SEG, NIfTI or PNG mask file"
-        )
-    elif fmt == "nifti":
-        image = read_nifti(path)
-        loaded = _to_labels(image, path)
-    else:
-        image = _read_palette_indices(path) if fmt == "png" else None
-        if image is None:
-            image = read_raster(path, fmt=fmt)
-        loaded = _to_labels(image, path)
-        if fmt == "jpeg":
-            logger.warning("%s: JPEG masks are lossy; labels may be blurred at the edges", path)
+        elif fmt == "nifti":
+            image = read_nifti(path)
+            loaded = _to_labels(image, path)
+        else:
+            image = _read_palette_indices(path) if fmt == "png" else None
+            if image is None:
+                image = read_raster(path, fmt=fmt)
+            loaded = _to_labels(image, path)
+            if fmt == "jpeg":
+                logger.warning("%s: JPEG masks are lossy; labels may be blurred at the edges", path)
     if like is not None and loaded.mask.shape != like.spatial_shape:
         raise InputError(
             f"{path}: mask shape {loaded.mask.shape} differs from the image's "
@@ -84,9 +87,13 @@ def _read_palette_indices(path: Path) -> LoadedImage | None:
         with Image.open(path) as img:
             if img.mode != "P":
                 return None
-            check_size(path, img.size, MAX_PIXELS_2D)
+            width, height = img.size
+            check_size(path, (height, width), MAX_PIXELS_2D)
+            check_decoded_size(path, (height, width), 1, "pixels")  # before decoding
             indices = np.asarray(img)
-    except (OSError, SyntaxError, ValueError) as err:
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{path}: image is too large ({err}); downsample it first") from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise InputError(
             f"{path}: cannot decode the PNG mask ({err}); the file is probably truncated or corrupt"
         ) from err

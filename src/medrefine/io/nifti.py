@@ -28,6 +28,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 
 from medrefine.errors import InputError, UnsupportedFormatError
 from medrefine.io.base import MAX_VOXELS, LoadedImage, check_size, finite_float32
+from medrefine.io.limits import check_decoded_size
 
 logger = logging.getLogger(__name__)
 
@@ -63,21 +64,26 @@ def read_nifti(path: Path, *, slice: int | None = None, reorient: bool = True) -
             f"{path}: {type(img).__name__} is not NIfTI; convert it to .nii.gz"
         )
     shape = tuple(int(n) for n in img.shape)
+    check_decoded_size(path, shape, _itemsize(img, path), "voxels")  # before any voxel is read
     check_size(path, shape, MAX_VOXELS)
     spatial, channels = _split_shape(shape, path)
+    affine = _finite_affine(img, path)
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32, caching="unchanged"))
-    except (OSError, EOFError, ValueError, zlib.error) as err:
+    except (OSError, EOFError, ValueError, OverflowError, zlib.error) as err:
         raise InputError(
             f"{path}: cannot read NIfTI voxel data ({err}); the file is probably "
             "truncated, re-export it"
         ) from err
     data = data.reshape(*spatial, channels)  # (X, Y, Z, C)
-    transform = _transform(img.affine, spatial) if reorient else _IDENTITY
+    transform = _transform(affine, spatial) if reorient else _IDENTITY
     data = apply_orientation(data, transform)
     array = np.transpose(data, (3, 2, 1, 0))  # (C, D, H, W)
     zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
     zooms = np.concatenate([zooms, np.ones(3 - len(zooms))])
+    if not (np.all(np.isfinite(zooms)) and np.all(zooms > 0)):
+        logger.warning("%s: voxel sizes %s are not positive numbers; using 1 mm", path, zooms)
+        zooms = np.where(np.isfinite(zooms) & (zooms > 0), zooms, 1.0)
     zooms_r = np.empty(3)
     zooms_r[transform[:, 0].astype(int)] = zooms
     spacing: tuple[float, ...] = (float(zooms_r[2]), float(zooms_r[1]), float(zooms_r[0]))
@@ -98,12 +104,12 @@ def read_nifti(path: Path, *, slice: int | None = None, reorient: bool = True) -
         "format": "nifti",
         "source_dtype": str(img.get_data_dtype()),
         "modality": "OT",
-        "affine": np.array(img.affine, dtype=np.float64),
+        "affine": affine,
         "header": img.header.copy(),
         "nifti_shape": shape,
         "ornt_transform": transform.tolist(),
         "slice": None if slice is None else int(slice),
-        "axcodes": "".join(c or "?" for c in nib.aff2axcodes(img.affine)),
+        "axcodes": _axcodes(affine),
         "number_of_frames": int(1 if two_d else data.shape[2]),
     }
     return LoadedImage(finite_float32(array, path), spacing, meta, path)
@@ -129,12 +135,44 @@ def _split_shape(shape: tuple[int, ...], path: Path) -> tuple[tuple[int, int, in
     )
 
 
+def _itemsize(img, path: Path) -> int:
+    try:
+        return int(img.get_data_dtype().itemsize)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{path}: NIfTI header has no usable data type ({err})") from err
+
+
+def _finite_affine(img, path: Path) -> np.ndarray:
+    """The image's affine, or the voxel grid scaled by the voxel sizes when the header's
+    qform/sform is NaN or singular (then nothing can be reoriented: the voxel order is kept)."""
+    try:
+        affine = np.array(img.affine, dtype=np.float64)
+        usable = np.all(np.isfinite(affine)) and abs(np.linalg.det(affine[:3, :3])) > 1e-12
+    except (ValueError, TypeError, OverflowError, np.linalg.LinAlgError):
+        affine, usable = np.eye(4), False
+    if not usable:
+        logger.warning("%s: the header's affine is NaN or singular; keeping the voxel order", path)
+        affine = np.eye(4)
+    return affine
+
+
+def _axcodes(affine: np.ndarray) -> str:
+    try:
+        return "".join(c or "?" for c in nib.aff2axcodes(affine))
+    except (ValueError, np.linalg.LinAlgError):
+        return "???"
+
+
 def _transform(affine: np.ndarray, spatial: tuple[int, int, int]) -> np.ndarray:
     """Orientation transform to the L-P-S grid; a 2D image keeps its singleton third axis."""
     if not np.all(np.isfinite(affine)):
         logger.warning("affine has non-finite values; keeping the voxel order")
         return _IDENTITY
-    transform = ornt_transform(io_orientation(affine), _TARGET)
+    try:
+        transform = ornt_transform(io_orientation(affine), _TARGET)
+    except (ValueError, np.linalg.LinAlgError):
+        logger.warning("affine has no clear orientation; keeping the voxel order")
+        return _IDENTITY
     if spatial[2] == 1 and int(transform[2, 0]) != 2:
         return _IDENTITY  # a 2D image whose plane is not axial: do not turn it on its side
     return transform

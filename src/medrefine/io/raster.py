@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from medrefine.errors import InputError, UnsupportedFormatError
 from medrefine.io.base import MAX_PIXELS_2D, LoadedImage, check_size, finite_float32
+from medrefine.io.limits import check_decoded_size
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +116,25 @@ def _decode_pillow(path: Path, kind: str | None):
     with Image.open(path) as img:
         width, height = img.size
         check_size(path, (height, width), MAX_PIXELS_2D)  # header only, before decoding
+        bands, per_band = _decoded_bands(img)
+        check_decoded_size(path, (height, width, bands), per_band, "pixel values")
         img.load()
         fmt = (img.format or kind or "raster").lower()
         mode = img.mode
         exif_orientation = _exif_orientation(img)
         converted = _convert_mode(img, path)
         return np.asarray(converted), fmt, mode, exif_orientation, converted.info.get("dpi")
+
+
+def _decoded_bands(img: Image.Image) -> tuple[int, int]:
+    """(bands after ``_convert_mode``, bytes per band) from the header, for the size check."""
+    bands = len(img.getbands())
+    if img.mode in ("P", "PA"):
+        bands = 4  # a palette may expand to RGBA
+    elif img.mode in _TO_RGB_MODES:
+        bands = max(bands, 3)
+    per_band = 4 if img.mode in ("I", "F") else 2 if img.mode.startswith("I;16") else 1
+    return bands, per_band
 
 
 def _convert_mode(img: Image.Image, path: Path) -> Image.Image:
@@ -173,6 +187,7 @@ def _read_png16_colour(path: Path) -> LoadedImage:
         head = fh.read(24)
     width, height = struct.unpack(">II", head[16:24])
     check_size(path, (height, width), MAX_PIXELS_2D)
+    check_decoded_size(path, (height, width, 4), 2, "pixel values")
     buffer = np.fromfile(path, dtype=np.uint8)
     array = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if array is None or array.ndim != 3:
@@ -199,6 +214,7 @@ def _read_tiff(path: Path, tiff_pages: str) -> LoadedImage:
         with tifffile.TiffFile(path) as tif:
             series = _pick_series(tif, path)
             check_size(path, series.shape, 4 * MAX_PIXELS_2D)
+            check_decoded_size(path, series.shape, _itemsize(series), "values")
             array = series.asarray()
             axes = series.axes
             page = tif.pages[0]
@@ -247,8 +263,16 @@ def _pick_series(tif, path: Path):
     first = series[0]
     same = [s for s in series if s.shape == first.shape and s.dtype == first.dtype]
     if len(series) > 1 and len(same) == len(series) and len(first.pages) == 1:
+        check_decoded_size(path, (len(series), *first.shape), _itemsize(first), "values")
         return _StackedPages([s.asarray() for s in series], "I" + first.axes)
     return first
+
+
+def _itemsize(series) -> int:
+    try:
+        return int(np.dtype(series.dtype).itemsize)
+    except (TypeError, ValueError, AttributeError):
+        return 8  # unknown: assume the widest
 
 
 class _StackedPages:
@@ -258,6 +282,7 @@ class _StackedPages:
         self.pages = pages
         self.axes = axes
         self.shape = (len(pages), *pages[0].shape)
+        self.dtype = pages[0].dtype
 
     def asarray(self) -> np.ndarray:
         return np.stack(self.pages)
