@@ -46,6 +46,7 @@ class Listener:
         self._t_start = time.perf_counter()
 
     def start(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.scp.start()
         logger.info(
             "listening on %s:%d as %s; outputs in %s",
