@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -115,3 +117,43 @@ def test_a_preset_without_a_refiner_falls_back_to_coarse_with_a_warning(
     assert pipe.refiner is None and "ships no diffusion refiner" in caplog.text
     with pytest.raises(Exception, match="not found"):  # explicit refiner weights must exist
         SegmentationPipeline(preset="polyp", diffusion_weights=tmp_path / "none.safetensors")
+
+
+def test_preset_with_a_separate_fixer_routes_prompts_to_it(tiny_weights, tmp_path, monkeypatch):
+    """A preset that ships fixer.safetensors beside refiner.safetensors: ``segment`` runs the
+    refiner on its coarse masks, given masks and boxes go to the fixer (with its defaults)."""
+    import shutil
+
+    import torch
+
+    from medrefine.checkpoint import read_info, save_weights
+    from medrefine.models.denoiser import Denoiser, DenoiserConfig
+    from medrefine.presets import Preset
+    from medrefine.refine import RefineParams
+
+    folder = tmp_path / "preset"
+    folder.mkdir()
+    shutil.copy(tiny_weights["coarse"], folder / "coarse.safetensors")
+    shutil.copy(tiny_weights["refiner"], folder / "refiner.safetensors")
+    info = read_info(tiny_weights["refiner"])
+    info["refine_defaults"] = {**info["refine_defaults"], "strength": 0.6, "samples": 1}
+    torch.manual_seed(7)
+    save_weights(folder / "fixer.safetensors",
+                 Denoiser(DenoiserConfig.from_dict(info["denoiser"])), info)
+    monkeypatch.setattr(Preset, "folder", property(lambda self: folder))
+    pipe = SegmentationPipeline(preset="polyp")
+    image = np.random.default_rng(0).random((40, 48, 3)).astype(np.float32)
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 12:36] = 1
+    fixer = SegmentationPipeline(tiny_weights["coarse"], folder / "fixer.safetensors",
+                                 postprocess=pipe.post)
+    expected = fixer.run(image, coarse_mask=mask)
+    got = pipe.run(image, coarse_mask=mask)
+    np.testing.assert_array_equal(got.mask, expected.mask)
+    assert got.params["refine"]["strength"] == 0.6  # the fixer's defaults
+    assert pipe.run(image).params["refine"] == asdict(RefineParams(**read_info(
+        tiny_weights["refiner"])["refine_defaults"]))  # segment: the refiner's
+    refine_only = SegmentationPipeline.for_refinement(preset="polyp")
+    assert refine_only.refiner_path == folder / "fixer.safetensors"
+    boxes = pipe.run(image, boxes=[(12, 10, 36, 30)])
+    np.testing.assert_array_equal(boxes.mask, fixer.run(image, boxes=[(12, 10, 36, 30)]).mask)

@@ -14,7 +14,10 @@ from medrefine.errors import MedrefineError
 from medrefine.io.limits import ReadLimits, set_read_limits
 
 # Explicit list: the order is the order of ``medrefine --help``.
-COMMANDS = ["segment", "listen", "refine", "evaluate", "train", "bench", "export", "info", "app"]
+COMMANDS = [
+    "segment", "listen", "refine", "evaluate", "train", "calibrate", "bench", "export", "info",
+    "app",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ post-processed in 3D.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -194,6 +195,13 @@ class SegmentationPipeline:
             raise ConfigError("a pipeline without a coarse model needs the diffusion refiner")
         self.pre_cfg = self.coarse.pre_cfg if self.coarse else self.refiner.pre_cfg
         self.refine_params = refine or (self.refiner.defaults if self.refiner else None)
+        self._user_refine = refine is not None
+        # a preset's refiner for other tools' masks and boxes, when it ships one of its own
+        self._fixer_path = (self.preset.fixer_weights if self.refiner is not None and
+                            diffusion_weights is None and self.preset is not None and
+                            self.preset.fixer_weights != self.refiner_path else None)
+        self._fixer: SegmentationPipeline | None = None
+        self._device, self._onnx = device, onnx if backend == "onnx" else None
         self.post = postprocess or (self.preset.postprocess if self.preset else PostprocessConfig())
         if slice_batch < 1:
             raise ConfigError(f"slice_batch must be at least 1, got {slice_batch}")
@@ -209,10 +217,32 @@ class SegmentationPipeline:
         postprocess: PostprocessConfig | None = None,
     ) -> SegmentationPipeline:
         """A pipeline that only refines given masks (``refine``): no coarse model is loaded;
-        images are preprocessed as the refiner was trained."""
+        images are preprocessed as the refiner was trained. A preset gives its refiner for
+        other tools' masks and boxes (``Preset.fixer_weights``)."""
+        if diffusion_weights is None and preset is not None:
+            diffusion_weights = get_preset(preset).fixer_weights
         return cls(
             None, diffusion_weights, device, True, preset, refine, postprocess, load_coarse=False
         )
+
+    def fixer(self) -> SegmentationPipeline:
+        """This pipeline, or (for a preset that ships a separate refiner for other tools'
+        masks and boxes) a copy that runs that refiner, with its own defaults."""
+        if self._fixer_path is None:
+            return self
+        if self._fixer is None:
+            if self._onnx is not None:
+                from medrefine.export import onnx_refiner
+
+                refiner = onnx_refiner(self._fixer_path, **self._onnx)
+            else:
+                refiner = Refiner.from_weights(self._fixer_path, self._device, fold_bn=True)
+            fixer = copy.copy(self)
+            fixer.refiner, fixer.refiner_path, fixer._fixer_path = refiner, self._fixer_path, None
+            if not self._user_refine:
+                fixer.refine_params = refiner.defaults
+            self._fixer = fixer
+        return self._fixer
 
     # -------------------------------------------------------------- provenance
     def provenance(self) -> dict[str, Any]:
@@ -348,6 +378,8 @@ class SegmentationPipeline:
         Volumes (C, D, H, W) go slice by slice through the models in batches of
         ``slice_batch`` and are post-processed in 3D; the mask is (D, H, W) on the input grid.
         """
+        if (coarse_mask is not None or boxes is not None) and self.fixer() is not self:
+            return self.fixer().run(image, coarse_mask, boxes, refine)
         timings: dict[str, float] = {}
         t = time.perf_counter()
         loaded = as_loaded(image)

@@ -29,7 +29,16 @@ class Preset:
 
     @property
     def refiner_weights(self) -> Path:
+        """The refiner ``segment`` runs on the preset's own coarse masks."""
         return self.folder / "refiner.safetensors"
+
+    @property
+    def fixer_weights(self) -> Path:
+        """The refiner for masks from other tools, boxes and outlines (``refine``):
+        ``fixer.safetensors`` where the preset ships one beside a refiner tuned to its own
+        coarse model, else that refiner."""
+        fixer = self.folder / "fixer.safetensors"
+        return fixer if fixer.is_file() else self.refiner_weights
 
 
 PRESETS: dict[str, Preset] = {

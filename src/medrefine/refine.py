@@ -89,7 +89,9 @@ class AutoStrength:
     Attributes:
         probe: strength at which the refiner's first x0 estimate is taken.
         edges: ascending disagreement (1 - Dice(input, estimate)) bin edges.
-        strengths: the strength for each bin (one more than ``edges``).
+        strengths: the strength for each bin (one more than ``edges``); 0 keeps the input
+            mask (refined at ``probe`` for its uncertainty only): the light touch a mask at
+            least as good as the refiner's own needs.
         max_doubt: review score of the refined mask above which the input is left alone
             (``inf``: never).
     """
@@ -105,8 +107,9 @@ class AutoStrength:
         if len(self.strengths) != len(self.edges) + 1 or list(self.edges) != sorted(self.edges):
             raise ConfigError("auto strength: strengths needs one value more than the ascending "
                               "edges")
-        if not all(0 < s <= 1 for s in (self.probe, *self.strengths)):
-            raise ConfigError("auto strength: strengths must lie in (0, 1]")
+        if not 0 < self.probe <= 1 or not all(0 <= s <= 1 for s in self.strengths):
+            raise ConfigError("auto strength: the probe must lie in (0, 1] and the strengths "
+                              "in [0, 1] (0: keep the input)")
 
     def pick(self, disagreement: float) -> float:
         return self.strengths[int(np.searchsorted(self.edges, disagreement, side="right"))]
@@ -226,10 +229,13 @@ class Refiner:
         image = torch.as_tensor(image01, dtype=torch.float32, device=dev)[None]
         coarse = torch.as_tensor(coarse_probs, dtype=torch.float32, device=dev)[None, None]
         cond = self.model.encode_condition(self._layout(image), self._layout(coarse))
-        disagreement, strength = None, p.strength
+        disagreement, strength, keep = None, p.strength, False
         if strength == "auto" and not from_noise:
             disagreement = self.probe_disagreement(coarse, cond, gen)
             strength = self.auto.pick(disagreement)
+            keep = strength == 0 and p.leave_alone  # a prompt (box) is never kept
+            if strength == 0:
+                strength = self.auto.probe
         elif strength == "auto":
             strength = 1.0
         timesteps = refinement_timesteps(diff.num_timesteps, 1.0 if from_noise else strength,
@@ -250,8 +256,9 @@ class Refiner:
             uncertainty = np.maximum(uncertainty, 2 * samples.std(0))
         uncertainty = uncertainty.clip(0, 1)
         doubt = review_score(uncertainty, fused > 0.5)
-        left_alone = bool(p.leave_alone and not from_noise and doubt > self.auto.max_doubt)
-        if left_alone:  # unsure of its own correction: the input stands
+        left_alone = keep or bool(p.leave_alone and not from_noise
+                                  and doubt > self.auto.max_doubt)
+        if left_alone:  # a good mask, or unsure of its own correction: the input stands
             fused = coarse_probs.astype(np.float32)
         return RefineOutput(fused.astype(np.float32), uncertainty, samples, timesteps,
-                            float(strength), disagreement, left_alone, doubt)
+                            0.0 if keep else float(strength), disagreement, left_alone, doubt)

@@ -73,7 +73,7 @@ def test_refiner_run(disk_data, coarse_run, tmp_path, diffusion, expected_tuning
     assert defaults["strength"] == "auto" and defaults["steps"] in STEPS
     assert defaults["leave_alone"] is True
     auto = info["auto_strength"]
-    assert set(auto["strengths"]) <= set(STRENGTHS)
+    assert set(auto["strengths"]) <= {0.0, *STRENGTHS}  # 0: keep the input
     assert len(auto["strengths"]) == len(auto["edges"]) + 1
     report = info["training"]["calibration"]
     assert report == json.loads((run / "calibration.json").read_text())

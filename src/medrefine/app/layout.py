@@ -162,7 +162,8 @@ def build_app(idle_s: float = 4 * 3600) -> gr.Blocks:
                         gr.Markdown(
                             "Upload the image in the *Single image* tab, then paint roughly "
                             "over the object, type boxes, or upload a mask from another tool; "
-                            "the refiner turns it into a mask."
+                            "the preset's refiner turns it into a mask at its calibrated "
+                            "settings (auto strength; samples and seed from the left)."
                         )
                         with gr.Row():
                             editor = gr.ImageEditor(

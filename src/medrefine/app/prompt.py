@@ -5,6 +5,7 @@ mask made by another tool. The pipeline is the one ``medrefine refine`` runs."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -45,8 +46,10 @@ def painted_mask(editor: dict | None, shape: tuple[int, int]) -> np.ndarray | No
     for layer in layers:
         layer = np.asarray(layer)
         if layer.ndim != 3 or layer.shape[:2] != shape:
-            raise InputError(f"the painted layer is {layer.shape[:2]}, the image {shape}; "
-                             "upload the image again and repaint")
+            raise InputError(
+                f"the painted layer is {layer.shape[:2]}, the image {shape}; "
+                "upload the image again and repaint"
+            )
         strokes |= layer[..., -1] > 0 if layer.shape[-1] == 4 else layer.max(-1) > 0
     return ndimage.binary_fill_holes(strokes).astype(np.uint8) if strokes.any() else None
 
@@ -82,8 +85,17 @@ def refine_prompt(
     """Refine the prompt (boxes, else an uploaded mask, else the painted region) on the image."""
     t_start = time.perf_counter()
     session = session or Session()
-    refine, post = request_settings(steps, strength, auto_strength, samples, seed, threshold,
-                                    fill_holes, keep_largest, min_object_size)
+    refine, post = request_settings(
+        steps,
+        strength,
+        auto_strength,
+        samples,
+        seed,
+        threshold,
+        fill_holes,
+        keep_largest,
+        min_object_size,
+    )
     loaded = read_upload(image_file, slice_index)
     shape = loaded.spatial_shape
     boxes = parse_boxes(boxes_text)
@@ -93,15 +105,23 @@ def refine_prompt(
     elif boxes is None:
         mask = painted_mask(editor, shape)
     if boxes is None and mask is None:
-        raise InputError("nothing to refine: paint over the object, type boxes (x0,y0,x1,y1) "
-                         "or upload a mask from another tool")
+        raise InputError(
+            "nothing to refine: paint over the object, type boxes (x0,y0,x1,y1) "
+            "or upload a mask from another tool"
+        )
     progress(0.2, desc="loading the refiner")
     pipe, notes = build_pipeline(source, coarse_file, refiner_file, True, refine, post)
     if pipe.refiner is None:
-        raise ConfigError("this model has no diffusion refiner; pick a preset that ships one "
-                          "or upload a refiner")
+        raise ConfigError(
+            "this model has no diffusion refiner; pick a preset that ships one or upload a refiner"
+        )
     progress(0.4, desc="refining")
-    result = pipe.run(loaded, boxes=boxes) if boxes else pipe.run(loaded, coarse_mask=mask)
+    # the preset's refiner for prompts, at its calibrated settings (auto strength); the
+    # samples and seed are the request's
+    fixer = pipe.fixer()
+    params = replace(fixer.refiner.defaults, samples=refine["samples"], seed=refine["seed"])
+    result = (fixer.run(loaded, boxes=boxes, refine=params) if boxes else
+              fixer.run(loaded, coarse_mask=mask, refine=params))
     image01 = display_image01(loaded)
     given = result.coarse_mask > 0
     session.new_request()
@@ -111,12 +131,23 @@ def refine_prompt(
     heat = uncertainty_heatmap(result.uncertainty, image01, vmax=1.0)
     info = result.params.get("refinement", {})
     what = "the boxes" if boxes else ("the uploaded mask" if mask_file else "the painted region")
-    status = (f"Refined {what} (orange) into the blue mask: strength {info.get('strength', 0):.2f}"
-              + (" (auto)" if refine["strength"] == "auto" else "")
-              + (". The refiner was unsure of its correction here, so the mask is kept as given."
-                 if info.get("left_alone") else ".")
-              + "".join(f" {n}" for n in notes)
-              + f" {1000 * (time.perf_counter() - t_start):.0f} ms.")
+    status = (
+        f"Refined {what} (orange) into the blue mask: strength {info.get('strength', 0):.2f}"
+        + (" (auto)" if refine["strength"] == "auto" else "")
+        + (
+            ". The refiner was unsure of its correction here, so the mask is kept as given."
+            if info.get("left_alone")
+            else "."
+        )
+        + "".join(f" {n}" for n in notes)
+        + f" {1000 * (time.perf_counter() - t_start):.0f} ms."
+    )
     mask_path, _ = write_downloads(session, "PNG")
-    return (session, both, heat, result.review_score, status,
-            gr.update(value=str(mask_path), interactive=True))
+    return (
+        session,
+        both,
+        heat,
+        result.review_score,
+        status,
+        gr.update(value=str(mask_path), interactive=True),
+    )

@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         pairs, problems = find_mask_pairs(args.image, args.mask)
     preset = args.preset or DEFAULT_PRESET
-    refiner_path = args.weights or get_preset(preset).refiner_weights
+    refiner_path = args.weights or get_preset(preset).fixer_weights
     base_post = get_preset(preset).postprocess if args.weights is None else PostprocessConfig()
     pipe = SegmentationPipeline.for_refinement(
         refiner_path, preset=None if args.weights is not None else preset, device=args.device,

@@ -8,7 +8,7 @@ shifted one. After training, ``calibrate`` chooses on val (never on test):
 1. the number of steps, and for ``strength="auto"`` the table from the probe's disagreement
    (1 - Dice between the input and the refiner's first x0 estimate) to a strength: the
    disagreements are cut at their quartiles and each bin takes the fixed strength with the best
-   mean Dice in it;
+   mean Dice in it, or 0 (keep the input) where the inputs in the bin are better as they are;
 2. ``max_doubt``: refined masks whose review score exceeds it are left as the input was. Chosen
    to maximise mean Dice over the non-box inputs on the val images and on the same images with
    their colour, contrast and sharpness shifted (the look of another hospital's device), where
@@ -17,12 +17,15 @@ shifted one. After training, ``calibrate`` chooses on val (never on test):
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from medrefine.checkpoint import read_info, save_weights
 from medrefine.inference import CoarseSegmenter
 from medrefine.io import read_image
 from medrefine.metrics import dice
@@ -134,10 +137,12 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
                     out = refiner.refine_grid(case.image01, probs,
                                               replace(fixed, steps=steps, strength=s))
                     scores[(steps, s)] = val.dice_of(case, out.probs)
+            scores[(0, 0.0)] = val.dice_of(case, probs)  # kept as it is
             rows.append((kind, ci, d, scores))
     by_setting = {key: float(np.mean([r[3][key] for r in rows])) for key in rows[0][3]}
     best_steps = max(steps_grid, key=lambda st: (round(max(
         v for (st2, _), v in by_setting.items() if st2 == st), 3), -st))
+    keyed = {0.0: (0, 0.0), **{s: (best_steps, s) for s in strengths}}
     ds = np.array([r[2] for r in rows])
     edges = tuple(float(e) for e in np.unique(np.quantile(ds, [0.25, 0.5, 0.75])))
     bins = np.searchsorted(edges, ds, side="right")
@@ -147,8 +152,8 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
         if not members:
             table.append(strengths[0])
             continue
-        table.append(max(strengths, key=lambda s: (round(float(np.mean(
-            [r[3][(best_steps, s)] for r in members])), 4), -s)))
+        table.append(max(keyed, key=lambda s: (round(float(np.mean(
+            [r[3][keyed[s]] for r in members])), 4), -s)))
     auto = AutoStrength(probe=probe.probe, edges=edges, strengths=tuple(table))
     refiner.auto = auto
     params = replace(base, steps=best_steps, strength="auto", leave_alone=True)
@@ -173,7 +178,10 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
     auto = replace(auto, max_doubt=max_doubt)
     refiner.auto = auto
     # what auto gives per kind, against the best fixed strength for that kind (val)
-    report = {"steps": best_steps, "auto": auto.to_dict(), "per_kind": {}}
+    report = {"steps": best_steps, "auto": auto.to_dict(), "per_kind": {},
+              "disagreement_quartiles": {kind: np.quantile(
+                  [r[2] for r in rows if r[0] == kind], [0.25, 0.5, 0.75]).round(4).tolist()
+                  for kind in val.kinds}}
     auto_scores = val.score(refiner, params)
     for kind in val.kinds:
         kind_rows = [r for r in rows if r[0] == kind]
@@ -197,5 +205,19 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
     return params, auto, report
 
 
-def params_dict(params: RefineParams) -> dict:
-    return asdict(params)
+def calibrate_weights(weights: Path, val: ValSet, base: RefineParams,
+                      strengths: tuple[float, ...], steps_grid: tuple[int, ...], device: str,
+                      out: Path | None = None) -> dict:
+    """Calibrate a refiner's weights on ``val`` and write them (to ``out``, default in place)
+    with the chosen defaults, the auto-strength table and the report; ``calibration.json``
+    beside them holds the report too."""
+    refiner = Refiner.from_weights(weights, device)
+    params, auto, report = calibrate(refiner, val, base, strengths, steps_grid)
+    info = read_info(weights)
+    info["refine_defaults"] = asdict(params)
+    info["auto_strength"] = auto.to_dict()
+    info.setdefault("training", {})["calibration"] = report
+    out = Path(out or weights)
+    save_weights(out, refiner.model, info)
+    (out.parent / "calibration.json").write_text(json.dumps(report, indent=2))
+    return report

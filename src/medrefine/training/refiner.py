@@ -22,7 +22,6 @@ scored on val and the best becomes the weights' default (never chosen on test).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -35,14 +34,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from medrefine.checkpoint import read_info, save_weights
 from medrefine.diffusion import DiffusionConfig, build_diffusion
 from medrefine.errors import ConfigError
 from medrefine.inference import CoarseSegmenter, resolve_device
 from medrefine.models.denoiser import Denoiser, DenoiserConfig
 from medrefine.refine import RefineParams, Refiner
 from medrefine.training import distributed as D
-from medrefine.training.calibrate import VAL_KINDS, ValSet, calibrate
+from medrefine.training.calibrate import VAL_KINDS, ValSet, calibrate_weights
 from medrefine.training.data import (
     AugmentConfig,
     SegmentationDataset,
@@ -334,16 +332,8 @@ def _sum_count(scores: dict[str, list[float]]) -> list[float]:
 def tune_defaults(weights: Path, val: ValSet, cfg: RefinerTrainConfig, device: str) -> dict:
     """Calibrate steps, auto strength and the leave-alone threshold on val
     (``calibrate.py``) and store them in the weights as their defaults."""
-    refiner = Refiner.from_weights(weights, device)
-    params, auto, report = calibrate(refiner, val, cfg.val_params, cfg.tune_strengths,
-                                     cfg.tune_steps)
-    info = read_info(weights)
-    info["refine_defaults"] = asdict(params)
-    info["auto_strength"] = auto.to_dict()
-    info["training"]["calibration"] = report
-    save_weights(weights, refiner.model, info)
-    (weights.parent / "calibration.json").write_text(json.dumps(report, indent=2))
-    return report
+    return calibrate_weights(weights, val, cfg.val_params, cfg.tune_strengths, cfg.tune_steps,
+                             device)
 
 
 def train_refiner_from_args(args, base: dict) -> Path:
