@@ -133,7 +133,7 @@ def refine_prompt(
     what = "the boxes" if boxes else ("the uploaded mask" if mask_file else "the painted region")
     status = (
         f"Refined {what} (orange) into the blue mask: strength {info.get('strength', 0):.2f}"
-        + (" (auto)" if refine["strength"] == "auto" else "")
+        + (" (auto)" if params.strength == "auto" else "")
         + (
             ". The refiner was unsure of its correction here, so the mask is kept as given."
             if info.get("left_alone")
