@@ -252,3 +252,20 @@ def test_leave_alone_returns_the_input_where_the_refiner_is_in_doubt(inputs):
     assert not free.left_alone and not np.array_equal(free.probs, coarse)
     refiner.auto = replace(refiner.auto, max_doubt=float("inf"))
     assert not refiner.refine_grid(image01, coarse, RefineParams(steps=2)).left_alone
+
+
+def test_own_coarse_masks_use_their_own_calibration(inputs):
+    from medrefine.refine import AutoStrength
+
+    refiner = _refiner()
+    refiner.auto = AutoStrength(edges=(), strengths=(0.6,))
+    refiner.auto_own = AutoStrength(edges=(), strengths=(0.0,))  # keep the coarse model's mask
+    params = RefineParams(steps=2, strength="auto")
+    given = refiner.refine_grid(*inputs, params)
+    own = refiner.refine_grid(*inputs, params, own=True)
+    assert given.strength == 0.6 and not given.left_alone
+    assert own.strength == 0.0 and own.left_alone and np.array_equal(own.probs, inputs[1])
+    assert own.uncertainty.max() > 0  # refined at the probe strength for its uncertainty
+    box = refiner.refine_grid(*inputs, RefineParams(steps=2, strength="auto", leave_alone=False),
+                              own=True)
+    assert not box.left_alone and box.strength == refiner.auto_own.probe  # never kept

@@ -293,7 +293,7 @@ class SegmentationPipeline:
         if self.refiner is None:
             return coarse, None, None
         refined, uncertainty = self._refine_slice(image01, coarse_grid[0], grid, timings,
-                                                  params, log)
+                                                  params, log, own=coarse_mask is None)
         return coarse, refined, uncertainty
 
     def _volume_probs(
@@ -341,17 +341,20 @@ class SegmentationPipeline:
                 coarse[:, d] = slice_coarse
                 if self.refiner is not None:
                     refined[d], uncertainty[d] = self._refine_slice(
-                        image01[i], coarse_grid[i, 0], grid, timings, params, log
+                        image01[i], coarse_grid[i, 0], grid, timings, params, log,
+                        own=coarse_mask is None,
                     )
         return coarse, refined, uncertainty
 
     def _refine_slice(
         self, image01: np.ndarray, coarse_grid: np.ndarray, grid, timings: dict,
-        params: RefineParams | None = None, log: list | None = None,
+        params: RefineParams | None = None, log: list | None = None, own: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """image01 (C, h, w) and coarse probs (h, w) on the grid -> refined, uncertainty (H, W)."""
+        """image01 (C, h, w) and coarse probs (h, w) on the grid -> refined, uncertainty (H, W);
+        ``own``: the coarse model's mask, not a given one."""
         t = time.perf_counter()
-        out = self.refiner.refine_grid(image01, coarse_grid, params or self.refine_params)
+        out = self.refiner.refine_grid(image01, coarse_grid, params or self.refine_params,
+                                       own=own)
         _add_time(timings, "refine", t)
         if log is not None:
             log.append(out.summary())

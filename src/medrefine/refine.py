@@ -163,7 +163,11 @@ class Refiner:
         self.pre_cfg = pre_cfg
         self.info = info or {}
         self.defaults = RefineParams(**self.info.get("refine_defaults", {}))
+        # auto strength and leave-alone for given masks, and (calibrated on them alone) for
+        # the masks of the coarse model the refiner was trained with (``own=True``)
         self.auto = AutoStrength.from_dict(self.info.get("auto_strength"))
+        own = self.info.get("auto_strength_own")
+        self.auto_own = AutoStrength.from_dict(own) if own else None
 
     @classmethod
     def from_weights(cls, path: str | Path, device: str = "auto", fold_bn: bool = False
@@ -206,10 +210,11 @@ class Refiner:
     def _as_probs(self, x0_hat: torch.Tensor) -> torch.Tensor:
         return x0_hat if self.diffusion_cfg.kind == "bernoulli" else (x0_hat + 1) / 2
 
-    def probe_disagreement(self, coarse: torch.Tensor, cond, gen: torch.Generator) -> float:
+    def probe_disagreement(self, coarse: torch.Tensor, cond, gen: torch.Generator,
+                           probe: float | None = None) -> float:
         """1 - Dice between the input mask and the refiner's x0 estimate from the input noised
         to the probe strength: small for a mask the refiner would keep, large for a box."""
-        t = refinement_timesteps(self.diffusion.num_timesteps, self.auto.probe, 1)[0]
+        t = refinement_timesteps(self.diffusion.num_timesteps, probe or self.auto.probe, 1)[0]
         estimate = self._as_probs(self._x0(self._start(coarse, 1, t, gen), t, cond))[0, 0] > 0.5
         given = coarse[0, 0] > 0.5
         total = float(estimate.sum() + given.sum())
@@ -217,10 +222,14 @@ class Refiner:
 
     @torch.inference_mode()
     def refine_grid(self, image01: np.ndarray, coarse_probs: np.ndarray,
-                    params: RefineParams | None = None, from_noise: bool = False
-                    ) -> RefineOutput:
-        """image01 (C, H, W) and coarse_probs (H, W) on the model grid -> RefineOutput."""
+                    params: RefineParams | None = None, from_noise: bool = False,
+                    own: bool = False) -> RefineOutput:
+        """image01 (C, H, W) and coarse_probs (H, W) on the model grid -> RefineOutput.
+
+        ``own``: the mask is the coarse model's own (``segment``), so the auto strength and
+        leave-alone calibrated on those masks apply, where the weights have them."""
         p = params or self.defaults
+        auto = self.auto_own if own and self.auto_own is not None else self.auto
         if coarse_probs.shape != image01.shape[1:]:
             raise InputError(f"coarse mask shape {coarse_probs.shape} does not match the image "
                              f"grid {image01.shape[1:]}")
@@ -231,11 +240,11 @@ class Refiner:
         cond = self.model.encode_condition(self._layout(image), self._layout(coarse))
         disagreement, strength, keep = None, p.strength, False
         if strength == "auto" and not from_noise:
-            disagreement = self.probe_disagreement(coarse, cond, gen)
-            strength = self.auto.pick(disagreement)
+            disagreement = self.probe_disagreement(coarse, cond, gen, auto.probe)
+            strength = auto.pick(disagreement)
             keep = strength == 0 and p.leave_alone  # a prompt (box) is never kept
             if strength == 0:
-                strength = self.auto.probe
+                strength = auto.probe
         elif strength == "auto":
             strength = 1.0
         timesteps = refinement_timesteps(diff.num_timesteps, 1.0 if from_noise else strength,
@@ -257,7 +266,7 @@ class Refiner:
         uncertainty = uncertainty.clip(0, 1)
         doubt = review_score(uncertainty, fused > 0.5)
         left_alone = keep or bool(p.leave_alone and not from_noise
-                                  and doubt > self.auto.max_doubt)
+                                  and doubt > auto.max_doubt)
         if left_alone:  # a good mask, or unsure of its own correction: the input stands
             fused = coarse_probs.astype(np.float32)
         return RefineOutput(fused.astype(np.float32), uncertainty, samples, timesteps,

@@ -207,17 +207,28 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
 
 def calibrate_weights(weights: Path, val: ValSet, base: RefineParams,
                       strengths: tuple[float, ...], steps_grid: tuple[int, ...], device: str,
-                      out: Path | None = None) -> dict:
+                      out: Path | None = None, own: bool = False) -> dict:
     """Calibrate a refiner's weights on ``val`` and write them (to ``out``, default in place)
     with the chosen defaults, the auto-strength table and the report; ``calibration.json``
-    beside them holds the report too."""
+    beside them holds the report too.
+
+    ``own``: calibrate only the auto strength and leave-alone used on the coarse model's own
+    masks (``segment``; ``val`` then holds the "coarse" kind only), at the weights' default
+    steps; stored beside the table for given masks, which stays."""
     refiner = Refiner.from_weights(weights, device)
-    params, auto, report = calibrate(refiner, val, base, strengths, steps_grid)
     info = read_info(weights)
-    info["refine_defaults"] = asdict(params)
-    info["auto_strength"] = auto.to_dict()
-    info.setdefault("training", {})["calibration"] = report
+    if own:
+        base, steps_grid = refiner.defaults, (refiner.defaults.steps,)
+    params, auto, report = calibrate(refiner, val, base, strengths, steps_grid)
+    if own:
+        info["auto_strength_own"] = auto.to_dict()
+        info.setdefault("training", {})["calibration_own"] = report
+    else:
+        info["refine_defaults"] = asdict(params)
+        info["auto_strength"] = auto.to_dict()
+        info.setdefault("training", {})["calibration"] = report
     out = Path(out or weights)
     save_weights(out, refiner.model, info)
-    (out.parent / "calibration.json").write_text(json.dumps(report, indent=2))
+    name = "calibration_own.json" if own else "calibration.json"
+    (out.parent / name).write_text(json.dumps(report, indent=2))
     return report
