@@ -8,7 +8,8 @@ shifted one. After training, ``calibrate`` chooses on val (never on test):
 1. the number of steps, and for ``strength="auto"`` the table from the probe's disagreement
    (1 - Dice between the input and the refiner's first x0 estimate) to a strength: the
    disagreements are cut at their quartiles and each bin takes the fixed strength with the best
-   mean Dice in it, or 0 (keep the input) where the inputs in the bin are better as they are;
+   mean Dice in it, or 0 (keep the input) where the inputs in the bin are better as they are
+   (a bin keeps the strength best over all inputs unless its own gains ``MIN_GAIN``);
 2. ``max_doubt``: refined masks whose review score exceeds it are left as the input was. Chosen
    to maximise mean Dice over the non-box inputs on the val images and on the same images with
    their colour, contrast and sharpness shifted (the look of another hospital's device), where
@@ -38,7 +39,8 @@ from medrefine.training.mask_sources import lowres_mask, outline_mask, shift_mas
 logger = logging.getLogger(__name__)
 
 VAL_KINDS = ("coarse", "box", "outline", "lowres", "shift")
-PROMPT_KINDS = ("box",)  # inputs that are never the answer: no leave-alone for them
+PROMPT_KINDS = ("box",)
+MIN_GAIN = 0.002  # Dice a disagreement bin must gain to get a strength of its own  # inputs that are never the answer: no leave-alone for them
 SHIFTS = ("colour", "contrast", "blur")
 
 
@@ -146,14 +148,20 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
     ds = np.array([r[2] for r in rows])
     edges = tuple(float(e) for e in np.unique(np.quantile(ds, [0.25, 0.5, 0.75])))
     bins = np.searchsorted(edges, ds, side="right")
+
+    def mean_at(members: list, s: float) -> float:
+        return float(np.mean([r[3][keyed[s]] for r in members]))
+
+    # one strength for all, unless a bin gains at least MIN_GAIN with its own (few val images
+    # per bin: smaller gains are noise)
+    overall = max(keyed, key=lambda s: (round(mean_at(rows, s), 4), -s))
     table = []
     for b in range(len(edges) + 1):
         members = [r for r, k in zip(rows, bins, strict=True) if k == b]
-        if not members:
-            table.append(strengths[0])
-            continue
-        table.append(max(keyed, key=lambda s: (round(float(np.mean(
-            [r[3][keyed[s]] for r in members])), 4), -s)))
+        best = max(keyed, key=lambda s: (round(mean_at(members, s), 4), -s)) if members else \
+            overall
+        gain = mean_at(members, best) - mean_at(members, overall) if members else 0.0
+        table.append(best if gain >= MIN_GAIN else overall)
     auto = AutoStrength(probe=probe.probe, edges=edges, strengths=tuple(table))
     refiner.auto = auto
     params = replace(base, steps=best_steps, strength="auto", leave_alone=True)
