@@ -39,8 +39,8 @@ from medrefine.training.mask_sources import lowres_mask, outline_mask, shift_mas
 logger = logging.getLogger(__name__)
 
 VAL_KINDS = ("coarse", "box", "outline", "lowres", "shift")
-PROMPT_KINDS = ("box",)
-MIN_GAIN = 0.002  # Dice a disagreement bin must gain to get a strength of its own  # inputs that are never the answer: no leave-alone for them
+PROMPT_KINDS = ("box",)  # inputs that are never the answer: no leave-alone for them
+MIN_GAIN = 0.002  # Dice a disagreement bin must gain to get a strength of its own
 SHIFTS = ("colour", "contrast", "blur")
 
 
