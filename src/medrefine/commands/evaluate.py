@@ -60,7 +60,7 @@ from medrefine.commands.outputs import (
 )
 from medrefine.errors import InputError
 from medrefine.io import atomic_output, read_image, read_mask, stem_of, write_mask
-from medrefine.metrics import segmentation_metrics, summarize
+from medrefine.metrics import per_class_metrics, segmentation_metrics, summarize
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import postprocess
 from medrefine.training.data import Pair, find_pairs, split_pairs
@@ -149,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     predicted = mask_index(args.pred) if args.pred is not None else {}
     refining = pipe is not None and pipe.refiner is not None
     columns = ["stem", *METRICS]
+    classes = class_names(pipe)
+    columns += [f"{name}_{m}" for name in classes for m in METRICS]
     if refining:
         columns += [f"coarse_{m}" for m in METRICS] + ["review_score"]
     columns.append("seconds")
@@ -170,7 +172,10 @@ def run(args: argparse.Namespace) -> int:
                 if pipe is None:
                     row = score_case(case, predicted.get(case.stem), args.pred)
                 else:
-                    row = evaluate_case(pipe, case, args.out, pixels, panel=len(rows) < args.panels)
+                    row = evaluate_case(
+                        pipe, case, args.out, pixels, panel=len(rows) < args.panels,
+                        classes=classes,
+                    )
             except Exception as err:  # go on past a bad case; it is listed in summary.json
                 reason = failure_reason(err)
                 report_failure(case.stem, reason, lambda s: tqdm.write(s, file=sys.stderr))
@@ -181,6 +186,11 @@ def run(args: argparse.Namespace) -> int:
             fh.flush()
 
     summary = build_summary(rows, refining, pixels, label="coarse" if pipe else "masks")
+    if classes:  # multi-class model: the scores above are of the union of the classes
+        summary["per_class"] = {
+            name: summarize([{m: r[f"{name}_{m}"] for m in METRICS} for r in rows])
+            for name in classes
+        }
     summary.update(
         {
             "data_dir": str(args.data),
@@ -199,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate_case(
-    pipe: SegmentationPipeline, case: Pair, out_dir: Path, pixels: PixelSample, panel: bool
+    pipe: SegmentationPipeline, case: Pair, out_dir: Path, pixels: PixelSample, panel: bool,
+    classes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run one case, write its mask (and panel), return its metrics row."""
     result = pipe.run(case.image)
@@ -215,9 +226,29 @@ def evaluate_case(
         row["review_score"] = result.review_score
         pixels.add(result.uncertainty, pred != gt)
     row["seconds"] = result.timings.get("total", math.nan)
+    row.update(class_rows(result, case, classes or []))
     if panel:
         write_panel(result, coarse, pred, gt, out_dir / "panels" / f"{case.stem}.png")
     return row
+
+
+def class_names(pipe: SegmentationPipeline | None) -> list[str]:
+    """The class names of a multi-class coarse model (as its weights store them); [] else."""
+    if pipe is None or pipe.coarse is None or pipe.coarse.model_cfg.num_classes == 1:
+        return []
+    n = pipe.coarse.model_cfg.num_classes
+    names = list(pipe.coarse.info.get("class_names") or [])
+    return names if len(names) == n else [f"class{c}" for c in range(1, n + 1)]
+
+
+def class_rows(result, case: Pair, classes: list[str]) -> dict[str, Any]:
+    """Per-class metrics of a run's label map against the case's label map (label c =
+    class c, as in ``--mask-dir masks_multiclass``)."""
+    if not classes:
+        return {}
+    gt = read_mask(case.mask, like=result.image)
+    scores = per_class_metrics(result.mask, gt, range(1, len(classes) + 1))
+    return {f"{classes[c - 1]}_{k}": v for c, m in scores.items() for k, v in m.items()}
 
 
 def mask_index(pred_dir: Path) -> dict[str, Path]:
@@ -358,6 +389,15 @@ def format_table(summary: dict[str, Any]) -> str:
             if key == "hd95" and s.get("n_undefined"):
                 undefined.append(f"{name} {int(s['n_undefined'])}")
         lines.append(f"{name:<9}" + "".join(f"{c:>17}" for c in cells))
+    for name, stats_ in (summary.get("per_class") or {}).items():
+        cells = [
+            f"{stats_.get(key, {}).get('mean', math.nan):.{digits}f} ± "
+            f"{stats_.get(key, {}).get('std', math.nan):.{digits}f}"
+            for _, key, digits in head
+        ]
+        lines.append(f"{name:<9}" + "".join(f"{c:>17}" for c in cells))
+    if summary.get("per_class"):
+        lines.append("multi-class: the first rows score the union of the classes, then each class")
     lines.append("mean ± std over images; BF = boundary F1 at 2 px")
     if undefined:
         lines.append("HD95/ASSD left out where one mask is empty: " + ", ".join(undefined))

@@ -18,7 +18,7 @@ from medrefine.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 STAGE_ALIASES = {"cpunet": "coarse", "coarse": "coarse", "diffusion": "refiner",
-                 "refiner": "refiner", "both": "both"}
+                 "refiner": "refiner", "both": "both", "inpaint": "inpaint"}
 
 
 def add_parser(sub) -> None:
@@ -105,6 +105,11 @@ def _coarse_config(args, base: dict):
 def run(args) -> int:
     base = load_config_file(args.config) if args.config else {}
     args.stage = STAGE_ALIASES[args.stage or base.get("stage", "both")]
+    if args.stage == "inpaint":  # the X-ray inpainting model (medrefine.inpaint)
+        from medrefine.inpaint.train import train_from_args
+
+        print(f"inpainting model: {train_from_args(args, base) / 'best.safetensors'}")
+        return 0
     if args.stage in ("coarse", "both"):
         from medrefine.training.coarse import train_coarse
 

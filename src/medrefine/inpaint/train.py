@@ -1,0 +1,217 @@
+"""Training the inpainting model: ``medrefine train --stage inpaint --config configs/inpaint.yaml``.
+
+Data: the train splits of the chest X-ray folders (manifest splits, ``training.data``), each
+image scaled to [0, 1] by its own range and resized to the working grid once, in memory. Each
+step draws a random mask (``inpaint.masks``: rib bands, strokes, boxes, real device outlines
+from the train masks' device label placed elsewhere), a random crop around the hole (cheaper
+steps; the net is fully convolutional), a timestep t and noise, and regresses x0 over the
+hole pixels (MSE: the quantity PSNR measures). Validation: the val splits with seeded masks,
+one-step sampling, PSNR over the hole; the best checkpoint is kept. The loop is explicit, as
+in ``training/coarse.py``, and shares its run folder, optimizer and wall-time helpers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from medrefine.errors import ConfigError
+from medrefine.inpaint import masks as M
+from medrefine.inpaint.model import (
+    InpaintModelConfig,
+    build_model,
+    build_schedule,
+    prefill,
+    to_unit,
+    weights_info,
+)
+from medrefine.inpaint.sample import sample_fill
+from medrefine.io import read_image
+from medrefine.training.data import find_pairs, split_pairs
+from medrefine.training.loop import make_optimizer
+from medrefine.training.runlog import RunLog
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InpaintTrainConfig:
+    """data_dirs: folders with images/ and a manifest split; device_dir: the folder whose
+    ``masks_multiclass`` label ``device_label`` gives the device outlines (train cases only)."""
+
+    data_dirs: tuple[str, ...] = ("../shared/data/covid_cxr_lungs_v7",
+                                  "../shared/data/covid_cxr_lungs")
+    device_dir: str = "../shared/data/covid_cxr_lungs_v7"
+    device_label: int = 2
+    output_dir: str = "runs/inpaint"
+    model: InpaintModelConfig = field(default_factory=InpaintModelConfig)
+    crop: int = 128
+    batch_size: int = 12
+    steps_per_epoch: int = 100
+    epochs: int = 30
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    max_minutes: float = 0.0
+    val_cases: int = 42
+
+    def __post_init__(self):
+        if not self.data_dirs:
+            raise ConfigError("inpaint training needs at least one data folder")
+        if self.crop % (8 * self.model.net.patch) or self.crop > self.model.size:
+            raise ConfigError(f"crop {self.crop} must divide by {8 * self.model.net.patch} and "
+                              f"be at most the model size {self.model.size}")
+        if self.batch_size < 1 or self.epochs < 1 or self.steps_per_epoch < 1:
+            raise ConfigError("batch_size, epochs and steps_per_epoch must be >= 1")
+        object.__setattr__(self, "data_dirs", tuple(self.data_dirs))
+
+
+def load_grid(path: Path, size: int) -> np.ndarray:
+    """An X-ray as float32 (size, size) in [0, 1] (its own min..max, first channel)."""
+    array = read_image(path).array[0]
+    image01, _, _ = to_unit(array, np.zeros(array.shape, np.uint8))
+    return cv2.resize(image01, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def load_split(data_dirs, split: str, size: int, seed: int) -> tuple[list[np.ndarray], list]:
+    """Images of one split from every folder; a stem already seen is not loaded twice."""
+    images, seen = [], set()
+    for d in data_dirs:
+        pairs = split_pairs(d, find_pairs(d), seed)[split]
+        for pair in pairs:
+            if pair.stem not in seen:
+                seen.add(pair.stem)
+                images.append(load_grid(pair.image, size))
+    return images, sorted(seen)
+
+
+def load_outlines(device_dir: str, label: int, size: int, seed: int) -> list[np.ndarray]:
+    pairs = split_pairs(device_dir, find_pairs(device_dir, "masks_multiclass"), seed)["train"]
+    maps = [cv2.resize(read_image(p.mask).array[0].astype(np.uint8), (size, size),
+                       interpolation=cv2.INTER_NEAREST) for p in pairs]
+    return M.device_outlines(maps, label)
+
+
+def make_batch(images, outlines, cfg: InpaintTrainConfig, rng: np.random.Generator):
+    """(image01, hole, prefill01) tensors (B, 1, crop, crop)."""
+    size, crop = cfg.model.size, cfg.crop
+    batch = []
+    for _ in range(cfg.batch_size):
+        image01 = images[int(rng.integers(len(images)))]
+        gain, gamma = rng.uniform(0.9, 1.1), rng.uniform(0.8, 1.25)
+        image01 = np.clip(image01 ** gamma * gain, 0, 1).astype(np.float32)
+        hole = M.random_mask((size, size), rng, outlines)
+        ys, xs = np.nonzero(hole)
+        k = int(rng.integers(len(ys)))
+        y0 = int(np.clip(ys[k] - rng.integers(crop), 0, size - crop))
+        x0 = int(np.clip(xs[k] - rng.integers(crop), 0, size - crop))
+        image01 = image01[y0:y0 + crop, x0:x0 + crop]
+        hole = hole[y0:y0 + crop, x0:x0 + crop]
+        if hole.all():
+            hole = hole.copy()
+            hole[: crop // 8] = 0
+        batch.append((image01, hole, prefill(image01, hole)))
+    return [torch.from_numpy(np.stack([b[i] for b in batch])[:, None].astype(np.float32))
+            for i in range(3)]
+
+
+def val_set(images, outlines, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed + 1000)
+    return [(img, M.random_mask((size, size), rng, outlines)) for img in images]
+
+
+@torch.no_grad()
+def validate(model, schedule, cases) -> float:
+    """Mean PSNR (dB) over the hole pixels, one DDIM step, one sample."""
+    from medrefine.metrics import psnr
+
+    model.eval()
+    scores = []
+    for image01, hole in cases:
+        fill01, _ = sample_fill(model, schedule, image01, hole, prefill(image01, hole),
+                                steps=1, samples=1, seed=0)
+        scores.append(psnr(fill01[hole > 0], image01[hole > 0]))
+    model.train()
+    return float(np.mean(scores))
+
+
+def train_inpaint(cfg: InpaintTrainConfig) -> Path:
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    run = RunLog(cfg.output_dir)
+    run.write_config({"stage": "inpaint", **asdict(cfg)})
+    size = cfg.model.size
+    images, stems = load_split(cfg.data_dirs, "train", size, cfg.seed)
+    val_images, _ = load_split(cfg.data_dirs[:1], "val", size, cfg.seed)
+    outlines = load_outlines(cfg.device_dir, cfg.device_label, size, cfg.seed)
+    logger.info("%d train images, %d val images, %d device outlines", len(images),
+                len(val_images), len(outlines))
+    val_cases = val_set(val_images[: cfg.val_cases], outlines, size, cfg.seed)
+    model = build_model(cfg.model)
+    schedule = build_schedule(cfg.model)
+    T = schedule.num_timesteps
+    optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.epochs,
+                                          cfg.steps_per_epoch, 0.5)
+    info = {"train_cases": len(images), "data_dirs": list(cfg.data_dirs),
+            "device_outlines": len(outlines), "seed": cfg.seed}
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best, t0 = -1.0, time.time()
+    for epoch in range(1, cfg.epochs + 1):
+        losses = []
+        for _ in tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch}", mininterval=30,
+                      leave=False):
+            image01, hole, fill01 = make_batch(images, outlines, cfg, rng)
+            x0 = 2 * image01 - 1
+            t = torch.randint(0, T, (x0.shape[0],), generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            x_t = schedule.add_noise(x0, noise, t)
+            logits = model(x_t, t, image01 * (1 - hole), hole, fill01)
+            err = (schedule.predict_x0(logits, x_t, t) - x0).square()
+            loss = (err * hole).sum() / hole.sum().clamp(min=1) / 4  # MSE in [0, 1] units
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        val_psnr = validate(model, schedule, val_cases)
+        minutes = (time.time() - t0) / 60
+        extra = {**info, "epoch": epoch, "val_psnr": val_psnr, "minutes": minutes}
+        from medrefine.checkpoint import save_weights
+
+        save_weights(run.dir / "last.safetensors", model, weights_info(cfg.model, extra))
+        if val_psnr > best:
+            best = val_psnr
+            save_weights(run.dir / "best.safetensors", model, weights_info(cfg.model, extra))
+        run.log({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_psnr": val_psnr,
+                 "best": best, "lr": scheduler.get_last_lr()[0], "minutes": minutes},
+                ("train_loss", "val_psnr"))
+        logger.info("epoch %d loss %.5f val psnr %.2f (best %.2f) %.1f min", epoch,
+                    np.mean(losses), val_psnr, best, minutes)
+        if cfg.max_minutes and minutes > cfg.max_minutes:
+            logger.warning("stopping after %.1f minutes (max_minutes)", minutes)
+            break
+    return run.dir
+
+
+def train_from_args(args, base: dict) -> Path:
+    """``medrefine train --stage inpaint``: the config file's ``inpaint`` section (or the whole
+    file), then the explicit flags that apply (-o, --epochs, --batch-size, --lr, --seed,
+    --max-minutes, --data for a single data folder)."""
+    from medrefine.config import build_dataclass
+
+    data = dict(base.get("inpaint", {k: v for k, v in base.items() if k != "stage"}))
+    for key, value in [("output_dir", args.output_dir), ("epochs", args.epochs),
+                       ("batch_size", args.batch_size), ("lr", args.lr), ("seed", args.seed),
+                       ("max_minutes", args.max_minutes)]:
+        if value is not None:
+            data[key] = value
+    if args.data_dir:
+        data["data_dirs"] = [args.data_dir]
+    cfg = build_dataclass(InpaintTrainConfig, data, "inpaint config")
+    return train_inpaint(cfg)
