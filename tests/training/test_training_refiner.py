@@ -70,11 +70,13 @@ def test_refiner_run(disk_data, coarse_run, tmp_path, diffusion, expected_tuning
     assert info["denoiser"]["image_channels"] == 1  # taken from the coarse model
     assert info["diffusion"] == diffusion.to_dict()
     defaults = info["refine_defaults"]
-    assert defaults["strength"] == "auto" and defaults["steps"] in STEPS
-    assert defaults["leave_alone"] is True
+    assert defaults["steps"] in STEPS and defaults["leave_alone"] is True
     auto = info["auto_strength"]
     assert set(auto["strengths"]) <= {0.0, *STRENGTHS}  # 0: keep the input
     assert len(auto["strengths"]) == len(auto["edges"]) + 1
+    # auto, unless every bin takes the same strength (then no probe is needed)
+    single = len(set(auto["strengths"])) == 1 and auto["strengths"][0] > 0
+    assert defaults["strength"] == (auto["strengths"][0] if single else "auto")
     report = info["training"]["calibration"]
     assert report == json.loads((run / "calibration.json").read_text())
     assert set(report["per_kind"]) == set(VAL_KINDS)
