@@ -17,13 +17,13 @@ from medrefine.models.denoiser import DenoiserConfig
 from medrefine.refine import RefineParams, Refiner
 from medrefine.training.calibrate import VAL_KINDS
 from medrefine.training.data import find_pairs, split_pairs
+from medrefine.training.mask_sources import MaskSources, make_input_masks
 from medrefine.training.refiner import (
     RefinerTrainConfig,
     load_fold_models,
     sample_timesteps,
     train_refiner,
 )
-from medrefine.training.mask_sources import MaskSources, make_input_masks
 
 TINY_DENOISER = DenoiserConfig(encoder="scratch", widths=(8, 8, 8, 8), attention=False, time_dim=16)
 STRENGTHS, STEPS = (0.2, 0.4), (1, 2)
@@ -209,6 +209,7 @@ def test_fold_models_predict_the_cases_they_did_not_see(disk_data, coarse_run, f
 
 def test_refiner_run_on_out_of_fold_predictions(disk_data, coarse_run, fold_runs, tmp_path):
     run = train_refiner(_config(disk_data, tmp_path / "ref", coarse_run / "best.safetensors",
-                                coarse_fold_weights=tuple(map(str, fold_runs)), mask_sources=ONLY_COARSE))
+                                coarse_fold_weights=tuple(map(str, fold_runs)),
+                                mask_sources=ONLY_COARSE))
     info = read_info(run / "best.safetensors")
     assert info["training"]["coarse_fold_weights"] == [str(p) for p in fold_runs]
