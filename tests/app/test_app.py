@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import tempfile
 import zipfile
@@ -17,6 +18,7 @@ gr = pytest.importorskip("gradio", reason="the web interface needs gradio (pip i
 
 from medrefine import app  # noqa: E402
 from medrefine.cli import main  # noqa: E402
+from medrefine.commands import app as app_command  # noqa: E402
 from medrefine.commands.app import is_loopback  # noqa: E402
 from medrefine.io import read_mask  # noqa: E402
 from medrefine.pipeline import SegmentationPipeline  # noqa: E402
@@ -297,7 +299,9 @@ def test_dicom_input_offers_dicom_seg(tiny_weights, data_dir):
 
 def test_cli_warns_beyond_loopback(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(app, "launch", lambda *args: calls.append(args))
+    monkeypatch.setattr(app, "launch", lambda *args, **kw: calls.append(args))
+    monkeypatch.setattr(os, "umask", lambda mask: 0o022)  # the server's umask, not pytest's
+    monkeypatch.setattr(app_command, "_share_cores", lambda n: None)  # nor its torch threads
     assert main(["app"]) == 0
     assert calls[-1] == ("127.0.0.1", 7860, False, "200mb")
     assert "warning" not in capsys.readouterr().err
@@ -312,7 +316,9 @@ def test_cli_warns_beyond_loopback(monkeypatch, capsys):
 
 def test_root_launcher_runs_the_app_command(monkeypatch):
     calls = []
-    monkeypatch.setattr(app, "launch", lambda *args: calls.append(args))
+    monkeypatch.setattr(app, "launch", lambda *args, **kw: calls.append(args))
+    monkeypatch.setattr(os, "umask", lambda mask: 0o022)
+    monkeypatch.setattr(app_command, "_share_cores", lambda n: None)
     monkeypatch.setattr("sys.argv", ["app.py", "--port", "7999"])
     root = Path(__file__).resolve().parents[2] / "app.py"
     with pytest.raises(SystemExit) as done:

@@ -13,6 +13,7 @@ between users but the loaded models, which inference only reads.
 
 Modules:
     session     the per-session state and ``readable_errors`` (errors as ``gr.Error``)
+    guard       files served to their own browser only; the server's session folders
     models      presets or uploaded weights, their settings, the pipeline of one request
     files       uploads read, pictures, downloads, the batch's masks and zip
     callbacks   previews, ``segment_image`` (single tab), ``segment_batch`` (batch tab)

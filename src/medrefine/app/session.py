@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
+from medrefine.app.guard import server_root
 from medrefine.errors import MedrefineError
 from medrefine.pipeline import SegmentationResult
 
@@ -20,27 +23,32 @@ logger = logging.getLogger(__name__)
 
 
 class Session:
-    """One browser session's temporary folder and its last result (lives in a ``gr.State``).
+    """One browser session's folder and its last result (lives in a ``gr.State``).
 
-    Every request writes into a fresh sub-folder (the previous one is deleted first), so a
-    session holds at most one request's files; ``close`` deletes the folder, and the
-    ``TemporaryDirectory`` finalizer does so at exit if the session was never closed."""
+    The folder has an unguessable name inside this server's root (``guard.server_root``:
+    Gradio's cache folder, so files are served in place, to this browser only) and is
+    owner-only (0700). Every request writes into a fresh sub-folder (the previous one is
+    deleted first), so a session holds at most one request's files; ``close`` deletes the
+    folder, as does a finalizer if the session is dropped without being closed, and the
+    server removes its whole root at shutdown and stale roots at the next start."""
 
     def __init__(self):
-        self._tmp = tempfile.TemporaryDirectory(prefix="medrefine-app-")
-        self.folder = Path(self._tmp.name)
+        self.folder = server_root() / secrets.token_urlsafe(24)
+        self.folder.mkdir(mode=0o700)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
         self.request: Path | None = None
         self.last: Outcome | None = None
 
     def new_request(self) -> Path:
         if self.request is not None:
             shutil.rmtree(self.request, ignore_errors=True)
-        self.request = Path(tempfile.mkdtemp(prefix="request-", dir=self.folder))
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        self.request = Path(tempfile.mkdtemp(prefix="request-", dir=self.folder))  # 0700
         return self.request
 
     def close(self) -> None:
         self.last = None
-        self._tmp.cleanup()
+        self._cleanup()
 
 
 def close_session(session: Session | None) -> None:
