@@ -193,6 +193,11 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
                   [r[2] for r in rows if r[0] == kind], [0.25, 0.5, 0.75]).round(4).tolist()
                   for kind in val.kinds}}
     auto_scores = val.score(refiner, params)
+    # the strength choice alone, without the leave-alone gate (and without keeping inputs)
+    refiner.auto = replace(auto, strengths=tuple(x or auto.probe for x in auto.strengths),
+                           max_doubt=float("inf"))
+    ungated = val.score(refiner, params)
+    refiner.auto = auto
     for kind in val.kinds:
         kind_rows = [r for r in rows if r[0] == kind]
         fixed_means = {s: float(np.mean([r[3][(best_steps, s)] for r in kind_rows]))
@@ -202,6 +207,7 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
             "input": float(np.mean([val.dice_of(val.cases[r[1]], val.cases[r[1]].inputs[kind])
                                     for r in kind_rows])),
             "auto": float(np.mean(auto_scores[kind])),
+            "auto_strength_only": float(np.mean(ungated[kind])),
             "best_fixed": fixed_means[best_s], "best_fixed_strength": best_s,
             "fixed": fixed_means}
     report["gate"] = {"max_doubt": auto.to_dict()["max_doubt"],
