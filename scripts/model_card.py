@@ -92,10 +92,14 @@ def fixer_lines(fixer_dir: str, info: dict) -> list[str]:
              f"- mask sources (shares): `{json.dumps(training.get('mask_sources'))}`",
              f"- other segmenters trained on: `{json.dumps(training.get('segmenter_weights'))}`",
              f"- auto strength (calibrated on val): `{json.dumps(info.get('auto_strength'))}`",
-             "", "Val, per input kind (Dice; auto strength against the best fixed one):", "",
-             "| input | input Dice | auto | best fixed (strength) |", "|---|---|---|---|"]
+             "", "Val, per input kind (Dice): the input, auto strength with the leave-alone gate "
+             "(the default), auto strength alone, and the best fixed strength:", "",
+             "| input | input Dice | auto + gate | auto alone | best fixed (strength) |",
+             "|---|---|---|---|---|"]
     for kind, row in calib.get("per_kind", {}).items():
+        alone = row.get("auto_strength_only")
         lines.append(f"| {kind} | {row['input']:.4f} | {row['auto']:.4f} | "
+                     + (f"{alone:.4f}" if alone is not None else "") + " | "
                      f"{row['best_fixed']:.4f} ({row['best_fixed_strength']}) |")
     gate = calib.get("gate")
     if gate:
