@@ -22,6 +22,7 @@ from medrefine.app.guard import (
     remove_server_roots,
     remove_stale_roots,
 )
+from medrefine.app.inpaint import build_inpaint_tab
 from medrefine.app.models import (
     UPLOADED,
     available_presets,
@@ -231,6 +232,8 @@ def build_app(idle_s: float = 4 * 3600, notice: str = "") -> gr.Blocks:
                             label="Masks and report.json (zip)", elem_id="batch-zip"
                         )
                         batch_summary = gr.Markdown(elem_id="batch-summary")
+                    with gr.Tab("Inpaint"):
+                        build_inpaint_tab(session)
 
         settings = [source, coarse_file, refiner_file, use_diffusion, steps, strength,
                     auto_strength, samples, seed, threshold, fill_holes, keep_largest,

@@ -21,11 +21,20 @@ def add_parser(sub) -> None:
                    "sample when no --data is given); slow: minutes per image")
     p.add_argument("--data", type=Path, help="data folder (images/, masks/, manifest.json) "
                    "for --from-noise; its test split is used")
+    p.add_argument("--inpaint", action="store_true",
+                   help="bench the X-ray inpainting model instead (preset inpaint, or --weights; "
+                   "a 512-px sample with a rib-band mask; --onnx-dir adds its ONNX graphs)")
+    p.add_argument("--weights", type=Path, help="with --inpaint: inpainting weights file")
+    p.add_argument("--onnx-dir", type=Path, help="with --inpaint: a folder from "
+                   "`medrefine export --inpaint`")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from medrefine.bench import format_table, run_bench
+
+    if args.inpaint:
+        return _inpaint(args)
 
     result = run_bench(args.preset, quick=args.quick, device=args.device, threads=args.threads,
                        backends=tuple(args.backend) if args.backend else None)
@@ -63,3 +72,20 @@ def _from_noise(args):
         cases = [(image, image.with_name(image.stem + "_mask.png"))]
     pipe = SegmentationPipeline(preset=args.preset, device=args.device)
     return compare_from_noise(pipe, cases)
+
+
+def _inpaint(args) -> int:
+    from medrefine.inpaint.bench import bench_inpaint, format_inpaint_table
+
+    preset = "inpaint" if args.preset == "polyp" else args.preset  # polyp is the seg default
+    result = bench_inpaint(preset, weights=args.weights, quick=args.quick,
+                           threads=args.threads, onnx_dir=args.onnx_dir)
+    text = json.dumps(result, indent=2)
+    print(text)
+    print(format_inpaint_table(result))
+    if args.json:
+        from medrefine.training.runlog import atomic_write_text
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.json, text)
+    return 0

@@ -75,6 +75,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="data folder (images/ + masks/) whose training split calibrates "
         "the int8 ranges (default: the shipped sample images)",
     )
+    parser.add_argument(
+        "--inpaint",
+        nargs="?",
+        const="inpaint",
+        metavar="WEIGHTS",
+        help="export the X-ray inpainting model instead: the shipped preset, or a weights file "
+        "(inpaint_step.onnx; with --quantize int8 also inpaint_step.int8.onnx)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -84,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.calibration is not None and args.quantize is None:
         raise ConfigError("--calibration sets the int8 ranges; add --quantize int8")
+    if args.inpaint:
+        return _export_inpaint(args)
     named = args.weights is not None or args.refiner_weights is not None
     preset = get_preset(args.preset or DEFAULT_PRESET) if args.preset or not named else None
     coarse = args.weights or (preset.coarse_weights if preset else None)
@@ -107,5 +117,25 @@ def run(args: argparse.Namespace) -> int:
             f"{part} ({entry['weights']['name']}, sha256 {entry['weights']['sha256'][:12]}): "
             f"{sizes}"
         )
+    print(f"wrote {args.onnx / 'manifest.json'}")
+    return 0
+
+
+def _export_inpaint(args: argparse.Namespace) -> int:
+    from medrefine.export import OPSET
+    from medrefine.inpaint.export import export_inpaint_onnx
+    from medrefine.inpaint.pipeline import INPAINT_PRESETS, preset_weights
+
+    if args.preset or args.weights or args.refiner_weights or args.calibration:
+        raise ConfigError("--inpaint exports the inpainting model only; leave out "
+                          "--preset/--weights/--refiner-weights/--calibration")
+    weights = (preset_weights(args.inpaint) if args.inpaint in INPAINT_PRESETS
+               else Path(args.inpaint))
+    manifest = export_inpaint_onnx(weights, args.onnx, opset=args.opset or OPSET,
+                                   quantize=args.quantize)
+    for name, graph in manifest["graphs"].items():
+        size = (args.onnx / graph["file"]).stat().st_size / 1e6
+        diff = manifest["max_abs_x0_diff_vs_torch"][name]
+        print(f"inpaint {name}: {graph['file']} ({size:.1f} MB), max |x0 - torch x0| {diff:.4f}")
     print(f"wrote {args.onnx / 'manifest.json'}")
     return 0
