@@ -155,5 +155,33 @@ def test_preset_with_a_separate_fixer_routes_prompts_to_it(tiny_weights, tmp_pat
         tiny_weights["refiner"])["refine_defaults"]))  # segment: the refiner's
     refine_only = SegmentationPipeline.for_refinement(preset="polyp")
     assert refine_only.refiner_path == folder / "fixer.safetensors"
-    boxes = pipe.run(image, boxes=[(12, 10, 36, 30)])
-    np.testing.assert_array_equal(boxes.mask, fixer.run(image, boxes=[(12, 10, 36, 30)]).mask)
+    only_fixer = SegmentationPipeline.for_refinement(folder / "fixer.safetensors",
+                                                     postprocess=pipe.post)
+    boxes = refine_only.run(image, boxes=[(12, 10, 36, 30)])
+    np.testing.assert_array_equal(boxes.mask,
+                                  only_fixer.run(image, boxes=[(12, 10, 36, 30)]).mask)
+    assert boxes.params["boxes_from"] == "refiner"
+
+
+def test_boxes_take_the_coarse_mask_inside_them_where_it_holds_the_object(tiny_weights,
+                                                                           monkeypatch):
+    pipe = SegmentationPipeline(tiny_weights["coarse"], tiny_weights["refiner"])
+    image = np.random.default_rng(0).random((40, 48, 3)).astype(np.float32)
+    blob = np.zeros((1, 40, 48), np.float32)
+    blob[0, 12:28, 14:30] = 1.0  # the coarse model's object; another one outside the box
+    blob[0, 2:6, 40:46] = 1.0
+    monkeypatch.setattr(pipe.coarse, "predict", lambda *a, **k: blob)
+    seen = {}
+    real = pipe.refiner.refine_grid
+
+    def spy(image01, probs, params=None, from_noise=False, own=False):
+        seen.update(own=own, probs=probs.copy(), leave_alone=params.leave_alone)
+        return real(image01, probs, params, from_noise, own)
+
+    monkeypatch.setattr(pipe.refiner, "refine_grid", spy)
+    out = pipe.run(image, boxes=[(10, 8, 34, 32)])
+    assert out.params["boxes_from"] == "coarse model" and seen["own"] is True
+    assert out.coarse_probs[4, 42] == 0 and out.coarse_probs[20, 20] == 1  # cut to the box
+    empty = pipe.run(image, boxes=[(0, 30, 10, 40)])  # no coarse object in this box
+    assert empty.params["boxes_from"] == "refiner" and seen["own"] is False
+    assert seen["leave_alone"] is False  # a box prompt is never kept as the answer

@@ -277,6 +277,7 @@ class SegmentationPipeline:
         coarse_mask: np.ndarray | None = None,
         params: RefineParams | None = None,
         log: list | None = None,
+        own: bool = True,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """One 2D (C, H, W) image -> coarse, refined, uncertainty on the original grid."""
         t = time.perf_counter()
@@ -293,7 +294,7 @@ class SegmentationPipeline:
         if self.refiner is None:
             return coarse, None, None
         refined, uncertainty = self._refine_slice(image01, coarse_grid[0], grid, timings,
-                                                  params, log, own=coarse_mask is None)
+                                                  params, log, own=own)
         return coarse, refined, uncertainty
 
     def _volume_probs(
@@ -304,6 +305,7 @@ class SegmentationPipeline:
         coarse_mask: np.ndarray | None = None,
         params: RefineParams | None = None,
         log: list | None = None,
+        own: bool = True,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(C, D, H, W) -> coarse (K, D, H, W), refined and uncertainty (D, H, W).
 
@@ -342,7 +344,7 @@ class SegmentationPipeline:
                 if self.refiner is not None:
                     refined[d], uncertainty[d] = self._refine_slice(
                         image01[i], coarse_grid[i, 0], grid, timings, params, log,
-                        own=coarse_mask is None,
+                        own=own,
                     )
         return coarse, refined, uncertainty
 
@@ -381,12 +383,24 @@ class SegmentationPipeline:
         Volumes (C, D, H, W) go slice by slice through the models in batches of
         ``slice_batch`` and are post-processed in 3D; the mask is (D, H, W) on the input grid.
         """
-        if (coarse_mask is not None or boxes is not None) and self.fixer() is not self:
-            return self.fixer().run(image, coarse_mask, boxes, refine)
         timings: dict[str, float] = {}
         t = time.perf_counter()
         loaded = as_loaded(image)
         timings["load"] = time.perf_counter() - t
+        own, prompt = coarse_mask is None and boxes is None, boxes
+        if boxes is not None and coarse_mask is None and self.coarse is not None and \
+                self.refiner is not None and not loaded.is_volume:
+            # boxes with a coarse model: its mask inside the boxes, refined as its own masks
+            # are, when every box holds some of it; else the boxes themselves are the prompt
+            t = time.perf_counter()
+            within = boxes_to_mask(boxes, loaded.spatial_shape)
+            probs = self.coarse.predict(loaded.array, loaded.meta.get("source_dtype", "float32"))
+            timings["coarse"] = time.perf_counter() - t
+            if box_coverage(probs[0] > 0.5, boxes, loaded.spatial_shape) >= MIN_BOX_COVERAGE:
+                coarse_mask, boxes, own = probs[0] * within, None, True
+        if (coarse_mask is not None and not own or boxes is not None) and \
+                self.fixer() is not self:
+            return self.fixer().run(loaded, coarse_mask, boxes, refine)
         params = refine or self.refine_params
         if boxes is not None:
             if coarse_mask is not None or loaded.is_volume:
@@ -403,7 +417,7 @@ class SegmentationPipeline:
         slices_of = self._volume_probs if loaded.is_volume else self._slice_probs
         log: list[dict] = []
         coarse, refined, uncertainty = slices_of(loaded.array, dtype, timings, coarse_mask,
-                                                 params, log)
+                                                 params, log, own=own)
         t = time.perf_counter()
         spacing = loaded.spacing
         if coarse.shape[0] > 1:  # multi-class: labels from the softmax, cleaned per class
@@ -427,8 +441,9 @@ class SegmentationPipeline:
         }
         if log:
             run_params["refinement"] = _refinement_summary(log)
-        if boxes is not None:
-            run_params["boxes"] = [list(map(float, b)) for b in boxes]
+        if prompt is not None:
+            run_params["boxes"] = [list(map(float, b)) for b in prompt]
+            run_params["boxes_from"] = "coarse model" if boxes is None else "refiner"
         return SegmentationResult(
             loaded, mask, coarse_out, refined, uncertainty, score, timings, run_params
         )
@@ -495,6 +510,20 @@ class SegmentationPipeline:
         if save_path is not None:
             save_png(rgb, save_path)
         return rgb
+
+
+MIN_BOX_COVERAGE = 0.1  # share of each box the coarse mask must fill to stand for the box
+
+
+def box_coverage(mask: np.ndarray, boxes, shape: tuple[int, int]) -> float:
+    """The smallest share of a box that ``mask`` fills, over the boxes."""
+    from medrefine.prompts import check_boxes
+
+    shares = []
+    for x0, y0, x1, y1 in check_boxes(boxes, shape):
+        inside = mask[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))]
+        shares.append(float(inside.mean()) if inside.size else 0.0)
+    return min(shares)
 
 
 def _refinement_summary(log: list[dict]) -> dict[str, Any]:

@@ -120,8 +120,11 @@ def refine_prompt(
     # samples and seed are the request's
     fixer = pipe.fixer()
     params = replace(fixer.refiner.defaults, samples=refine["samples"], seed=refine["seed"])
-    result = (fixer.run(loaded, boxes=boxes, refine=params) if boxes else
-              fixer.run(loaded, coarse_mask=mask, refine=params))
+    result = (
+        pipe.run(loaded, boxes=boxes, refine=params)  # the coarse mask in the boxes, if it is there
+        if boxes
+        else fixer.run(loaded, coarse_mask=mask, refine=params)
+    )
     image01 = display_image01(loaded)
     given = result.coarse_mask > 0
     session.new_request()

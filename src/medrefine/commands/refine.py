@@ -137,12 +137,19 @@ def run(args: argparse.Namespace) -> int:
     preset = args.preset or DEFAULT_PRESET
     refiner_path = args.weights or get_preset(preset).fixer_weights
     base_post = get_preset(preset).postprocess if args.weights is None else PostprocessConfig()
-    pipe = SegmentationPipeline.for_refinement(
-        refiner_path, preset=None if args.weights is not None else preset, device=args.device,
-        postprocess=postprocess_config(args, base_post),
-    )
+    post = postprocess_config(args, base_post)
+    if args.mask is None and args.weights is None:
+        # boxes with a preset: its coarse model's mask inside each box where it holds the
+        # object, refined as segment refines it; the refiner turns the other boxes into masks
+        pipe = SegmentationPipeline(preset=preset, device=args.device, postprocess=post)
+    else:
+        pipe = SegmentationPipeline.for_refinement(
+            refiner_path, preset=None if args.weights is not None else preset,
+            device=args.device, postprocess=post,
+        )
     overrides = {"strength": "auto", **refine_overrides(args)}
-    pipe.refine_params = replace(pipe.refine_params, **overrides)
+    for run_pipe in {id(p): p for p in (pipe, pipe.fixer())}.values():
+        run_pipe.refine_params = replace(run_pipe.refine_params, **overrides)
     records: list[dict[str, Any]] = []
     for name, reason in problems:
         report_failure(name, reason)
