@@ -51,8 +51,9 @@ def sh(*args: str) -> str:
 
 
 def evaluate(pred: Path, data: str, split: str, out: Path) -> dict:
-    sh("medrefine", "evaluate", "--pred", str(pred), "--data", data, "--split", split,
-       "-o", str(out))
+    printed = sh("medrefine", "evaluate", "--pred", str(pred), "--data", data, "--split", split,
+                 "-o", str(out))
+    (out / "printed.txt").write_text(printed)
     summary = json.loads((out / "summary.json").read_text())["masks"]
     return {"dice": summary["dice"]["mean"], "iou": summary["iou"]["mean"],
             "hd95": summary["hd95"]["mean"], "n": summary["dice"]["n"]}
