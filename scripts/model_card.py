@@ -49,7 +49,7 @@ def section(args) -> str:
         f"- sha256: `{file_sha256(run / 'best.safetensors')}`",
         f"- architecture: `{json.dumps(info.get('model') or info.get('denoiser'))}`",
     ]
-    if args.stage == "refiner":
+    if args.stage in ("refiner", "fixer"):
         lines.append(f"- diffusion: `{json.dumps(info['diffusion'])}`")
         defaults = json.dumps(info["refine_defaults"])
         lines.append(f"- default refinement (chosen on val): `{defaults}`")
@@ -76,8 +76,52 @@ def section(args) -> str:
         "```",
         printed,
         "```",
-        *(fixer_lines(args.fixer, info) if args.stage == "refiner" and args.fixer else []),
+        *(fixer_lines(args.fixer, info) if args.stage != "coarse" and args.fixer else []),
         END.format(stage=args.stage),
+    ]
+    return "\n".join(lines)
+
+
+def inpaint_section(args) -> str:
+    """The inpainting model's section: data, split, seed, epochs, wall time, and the test
+    tables as ``scripts/inpaint_benchmark.py`` printed them (``<eval-dir>/printed.txt``)."""
+    run = Path(args.run)
+    config = json.loads((run / "config.json").read_text())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    info = read_info(run / "best.safetensors")
+    splits = []
+    for d in config["data_dirs"]:
+        split = json.loads((Path(d) / "manifest.json").read_text())["split"]
+        splits.append(f"`{d}` (" + ", ".join(f"{k} {len(v)}" for k, v in split.items()) + ")")
+    printed = (Path(args.eval_dir) / "printed.txt").read_text().rstrip()
+    lines = [
+        BEGIN.format(stage="inpaint"),
+        "## inpainting model: `inpaint.safetensors`",
+        "",
+        f"- sha256: `{file_sha256(run / 'best.safetensors')}`",
+        f"- model: `{json.dumps(info['model'])}`",
+        f"- data: train splits of {' and '.join(splits)}; {info.get('train_cases')} distinct "
+        f"train images; {info.get('device_outlines')} device outlines (label 2 of the first "
+        "folder's masks_multiclass, train cases only); val: the first folder's val split",
+        f"- seed: {config['seed']}; epochs: {len(rows)} run of {config['epochs']} planned "
+        f"({config['steps_per_epoch']} steps of {config['batch_size']} crops each); best epoch "
+        f"on val: {info.get('epoch')} (val PSNR {info.get('val_psnr', float('nan')):.2f} dB, "
+        "one step, one sample, hole pixels, 256 grid)",
+        f"- wall time: {rows[-1]['minutes']:.1f} min on {args.machine}",
+        "",
+        "Training command:",
+        "```bash",
+        args.train_command,
+        "```",
+        "",
+        "Test metrics, as printed by:",
+        "```bash",
+        args.eval_command,
+        "```",
+        "```",
+        printed,
+        "```",
+        END.format(stage="inpaint"),
     ]
     return "\n".join(lines)
 
@@ -101,6 +145,13 @@ def fixer_lines(fixer_dir: str, info: dict) -> list[str]:
         lines.append(f"| {kind} | {row['input']:.4f} | {row['auto']:.4f} | "
                      + (f"{alone:.4f}" if alone is not None else "") + " | "
                      f"{row['best_fixed']:.4f} ({row['best_fixed_strength']}) |")
+    own = training.get("calibration_own")
+    if own:
+        row = own["per_kind"]["coarse"]
+        lines += ["", f"On the coarse model's own masks (`segment`), calibrated separately "
+                  f"(`medrefine calibrate --own-coarse`): table `{json.dumps(own['auto'])}`; val "
+                  f"Dice {row['input']:.4f} as they are, {row['auto']:.4f} refined (0 in the "
+                  "table: kept as they are, refined only for the uncertainty)."]
     gate = calib.get("gate")
     if gate:
         lines += ["", f"Leave-alone gate (val, clean and colour/contrast/blur-shifted images, "
@@ -147,7 +198,11 @@ def write_json_card(path: Path, args) -> None:
     command and the summary.json that ``medrefine evaluate`` wrote."""
     data = json.loads(path.read_text()) if path.is_file() else {"preset": args.preset}
     run = Path(args.run)
-    summary = json.loads((Path(args.eval_dir) / "summary.json").read_text())
+    if args.stage == "inpaint":
+        summary = json.loads((Path(args.eval_dir) / "results.json").read_text())
+        summary = {k: v for k, v in summary.items() if k != "rows"}
+    else:
+        summary = json.loads((Path(args.eval_dir) / "summary.json").read_text())
     data[args.stage] = {
         "weights": f"{args.stage}.safetensors",
         "sha256": file_sha256(run / "best.safetensors"),
@@ -156,7 +211,7 @@ def write_json_card(path: Path, args) -> None:
         "evaluate_command": args.eval_command,
         "test_summary": summary,
     }
-    if args.stage == "refiner" and args.fixer:
+    if args.stage in ("refiner", "fixer") and args.fixer:
         data[args.stage]["mask_fixer_test"] = json.loads(
             (Path(args.fixer) / "results.json").read_text())
         data[args.stage]["calibration_val"] = read_info(run / "best.safetensors")[
@@ -167,7 +222,8 @@ def write_json_card(path: Path, args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--preset", required=True)
-    p.add_argument("--stage", choices=["coarse", "refiner"], required=True)
+    p.add_argument("--stage", choices=["coarse", "refiner", "fixer", "inpaint"], required=True,
+                   help="fixer: a preset's separate refiner for other tools' masks and boxes")
     p.add_argument("--run", required=True)
     p.add_argument("--eval-dir", required=True)
     p.add_argument("--train-command", required=True)
@@ -181,13 +237,17 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(args.run) / "best.safetensors", folder / f"{args.stage}.safetensors")
     card = folder / "MODEL_CARD.md"
+    stages = ("inpaint",) if args.stage == "inpaint" else ("coarse", "refiner")
     text = card.read_text() if card.is_file() else (
-        f"# medrefine preset `{args.preset}`\n\n{args.title}\n\n"
-        f"{BEGIN.format(stage='coarse')}\n{END.format(stage='coarse')}\n\n"
-        f"{BEGIN.format(stage='refiner')}\n{END.format(stage='refiner')}\n")
+        f"# medrefine preset `{args.preset}`\n\n{args.title}\n\n" + "\n\n".join(
+            f"{BEGIN.format(stage=st)}\n{END.format(stage=st)}" for st in stages) + "\n")
     pattern = re.compile(re.escape(BEGIN.format(stage=args.stage)) + ".*?" +
                          re.escape(END.format(stage=args.stage)), re.S)
-    text = pattern.sub(lambda _: section(args), text)
+    make = inpaint_section if args.stage == "inpaint" else section
+    if not pattern.search(text):  # a stage the card has no section for yet
+        text = text.rstrip("\n") + f"\n\n{BEGIN.format(stage=args.stage)}\n" \
+            f"{END.format(stage=args.stage)}\n"
+    text = pattern.sub(lambda _: make(args), text)
     card.write_text(text)
     write_json_card(folder / "model_card.json", args)
     print(f"wrote {card} and {folder / (args.stage + '.safetensors')}")
