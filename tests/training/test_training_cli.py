@@ -87,7 +87,10 @@ def test_train_both_stages(disk_data, tmp_path):
     refiner = out / "refiner" / "best.safetensors"
     assert read_info(coarse)["kind"] == "coarse"
     info = read_info(refiner)
-    assert info["kind"] == "refiner" and info["refine_defaults"]["strength"] == 0.3
+    assert info["kind"] == "refiner"
+    # the one strength tuned, or auto between it and keeping the input (0)
+    assert info["refine_defaults"]["strength"] in (0.3, "auto")
+    assert set(info["auto_strength"]["strengths"]) <= {0.0, 0.3}
     assert info["training"]["coarse_weights"] == "best.safetensors"
     config = json.loads((out / "refiner" / "config.json").read_text())
     assert config["coarse_weights"] == str(coarse) and config["epochs"] == 1
