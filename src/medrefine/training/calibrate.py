@@ -164,9 +164,7 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
         table.append(best if gain >= MIN_GAIN else overall)
     auto = AutoStrength(probe=probe.probe, edges=edges, strengths=tuple(table))
     refiner.auto = auto
-    # one strength in every bin: no probe needed, that strength is the default
-    single = table[0] if len(set(table)) == 1 and table[0] > 0 else "auto"
-    params = replace(base, steps=best_steps, strength=single, leave_alone=True)
+    params = replace(base, steps=best_steps, strength="auto", leave_alone=True)
     # 2. max_doubt: on clean and shifted val images, non-prompt inputs
     gate_rows = []  # (doubt, dice refined, dice input)
     for case in val.cases:
