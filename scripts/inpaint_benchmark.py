@@ -124,11 +124,12 @@ def print_table(summary, methods) -> None:
                   f"(vs {best}), SSIM {ours['ssim'] - best_ssim:+.4f}")
 
 
-def sweep(weights, cases, seed: int, steps_grid, samples_grid) -> list[dict]:
+def sweep(weights, cases, seed: int, steps_grid, samples_grid, blend: str) -> list[dict]:
     rows = []
     for steps in steps_grid:
         for samples in samples_grid:
-            pipe = InpaintingPipeline(weights=weights, steps=steps, samples=samples, seed=0)
+            pipe = InpaintingPipeline(weights=weights, steps=steps, samples=samples, seed=0,
+                                      blend=blend)
             vals, secs = [], []
             for i, (_, image8) in enumerate(cases):
                 true01 = image8.astype(np.float32) / 255
@@ -218,7 +219,7 @@ def main() -> None:
               "rows": rows}
     if args.sweep:
         result["sweep"] = sweep(pipe.weights, cases[: args.sweep], args.seed, (1, 2, 4),
-                                (1, 2, 4))
+                                (1, 2, 4), pipe.blend)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     if args.figure:

@@ -57,6 +57,12 @@ PRESETS: dict[str, Preset] = {
         PostprocessConfig(fill_holes=True, keep_top_k=2),
         sample="cxr_lungs.jpg",
     ),
+    "chest": Preset(
+        "chest", "right lung, left lung and heart on chest X-rays, a label map 1/2/3 "
+        "(trained on COVID CXR radiologist polygons)",
+        PostprocessConfig(fill_holes=True, keep_largest=True),
+        sample="cxr_lungs.jpg",
+    ),
 }
 
 
