@@ -77,8 +77,17 @@ def segment_image(
     """Segment one image (or a volume's slice) and fill every output of the single tab."""
     t_start = time.perf_counter()
     session = session or Session()
-    refine, post = request_settings(steps, strength, auto_strength, samples, seed, threshold,
-                                    fill_holes, keep_largest, min_object_size)
+    refine, post = request_settings(
+        steps,
+        strength,
+        auto_strength,
+        samples,
+        seed,
+        threshold,
+        fill_holes,
+        keep_largest,
+        min_object_size,
+    )
     progress(0.05, desc="reading the image")
     loaded = read_upload(image_file, slice_index)
     gt = ground_truth(gt_file, loaded) if gt_file else None
@@ -194,8 +203,17 @@ def segment_batch(
         raise InputError("no files in the batch; add one or more images")
     t_start = time.perf_counter()
     session = session or Session()
-    refine, post = request_settings(steps, strength, auto_strength, samples, seed, threshold,
-                                    fill_holes, keep_largest, min_object_size)
+    refine, post = request_settings(
+        steps,
+        strength,
+        auto_strength,
+        samples,
+        seed,
+        threshold,
+        fill_holes,
+        keep_largest,
+        min_object_size,
+    )
     pipe, notes = build_pipeline(source, coarse_file, refiner_file, use_diffusion, refine, post)
     folder = session.new_request()
     session.last = None

@@ -124,8 +124,9 @@ def postprocess_from(
     return replace(base, **changes)
 
 
-def request_settings(steps, strength, auto_strength, samples, seed, threshold, fill_holes,
-                     keep_largest, min_size):
+def request_settings(
+    steps, strength, auto_strength, samples, seed, threshold, fill_holes, keep_largest, min_size
+):
     """The UI's setting fields as ``build_pipeline``'s ``refine`` and ``post`` (an emptied
     number field is refused)."""
     if seed is None or steps is None or samples is None:
