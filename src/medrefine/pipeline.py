@@ -377,8 +377,10 @@ class SegmentationPipeline:
     ) -> SegmentationResult:
         """Segment one image or volume (``coarse_mask``: refine this mask instead of the
         coarse model's, values 0/1, 0/255 or probabilities, same spatial size; ``boxes``:
-        ``(x0, y0, x1, y1)`` pixel boxes around the objects of a 2D image, refined into a mask
-        with the input never kept as it is; ``refine``: settings for this run only).
+        ``(x0, y0, x1, y1)`` pixel boxes around the objects of a 2D image: with a coarse model,
+        its mask inside the boxes where every box holds some of it, refined as ``segment``
+        refines it; else the boxes themselves, refined into a mask and never kept as they are;
+        ``refine``: settings for this run only).
 
         Volumes (C, D, H, W) go slice by slice through the models in batches of
         ``slice_batch`` and are post-processed in 3D; the mask is (D, H, W) on the input grid.
