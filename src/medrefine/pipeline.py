@@ -201,6 +201,7 @@ class SegmentationPipeline:
                             diffusion_weights is None and self.preset is not None and
                             self.preset.fixer_weights != self.refiner_path else None)
         self._fixer: SegmentationPipeline | None = None
+        self._boxes_from_coarse = True  # off in the fixer copy: its caller has decided
         self._device, self._onnx = device, onnx if backend == "onnx" else None
         self.post = postprocess or (self.preset.postprocess if self.preset else PostprocessConfig())
         if slice_batch < 1:
@@ -239,6 +240,7 @@ class SegmentationPipeline:
                 refiner = Refiner.from_weights(self._fixer_path, self._device, fold_bn=True)
             fixer = copy.copy(self)
             fixer.refiner, fixer.refiner_path, fixer._fixer_path = refiner, self._fixer_path, None
+            fixer._boxes_from_coarse = False
             if not self._user_refine:
                 fixer.refine_params = refiner.defaults
             self._fixer = fixer
@@ -391,7 +393,7 @@ class SegmentationPipeline:
         timings["load"] = time.perf_counter() - t
         own, prompt = coarse_mask is None and boxes is None, boxes
         if boxes is not None and coarse_mask is None and self.coarse is not None and \
-                self.refiner is not None and not loaded.is_volume:
+                self.refiner is not None and not loaded.is_volume and self._boxes_from_coarse:
             # boxes with a coarse model: its mask inside the boxes, refined as its own masks
             # are, when every box holds some of it; else the boxes themselves are the prompt
             t = time.perf_counter()
