@@ -11,7 +11,14 @@ from medrefine.checkpoint import save_weights
 from medrefine.errors import ConfigError, InputError
 from medrefine.inpaint import masks as M
 from medrefine.inpaint.blend import blend
-from medrefine.inpaint.model import build_schedule, load_inpainter, prefill, to_unit
+from medrefine.inpaint.model import (
+    InpaintModelConfig,
+    build_model,
+    build_schedule,
+    load_inpainter,
+    prefill,
+    to_unit,
+)
 from medrefine.inpaint.pipeline import InpaintingPipeline, check_mask
 from medrefine.inpaint.sample import sample_fill
 
@@ -69,6 +76,33 @@ def test_prefill_fills_only_the_hole():
     assert abs(out[hole > 0].mean() - image01[hole > 0].mean()) < 0.15
 
 
+def test_biharmonic_prefill_continues_a_smooth_image_and_an_untrained_net_returns_it():
+    yy, xx = np.mgrid[:32, :32] / 31.0
+    image01 = (0.2 + 0.5 * xx + 0.2 * yy**2).astype(np.float32)  # smooth: biharmonic recovers it
+    hole = np.zeros((32, 32), np.uint8)
+    hole[10:22, 9:25] = 1
+    out = prefill(image01, hole, "biharmonic")
+    assert np.array_equal(out[hole == 0], image01[hole == 0])
+    assert np.abs(out - image01)[hole > 0].max() < 0.01
+    telea = prefill(image01, hole, "telea")
+    assert np.abs(telea - image01)[hole > 0].mean() > np.abs(out - image01)[hole > 0].mean()
+    with pytest.raises(ConfigError, match="prefill"):
+        prefill(image01, hole, "nearest")
+    # the zero-initialised head: training starts from the classical fill it is given
+    cfg = InpaintModelConfig(size=32, prefill="biharmonic", net=TINY.net)
+    model = build_model(cfg).eval()
+    fill, _ = sample_fill(model, build_schedule(cfg), image01, hole, out, steps=1, samples=1)
+    assert np.abs(fill - out).max() < 1e-3
+
+
+def test_model_config_checks_the_prefill_and_old_files_mean_telea():
+    with pytest.raises(ConfigError, match="prefill"):
+        InpaintModelConfig(prefill="nearest")
+    data = TINY.to_dict()
+    del data["prefill"]
+    assert InpaintModelConfig.from_dict(data).prefill == "telea"
+
+
 def test_sampling_keeps_known_pixels_and_repeats_with_a_seed(tiny_inpaint_weights):
     model, cfg, _ = load_inpainter(tiny_inpaint_weights)
     schedule = build_schedule(cfg)
@@ -108,7 +142,7 @@ def test_blends_touch_only_the_hole_and_its_ring(mode):
 def test_pipeline_keeps_size_dtype_and_known_pixels(tiny_inpaint_weights):
     pipe = InpaintingPipeline(weights=tiny_inpaint_weights, seed=0)
     rng = np.random.default_rng(2)
-    image = (xray_like(rng, (50, 45)).astype(np.uint16) * 257)  # 16-bit
+    image = xray_like(rng, (50, 45)).astype(np.uint16) * 257  # 16-bit
     hole = M.strokes(image.shape, rng)
     result = pipe.run(image, hole * 255)
     assert result.inpainted.shape == image.shape and result.inpainted.dtype == np.uint16
@@ -139,15 +173,85 @@ def test_training_runs_and_writes_loadable_weights(tiny_cxr_data, tmp_path):
     from medrefine.inpaint.train import InpaintTrainConfig, train_inpaint
 
     cfg = InpaintTrainConfig(
-        data_dirs=(str(tiny_cxr_data),), device_dir=str(tiny_cxr_data),
-        output_dir=str(tmp_path / "run"), model=TINY, crop=32, batch_size=2,
-        steps_per_epoch=2, epochs=2, val_cases=2)
+        data_dirs=(str(tiny_cxr_data),),
+        device_dir=str(tiny_cxr_data),
+        output_dir=str(tmp_path / "run"),
+        model=TINY,
+        crop=32,
+        batch_size=2,
+        steps_per_epoch=2,
+        epochs=2,
+        val_cases=2,
+    )
     run = train_inpaint(cfg)
     model, cfg2, info = load_inpainter(run / "best.safetensors")
     assert cfg2 == TINY and info["device_outlines"] >= 3 and info["train_cases"] == 3
     rows = [line for line in (run / "metrics.jsonl").read_text().splitlines() if line]
     assert len(rows) == 2
     assert isinstance(model, torch.nn.Module)
+
+
+def test_training_runs_unchanged_under_torchrun(tiny_cxr_data, tmp_path):
+    """Two gloo processes (DDP) run the same train command; rank 0 writes the weights."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "stage": "inpaint",
+                "inpaint": {
+                    "data_dirs": [str(tiny_cxr_data)],
+                    "device_dir": str(tiny_cxr_data),
+                    "model": {**TINY.to_dict(), "prefill": "biharmonic"},
+                    "crop": 32,
+                    "batch_size": 2,
+                    "steps_per_epoch": 2,
+                    "epochs": 2,
+                    "val_cases": 2,
+                },
+            }
+        )
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env["OMP_NUM_THREADS"] = "1"
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "medrefine.cli",
+            "train",
+            "--config",
+            str(cfg),
+            "--device",
+            "cpu",
+            "-o",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, cfg2, info = load_inpainter(out / "best.safetensors")
+    assert cfg2.prefill == "biharmonic" and info["world_size"] == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # written once, by rank 0
 
 
 def test_train_config_is_checked():

@@ -66,7 +66,7 @@ def step_feeds(weights: Path, cases: int = 6) -> list[dict[str, np.ndarray]]:
         hole = M.make_mask(("ribs", "strokes", "box")[i % 3], (size, size), rng)
         from medrefine.inpaint.sample import sample_fill
 
-        sample_fill(record, pipe.schedule, grid01, hole, prefill(grid01, hole),
+        sample_fill(record, pipe.schedule, grid01, hole, prefill(grid01, hole, pipe.cfg.prefill),
                     steps=pipe.steps, samples=1, seed=i)
     return feeds
 

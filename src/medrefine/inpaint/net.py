@@ -5,13 +5,13 @@ Built from the refiner denoiser's blocks (``ResBlock`` with FiLM time conditioni
 masks:
 
 * the input is ``x_t`` (noisy image), the masked image, the hole mask and a classical
-  pre-fill of the hole (OpenCV Telea, which costs a few ms); all four enter through a lossless
-  space-to-depth stem (``patch`` x ``patch`` pixels become channels), so the U-Net works from
-  stride ``patch`` (4: a 256 grid is a 64 x 64 U-Net, cheap on a CPU);
+  pre-fill of the hole (OpenCV Telea or the biharmonic fill, tens of ms); all four enter
+  through a lossless space-to-depth stem (``patch`` x ``patch`` pixels become channels), so
+  the U-Net works from stride ``patch`` (4: a 256 grid is a 64 x 64 U-Net, cheap on a CPU);
 * four levels with explicit encoder/decoder lists, self-attention at the lowest one;
 * the head predicts x0 logits as a correction of the pre-fill's logit (an untrained net returns
-  the classical fill, training learns what Telea gets wrong), then a small full-resolution conv
-  smooths the pixel-shuffle's patch seams using the known pixels around them.
+  the classical fill, training learns what the pre-fill gets wrong), then a small
+  full-resolution conv smooths the pixel-shuffle's patch seams using the known pixels around them.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 image (raw units, any bit depth) + hole mask (1 = fill)
  -> [0, 1] by the known pixels' range -> the model's grid (area resize; a grid pixel touching
-    the hole is a hole pixel) -> Telea pre-fill -> DDIM sampling, samples averaged
-    (``inpaint.sample``) -> back to the input's size (cubic) -> seam blend (``inpaint.blend``)
+    the hole is a hole pixel) -> the model's classical pre-fill (Telea or biharmonic)
+ -> DDIM sampling, samples averaged (``inpaint.sample``) -> back to the input's size (cubic)
+ -> seam blend (``inpaint.blend``)
  -> raw units and the input's dtype; the known pixels are the input's own values, bit for bit
     (feather blending aside, which mixes a ring of ``radius`` px outside the hole).
 
@@ -146,7 +147,7 @@ class InpaintingPipeline:
         grid01 = cv2.resize(image01, (size, size), interpolation=cv2.INTER_AREA)
         hole_grid = (cv2.resize(hole.astype(np.float32), (size, size),
                                 interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
-        pre01 = prefill(grid01, hole_grid)
+        pre01 = prefill(grid01, hole_grid, self.cfg.prefill)
         timings["prepare"] = time.perf_counter() - t
 
         t = time.perf_counter()

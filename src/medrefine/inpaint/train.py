@@ -11,6 +11,7 @@ in ``training/coarse.py``, and shares its run folder, optimizer and wall-time he
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,9 +20,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from medrefine.errors import ConfigError
+from medrefine.inference import resolve_device
 from medrefine.inpaint import masks as M
 from medrefine.inpaint.model import (
     InpaintModelConfig,
@@ -33,8 +36,9 @@ from medrefine.inpaint.model import (
 )
 from medrefine.inpaint.sample import sample_fill
 from medrefine.io import read_image
+from medrefine.training import distributed as D
 from medrefine.training.data import find_pairs, split_pairs
-from medrefine.training.loop import make_optimizer
+from medrefine.training.loop import make_optimizer, time_is_up
 from medrefine.training.runlog import RunLog
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class InpaintTrainConfig:
     seed: int = 0
     max_minutes: float = 0.0
     val_cases: int = 42
+    device: str = "auto"
 
     def __post_init__(self):
         if not self.data_dirs:
@@ -116,14 +121,19 @@ def make_batch(images, outlines, cfg: InpaintTrainConfig, rng: np.random.Generat
         if hole.all():
             hole = hole.copy()
             hole[: crop // 8] = 0
-        batch.append((image01, hole, prefill(image01, hole)))
+        batch.append((image01, hole, prefill(image01, hole, cfg.model.prefill)))
     return [torch.from_numpy(np.stack([b[i] for b in batch])[:, None].astype(np.float32))
             for i in range(3)]
 
 
-def val_set(images, outlines, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def val_set(images, outlines, size: int, seed: int, method: str = "telea") -> list[tuple]:
+    """(image01, hole, prefill01) per val image, seeded masks."""
     rng = np.random.default_rng(seed + 1000)
-    return [(img, M.random_mask((size, size), rng, outlines)) for img in images]
+    cases = []
+    for img in images:
+        hole = M.random_mask((size, size), rng, outlines)
+        cases.append((img, hole, prefill(img, hole, method)))
+    return cases
 
 
 @torch.no_grad()
@@ -133,8 +143,8 @@ def validate(model, schedule, cases) -> float:
 
     model.eval()
     scores = []
-    for image01, hole in cases:
-        fill01, _ = sample_fill(model, schedule, image01, hole, prefill(image01, hole),
+    for image01, hole, pre01 in cases:
+        fill01, _ = sample_fill(model, schedule, image01, hole, pre01,
                                 steps=1, samples=1, seed=0)
         scores.append(psnr(fill01[hole > 0], image01[hole > 0]))
     model.train()
@@ -142,36 +152,46 @@ def validate(model, schedule, cases) -> float:
 
 
 def train_inpaint(cfg: InpaintTrainConfig) -> Path:
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    run = RunLog(cfg.output_dir)
-    run.write_config({"stage": "inpaint", **asdict(cfg)})
+    """Train; returns the run folder (best.safetensors: the best val PSNR). Runs unchanged
+    under torchrun (DDP): each rank draws its own batches, rank 0 validates and saves."""
+    from medrefine.checkpoint import save_weights
+
+    device = resolve_device(cfg.device)
+    dist_info = D.init_distributed(device)
+    device = D.local_device(device, dist_info)
+    torch.manual_seed(cfg.seed + dist_info.rank)
+    rng = np.random.default_rng(cfg.seed + dist_info.rank)
+    run = RunLog(cfg.output_dir, enabled=dist_info.is_main)
+    run.write_config({"stage": "inpaint", **asdict(cfg), "world_size": dist_info.world_size})
     size = cfg.model.size
     images, stems = load_split(cfg.data_dirs, "train", size, cfg.seed)
     val_images, _ = load_split(cfg.data_dirs[:1], "val", size, cfg.seed)
     outlines = load_outlines(cfg.device_dir, cfg.device_label, size, cfg.seed)
     logger.info("%d train images, %d val images, %d device outlines", len(images),
                 len(val_images), len(outlines))
-    val_cases = val_set(val_images[: cfg.val_cases], outlines, size, cfg.seed)
-    model = build_model(cfg.model)
+    val_cases = (val_set(val_images[: cfg.val_cases], outlines, size, cfg.seed,
+                         cfg.model.prefill) if dist_info.is_main else [])
+    model = build_model(cfg.model).to(device)
+    train_model = DistributedDataParallel(model) if dist_info.enabled else model
     schedule = build_schedule(cfg.model)
     T = schedule.num_timesteps
     optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.epochs,
                                           cfg.steps_per_epoch, 0.5)
     info = {"train_cases": len(images), "data_dirs": list(cfg.data_dirs),
-            "device_outlines": len(outlines), "seed": cfg.seed}
-    gen = torch.Generator().manual_seed(cfg.seed)
+            "device_outlines": len(outlines), "seed": cfg.seed,
+            "world_size": dist_info.world_size}
+    gen = torch.Generator().manual_seed(cfg.seed + dist_info.rank)
     best, t0 = -1.0, time.time()
     for epoch in range(1, cfg.epochs + 1):
         losses = []
         for _ in tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch}", mininterval=30,
-                      leave=False):
-            image01, hole, fill01 = make_batch(images, outlines, cfg, rng)
+                      leave=False, disable=not dist_info.is_main):
+            image01, hole, fill01 = (v.to(device) for v in make_batch(images, outlines, cfg, rng))
             x0 = 2 * image01 - 1
-            t = torch.randint(0, T, (x0.shape[0],), generator=gen)
-            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(0, T, (x0.shape[0],), generator=gen).to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
             x_t = schedule.add_noise(x0, noise, t)
-            logits = model(x_t, t, image01 * (1 - hole), hole, fill01)
+            logits = train_model(x_t, t, image01 * (1 - hole), hole, fill01)
             err = (schedule.predict_x0(logits, x_t, t) - x0).square()
             loss = (err * hole).sum() / hole.sum().clamp(min=1) / 4  # MSE in [0, 1] units
             optimizer.zero_grad(set_to_none=True)
@@ -179,23 +199,26 @@ def train_inpaint(cfg: InpaintTrainConfig) -> Path:
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-        val_psnr = validate(model, schedule, val_cases)
         minutes = (time.time() - t0) / 60
-        extra = {**info, "epoch": epoch, "val_psnr": val_psnr, "minutes": minutes}
-        from medrefine.checkpoint import save_weights
-
-        save_weights(run.dir / "last.safetensors", model, weights_info(cfg.model, extra))
-        if val_psnr > best:
-            best = val_psnr
-            save_weights(run.dir / "best.safetensors", model, weights_info(cfg.model, extra))
-        run.log({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_psnr": val_psnr,
-                 "best": best, "lr": scheduler.get_last_lr()[0], "minutes": minutes},
-                ("train_loss", "val_psnr"))
-        logger.info("epoch %d loss %.5f val psnr %.2f (best %.2f) %.1f min", epoch,
-                    np.mean(losses), val_psnr, best, minutes)
-        if cfg.max_minutes and minutes > cfg.max_minutes:
-            logger.warning("stopping after %.1f minutes (max_minutes)", minutes)
+        train_loss = D.all_reduce_sum([float(np.mean(losses))], dist_info)[0] / dist_info.world_size
+        if dist_info.is_main:
+            val_psnr = validate(copy.deepcopy(model).cpu(), schedule, val_cases)
+            extra = {**info, "epoch": epoch, "val_psnr": val_psnr, "minutes": minutes}
+            cpu_model = copy.deepcopy(model).cpu()
+            save_weights(run.dir / "last.safetensors", cpu_model, weights_info(cfg.model, extra))
+            if val_psnr > best:
+                best = val_psnr
+                save_weights(run.dir / "best.safetensors", cpu_model,
+                             weights_info(cfg.model, extra))
+            run.log({"epoch": epoch, "train_loss": train_loss, "val_psnr": val_psnr,
+                     "best": best, "lr": scheduler.get_last_lr()[0], "minutes": minutes},
+                    ("train_loss", "val_psnr"))
+            logger.info("epoch %d loss %.5f val psnr %.2f (best %.2f) %.1f min", epoch,
+                        train_loss, val_psnr, best, minutes)
+        D.barrier(dist_info)
+        if time_is_up(cfg.max_minutes, minutes, dist_info):
             break
+    D.shutdown(dist_info)
     return run.dir
 
 
@@ -207,6 +230,7 @@ def train_from_args(args, base: dict) -> Path:
 
     data = dict(base.get("inpaint", {k: v for k, v in base.items() if k != "stage"}))
     for key, value in [("output_dir", args.output_dir), ("epochs", args.epochs),
+                       ("device", getattr(args, "device", None)),
                        ("batch_size", args.batch_size), ("lr", args.lr), ("seed", args.seed),
                        ("max_minutes", args.max_minutes)]:
         if value is not None:
