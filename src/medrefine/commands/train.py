@@ -18,7 +18,8 @@ from medrefine.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 STAGE_ALIASES = {"cpunet": "coarse", "coarse": "coarse", "diffusion": "refiner",
-                 "refiner": "refiner", "both": "both", "inpaint": "inpaint"}
+                 "refiner": "refiner", "both": "both", "inpaint": "inpaint",
+                 "lungpath": "lungpath"}
 
 
 def add_parser(sub) -> None:
@@ -109,6 +110,13 @@ def run(args) -> int:
         from medrefine.inpaint.train import train_from_args
 
         print(f"inpainting model: {train_from_args(args, base) / 'best.safetensors'}")
+        return 0
+    if args.stage == "lungpath":  # DiffSegLung, two stages (medrefine.lungpath)
+        from medrefine.lungpath.train import train_from_args as train_lungpath
+
+        run_dir = train_lungpath(args, base)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"lung-pathology model: {run_dir / 'stage2.safetensors'}")
         return 0
     if args.stage in ("coarse", "both"):
         from medrefine.training.coarse import train_coarse
