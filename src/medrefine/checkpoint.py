@@ -79,6 +79,21 @@ def load_into(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     return model
 
 
+def load_matching(model: torch.nn.Module, path: str | Path) -> tuple[int, int]:
+    """Start ``model`` from another weights file (fine-tuning): every tensor whose name and
+    shape match is copied, the rest (e.g. an output head for another number of classes) keep
+    their initial values. Returns (copied, total); a file that shares no tensor is an
+    InputError, as it cannot be the model meant."""
+    state = load_state(path)
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise InputError(f"{path}: no tensor of these weights fits this model; give weights of "
+                         "the same architecture (e.g. another preset's coarse.safetensors)")
+    model.load_state_dict(matched, strict=False)
+    return len(matched), len(own)
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -126,6 +126,47 @@ def test_multiclass_run(multiclass_data, coarse_config, tmp_path):
     assert 0 <= _rows(run)[0]["val_dice"] <= 1
 
 
+def test_fine_tuning_starts_from_another_models_weights(
+    coarse_run, multiclass_data, coarse_config, tmp_path
+):
+    """init_weights: a 1-class run's tensors start a 2-class model of the same architecture;
+    the output heads (other shapes) keep their own initial values, and the run records it."""
+    import torch
+
+    from medrefine.checkpoint import load_matching
+    from medrefine.errors import InputError
+    from medrefine.models.registry import build_seg_model
+
+    source = load_state(coarse_run / "best.safetensors")
+    one = SegModelConfig.from_dict(read_info(coarse_run / "best.safetensors")["model"])
+    two = SegModelConfig.from_dict({**one.to_dict(), "num_classes": 2})
+    torch.manual_seed(1)
+    model = build_seg_model(two, pretrained=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copied, total = load_matching(model, coarse_run / "best.safetensors")
+    after = model.state_dict()
+    assert 0 < copied < total
+    for key, value in after.items():
+        if key in source and source[key].shape == value.shape:
+            assert torch.equal(value, source[key]), key
+        else:
+            assert torch.equal(value, before[key]), key
+    with pytest.raises(InputError, match="no tensor"):
+        load_matching(torch.nn.Linear(3, 3), coarse_run / "best.safetensors")
+    run = train_coarse(
+        coarse_config(
+            multiclass_data,
+            tmp_path / "run",
+            model=two,
+            class_names=("square", "bar"),
+            epochs=1,
+            init_weights=str(coarse_run / "best.safetensors"),
+        )
+    )
+    info = read_info(run / "best.safetensors")
+    assert info["training"]["init_weights"] == str(coarse_run / "best.safetensors")
+
+
 def test_class_names_must_match(disk_data, tmp_path):
     with pytest.raises(ConfigError, match="class names"):
         CoarseTrainConfig(str(disk_data), str(tmp_path), class_names=("a", "b"))
@@ -159,11 +200,24 @@ def test_multiclass_on_real_label_maps(data_dir, folder, names, coarse_config, t
     learned as its own softmax channel, and validation scores them."""
     root = data_dir / folder
     mask_dir = "masks_multiclass" if (root / "masks_multiclass").is_dir() else "masks"
-    model = SegModelConfig(in_channels=1, num_classes=len(names), encoder="scratch",
-                           widths=(4, 4, 8, 8, 8), decoder_widths=(8, 8, 4, 4))
-    run = train_coarse(coarse_config(
-        root, tmp_path / "run", model=model, class_names=names, mask_dir=mask_dir, epochs=1,
-        batch_size=8))
+    model = SegModelConfig(
+        in_channels=1,
+        num_classes=len(names),
+        encoder="scratch",
+        widths=(4, 4, 8, 8, 8),
+        decoder_widths=(8, 8, 4, 4),
+    )
+    run = train_coarse(
+        coarse_config(
+            root,
+            tmp_path / "run",
+            model=model,
+            class_names=names,
+            mask_dir=mask_dir,
+            epochs=1,
+            batch_size=8,
+        )
+    )
     info = read_info(run / "best.safetensors")
     assert info["class_names"] == list(names)
     assert 0 <= _rows(run)[0]["val_dice"] <= 1
@@ -173,8 +227,9 @@ def test_cross_validation_fold_leaves_its_cases_out(disk_data, coarse_config, tm
     train = split_pairs(disk_data, find_pairs(disk_data))["train"]
     held_out = sum(f == 1 for f in cross_val_folds(train, 2, seed=0).values())
     with caplog.at_level("INFO", logger="medrefine.training.coarse"):
-        run = train_coarse(coarse_config(disk_data, tmp_path / "f1", epochs=1, cv_folds=2,
-                                         cv_fold=1))
+        run = train_coarse(
+            coarse_config(disk_data, tmp_path / "f1", epochs=1, cv_folds=2, cv_fold=1)
+        )
     assert f"fold 1/2: training on {len(train) - held_out} cases" in caplog.text
     assert 0 < held_out < len(train)
     training = read_info(run / "best.safetensors")["training"]
@@ -182,8 +237,9 @@ def test_cross_validation_fold_leaves_its_cases_out(disk_data, coarse_config, tm
     assert len(training["cv_cases"]) == 16  # fingerprint of the whole train split
 
 
-@pytest.mark.parametrize("kwargs", [{"cv_folds": 1}, {"cv_folds": 3, "cv_fold": 3},
-                                    {"cv_folds": 2, "cv_fold": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"cv_folds": 1}, {"cv_folds": 3, "cv_fold": 3}, {"cv_folds": 2, "cv_fold": -1}]
+)
 def test_cross_validation_settings_are_checked(disk_data, coarse_config, tmp_path, kwargs):
     with pytest.raises(ConfigError, match="cv_fold"):
         coarse_config(disk_data, tmp_path, **kwargs)

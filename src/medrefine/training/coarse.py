@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from medrefine.checkpoint import unwrap
+from medrefine.checkpoint import load_matching, unwrap
 from medrefine.errors import ConfigError
 from medrefine.inference import CoarseSegmenter, resolve_device
 from medrefine.io import read_image
@@ -79,6 +79,9 @@ class CoarseTrainConfig:
     cv_folds: int = 0
     cv_fold: int = 0
     keep_epochs: tuple[int, ...] = ()  # also save these epochs' weights (epoch_K.safetensors)
+    # fine-tuning: start from these weights (e.g. another preset's coarse.safetensors); tensors
+    # of the same name and shape are copied, the rest (an output head for other classes) not
+    init_weights: str = ""
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -118,7 +121,9 @@ def weights_info(cfg: CoarseTrainConfig, extra: dict) -> dict:
         "model": cfg.model.to_dict(),
         "preprocess": asdict(cfg.preprocess),
         "class_names": list(cfg.class_names),
-        "training": {"data_dir": cfg.data_dir, "seed": cfg.seed, **extra},
+        "training": {"data_dir": cfg.data_dir, "seed": cfg.seed,
+                     **({"init_weights": cfg.init_weights} if cfg.init_weights else {}),
+                     **extra},
     }
 
 
@@ -147,8 +152,11 @@ def train_coarse(cfg: CoarseTrainConfig) -> Path:
                                     cfg.augment)
     loader, sampler = make_loader(train_set, cfg.batch_size, cfg.seed, cfg.workers, dist_info)
 
-    model = build_seg_model(cfg.model, pretrained=cfg.pretrained).to(device)
-    model = model.to(memory_format=torch.channels_last)
+    model = build_seg_model(cfg.model, pretrained=cfg.pretrained)
+    if cfg.init_weights:
+        copied, total = load_matching(model, cfg.init_weights)
+        logger.info("started from %s: %d of %d tensors", cfg.init_weights, copied, total)
+    model = model.to(device).to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.epochs,
                                           len(loader), cfg.warmup_epochs)
     resume_path = Path(cfg.output_dir) / "resume.pt"
