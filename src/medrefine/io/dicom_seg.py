@@ -36,7 +36,8 @@ def write_dicom_seg(
             ``like.spatial_shape`` (already checked by ``write_mask``).
         path: output ``.dcm`` file (written atomically).
         like: the DICOM image the mask was computed from (keeps the source datasets).
-        label_names: one name per label value 1..K; default "Foreground" / "Label k".
+        label_names: one name per label value 1..K; default "Foreground" / "Label k". Every
+            named label gets a segment, also one that is empty in this mask.
         algorithm_name, algorithm_version: stored in each segment's algorithm identification
             (version defaults to ``medrefine.__version__``).
         series_description: SeriesDescription of the new SEG series.
@@ -55,7 +56,7 @@ def write_dicom_seg(
             f"{path}: a DICOM-SEG needs a DICOM source image to reference, got "
             f"{like.meta.get('format')!r}; write .nii.gz or .png instead"
         )
-    n_labels = int(mask.max())
+    n_labels = max(int(mask.max()), len(label_names) if label_names else 0)  # named: kept
     names = (
         list(label_names)
         if label_names

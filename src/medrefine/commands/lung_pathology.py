@@ -1,0 +1,221 @@
+"""``medrefine lung-pathology CT [CT ...] -o OUT``: unsupervised lung pathology on CT
+(DiffSegLung): healthy lung, emphysema, ground-glass, consolidation, fibrosis.
+
+CT may be NIfTI volumes, DICOM series (folders), DICOM files or single slices, in Hounsfield
+units (``--intensity hu``, the default). For 8-bit slices (no HU) ``--intensity rank`` applies
+the same naming rules to intensity ranks inside the lung, with the lung masks found by stem in
+``--lung-masks DIR`` (else an intensity threshold).
+
+For each input: OUT/<stem>.nii.gz, the label map (0 outside the lung, 1 healthy, 2 emphysema,
+3 ground-glass, 4 consolidation, 5 fibrosis) in the input's geometry; OUT/<stem>.dcm, a
+DICOM-SEG with one segment per class (DICOM inputs); OUT/<stem>_overlay.png, a montage; and
+OUT/<stem>.json with each class's voxels, mL and fraction of the lung. ``--format`` picks
+among nifti, png, dicom-seg, overlay, json (default nifti,overlay,json).
+
+Batch behaviour as ``medrefine segment``: an input that fails (not CT, 8-bit passed as HU, no
+lung...) is reported in one line and skipped, the exit code is then 2; OUT/report.json and
+report.csv list every input; a re-run skips the inputs whose outputs are all there
+(``--overwrite`` redoes them); outputs are written atomically.
+
+examples:
+  medrefine lung-pathology chest.nii.gz scans/series1/ -o out/
+  medrefine lung-pathology slices/*.png -o out/ --intensity rank --lung-masks lungs/
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from medrefine.errors import ConfigError
+
+CSV_COLUMNS = [
+    "input",
+    "status",
+    "outputs",
+    "seconds",
+    "error",
+    "lung_ml",
+    "abnormal_fraction_of_lung",
+]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "lung-pathology",
+        help="unsupervised lung pathology on CT (DiffSegLung)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="CT",
+        help="CT volume/slice file, DICOM series folder, folder or glob pattern",
+    )
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--format",
+        default=None,
+        help="comma-separated: nifti, png, dicom-seg, overlay, json (default nifti,overlay,json)",
+    )
+    p.add_argument(
+        "--intensity",
+        choices=("hu", "rank"),
+        help="hu: CT in Hounsfield units (default); rank: 8-bit slices",
+    )
+    p.add_argument(
+        "--lung-masks",
+        type=Path,
+        metavar="DIR",
+        help="lung masks by input stem (DIR/<stem>.png...), used instead of the computed mask",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        help="weights from medrefine train --stage lungpath (default: the shipped model)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML with the inference sections (mask, features, cluster, naming, fusion)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="redo inputs whose outputs are all in OUT already"
+    )
+    p.set_defaults(func=run)
+
+
+def parse_formats(text: str | None) -> list[str]:
+    from medrefine.lungpath.outputs import DEFAULT_FORMATS, FORMATS
+
+    formats = [f.strip().lower() for f in (text or DEFAULT_FORMATS).split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"--format {text!r}: unknown {bad}; choose from {', '.join(FORMATS)}")
+    return list(dict.fromkeys(formats))
+
+
+def run(args) -> int:
+    from medrefine.commands.inputs import expand_inputs, unique_stems
+    from medrefine.commands.outputs import (
+        echo_above_bar,
+        failure_record,
+        prepare_out_dir,
+        report_failure,
+        write_csv,
+        write_json,
+    )
+    from medrefine.commands.segment import SKIPPED, finish_report
+    from medrefine.lungpath.pipeline import LungPathologyPipeline
+
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    t_start = time.perf_counter()
+    formats = parse_formats(args.format)
+    if args.lung_masks is not None and not args.lung_masks.is_dir():
+        raise ConfigError(f"--lung-masks {args.lung_masks}: not a folder")
+    prepare_out_dir(args.out)
+    pipe = LungPathologyPipeline(args.weights, args.config, args.intensity)
+    ignored: list[tuple[str, str]] = []
+    inputs, problems = expand_inputs([str(s) for s in args.inputs], ignored)
+    inputs = sorted(inputs, key=str)
+    records: list[dict[str, Any]] = []
+    for spec, reason in problems:
+        report_failure(spec, reason)
+        records.append({"input": spec, "status": "failed", "error": reason})
+    head = {
+        "command": "lung-pathology",
+        "started": started,
+        "inputs": [str(s) for s in args.inputs],
+        "out": str(args.out),
+        "formats": formats,
+        "ignored": [{"input": e, "why": w} for e, w in ignored],
+        "provenance": {**pipe.provenance(), "seed": pipe.cfg.cluster.seed},
+    }
+    extra = {"weights_sha256": pipe.provenance()["weights"]["lungpath"]["sha256"]}
+    jobs = list(zip(inputs, unique_stems(inputs), strict=True))
+    try:
+        for path, stem in tqdm(
+            jobs, desc="lung-pathology", unit="input", disable=True if args.quiet else None
+        ):
+            records.append(
+                process_one(
+                    pipe, path, stem, args, formats, extra, echo_above_bar, failure_record, SKIPPED
+                )
+            )
+    except KeyboardInterrupt:
+        report = finish_report(head, records, t_start, interrupted=True, left=len(jobs))
+        write_json(args.out / "report.json", report)
+        raise
+    report = finish_report(head, records, t_start)
+    write_json(args.out / "report.json", report)
+    write_csv(args.out / "report.csv", report["files"], CSV_COLUMNS)
+    line = f"lung-pathology: {report['n_ok']} of {report['n_inputs']} inputs into {args.out}"
+    if report["n_skipped"]:
+        line += f"; {report['n_skipped']} already done (skipped)"
+    if report["n_failed"]:
+        line += f"; {report['n_failed']} failed (listed in report.json)"
+    print(line)
+    return 2 if report["n_failed"] else 0
+
+
+def expected_names(path: Path, stem: str, formats: list[str]) -> list[str]:
+    """Outputs of an input; DICOM-SEG only for DICOM inputs (decided from the header)."""
+    from medrefine.commands.inputs import probe_kind
+    from medrefine.lungpath.outputs import output_name
+
+    names = []
+    for fmt in formats:
+        if fmt == "dicom-seg" and not probe_kind(path).dicom:
+            continue
+        names.append(output_name(stem, fmt))
+    return names
+
+
+def process_one(
+    pipe, path: Path, stem: str, args, formats, extra, echo, failure_record, skipped: str
+) -> dict[str, Any]:
+    from medrefine.errors import MedrefineError
+    from medrefine.io import read_image, read_mask
+    from medrefine.lungpath.outputs import write_result
+    from medrefine.lungpath.pipeline import check_lung_mask_shape
+
+    t0 = time.perf_counter()
+    if not args.overwrite:
+        try:
+            names = expected_names(path, stem, formats)
+            if names and all((args.out / n).is_file() for n in names):
+                return {"input": str(path), "status": skipped, "outputs": names, "seconds": 0.0}
+        except MedrefineError:
+            pass  # unreadable: run it so the failure is reported
+    try:
+        image = read_image(path)
+        lung = None
+        if args.lung_masks is not None:
+            found = sorted(args.lung_masks.glob(f"{stem}.*"))
+            if not found:
+                raise ConfigError(f"{path}: no lung mask {args.lung_masks}/{stem}.* for it")
+            lung = check_lung_mask_shape(read_mask(found[0]), image, str(found[0]))
+        result = pipe.run(image, lung)
+        written = write_result(result, args.out, stem, formats, extra)
+    except Exception as err:  # the batch goes on past a bad input
+        return failure_record(path, err, t0, echo)
+    out = {
+        "input": str(path),
+        "status": "ok",
+        "outputs": [p.name for p in written],
+        "shape": list(result.labels.shape),
+        "lung_ml": result.lung_ml,
+        "abnormal_fraction_of_lung": 1.0 - result.classes["healthy"]["fraction_of_lung"],
+        "classes": {k: v["fraction_of_lung"] for k, v in result.classes.items()},
+        "timings": result.timings,
+        "seconds": time.perf_counter() - t0,
+    }
+    if "dicom-seg" in formats and image.meta.get("format") != "dicom":
+        out["skipped_formats"] = {"dicom-seg": "needs a DICOM input to reference"}
+    return out

@@ -1,0 +1,44 @@
+"""Loading a DiffSegLung weights file (``medrefine train --stage lungpath``) and the shipped
+one (``medrefine/weights/lungpath/lungpath.safetensors``, the distilled stage-2 model)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from medrefine.checkpoint import load_into, read_info
+from medrefine.config import build_dataclass
+from medrefine.diffusion.gaussian import GaussianDiffusion
+from medrefine.errors import InputError
+from medrefine.lungpath.net import LungDenoiser
+
+
+def shipped_weights(name: str = "lungpath") -> Path:
+    return Path(str(resources.files("medrefine") / "weights" / "lungpath" / f"{name}.safetensors"))
+
+
+def load_model(path: str | Path) -> tuple[LungDenoiser, GaussianDiffusion, dict]:
+    """(model in eval mode, its noise schedule, the file's info)."""
+    from medrefine.lungpath.train import ModelConfig
+
+    info = read_info(path)
+    if info.get("kind") != "lungpath":
+        raise InputError(
+            f"{path}: not a lung-pathology weights file (kind "
+            f"{info.get('kind')!r}); give one written by medrefine train --stage "
+            "lungpath"
+        )
+    mcfg = build_dataclass(ModelConfig, info["model"], f"{path} model")
+    model = load_into(LungDenoiser(mcfg.net, mcfg.radiomics.dim), path).eval()
+    d = mcfg.diffusion
+    schedule = GaussianDiffusion(d.num_timesteps, d.schedule, d.beta_start, d.beta_end, "epsilon")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, schedule, info
+
+
+def torch_threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)
