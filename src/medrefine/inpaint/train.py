@@ -112,7 +112,9 @@ def load_outlines(device_dir: str, label: int, size: int, seed: int) -> list[np.
 
 
 def make_batch(images, outlines, cfg: InpaintTrainConfig, rng: np.random.Generator):
-    """(image01, hole, prefill01) tensors (B, 1, crop, crop)."""
+    """(image01, hole, prefill01) tensors (B, 1, crop, crop). The pre-fill is made on the whole
+    grid, then cropped, as at inference: a hole cut by the crop's edge would otherwise get a
+    worse classical fill in training than the net ever sees in use."""
     size, crop = cfg.model.size, cfg.crop
     batch = []
     for _ in range(cfg.batch_size):
@@ -120,16 +122,17 @@ def make_batch(images, outlines, cfg: InpaintTrainConfig, rng: np.random.Generat
         gain, gamma = rng.uniform(0.9, 1.1), rng.uniform(0.8, 1.25)
         image01 = np.clip(image01 ** gamma * gain, 0, 1).astype(np.float32)
         hole = M.random_mask((size, size), rng, outlines)
+        fill01 = prefill(image01, hole, cfg.model.prefill)
         ys, xs = np.nonzero(hole)
         k = int(rng.integers(len(ys)))
         y0 = int(np.clip(ys[k] - rng.integers(crop), 0, size - crop))
         x0 = int(np.clip(xs[k] - rng.integers(crop), 0, size - crop))
-        image01 = image01[y0:y0 + crop, x0:x0 + crop]
-        hole = hole[y0:y0 + crop, x0:x0 + crop]
-        if hole.all():
+        image01, hole, fill01 = (a[y0:y0 + crop, x0:x0 + crop] for a in (image01, hole, fill01))
+        if hole.all():  # a crop with no known pixel: the top rows become known
             hole = hole.copy()
             hole[: crop // 8] = 0
-        batch.append((image01, hole, prefill(image01, hole, cfg.model.prefill)))
+            fill01 = np.where(hole > 0, fill01, image01)
+        batch.append((image01, hole, fill01))
     return [torch.from_numpy(np.stack([b[i] for b in batch])[:, None].astype(np.float32))
             for i in range(3)]
 
