@@ -10,9 +10,12 @@ HU recipe (after Hu et al., IEEE TMI 2001, simplified):
 4. gas removed: a component with more than ``gas_fraction`` of its voxels below ``gas_hu``
    (-970) and a median below -900 HU is bowel or stomach gas (lung parenchyma, even
    emphysematous, keeps its median above about -920 HU and few voxels near pure air);
-5. the lungs: the largest remaining components, each at least ``component_ratio`` of the
+5. in volumes, pockets smaller than ``large_component_ml`` that do not reach the scan's most
+   superior slice are dropped too (bowel gas mixed with content escapes rule 4; a lung that
+   small is a base cut by the scan's upper end, as in an abdominal CT);
+6. the lungs: the largest remaining components, each at least ``component_ratio`` of the
    largest;
-6. vessels, nodules and opacities inside the lung filled back: a closing of ``closing_mm`` and
+7. vessels, nodules and opacities inside the lung filled back: a closing of ``closing_mm`` and
    per-slice hole filling.
 """
 
@@ -37,8 +40,9 @@ class MaskConfig:
     closing_mm: float = 4.0
     gas_hu: float = -970.0
     gas_fraction: float = 0.1
+    large_component_ml: float = 30.0
     min_lung_ml: float = 0.5  # a volume whose lung mask is smaller has "no lung"
-    min_lung_fraction_2d: float = 0.03  # the same for a single slice (share of the slice)
+    min_lung_fraction_2d: float = 0.005  # the same for a single slice (share of the slice)
 
     def __post_init__(self):
         if not -1000 < self.air_hu < 0 or not -1024 <= self.airway_hu < self.air_hu:
@@ -93,6 +97,12 @@ def hu_lung_mask(
     for i in np.nonzero(below > cfg.gas_fraction * sizes)[0]:
         if np.median(flat[labels.ravel() == i + 1]) < -900:
             sizes[i] = 0  # gas
+    if volume:  # small pockets low in the scan are bowel, not lung (see module docstring)
+        voxel_ml = sp3[0] * sp3[1] * sp3[2] / 1000.0
+        at_top = np.zeros(n + 1, bool)
+        at_top[np.unique(labels[-1])] = True
+        small = sizes * voxel_ml < cfg.large_component_ml
+        sizes[small & ~at_top[1:]] = 0
     if not sizes.any():
         return np.zeros(hu.shape, bool)
     order = np.argsort(sizes)[::-1][: cfg.max_components]

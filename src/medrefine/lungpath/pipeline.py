@@ -71,13 +71,16 @@ def load_inference_config(path: str | Path | None, **overrides: Any) -> Inferenc
 @dataclass
 class LungPathologyResult:
     """labels: uint8 on the input's grid ((H, W) or (D, H, W)); lung: bool, same shape;
-    classes: per class name voxels, ml (None without spacing) and fraction_of_lung."""
+    classes: per class name voxels, ml (None without spacing) and fraction_of_lung;
+    clusters: the GMM cluster of each pixel and cluster_labels/cluster_stats their names and
+    the statistics the names were decided on (for the ablation's oracle matching)."""
 
     image: LoadedImage
     labels: np.ndarray
     lung: np.ndarray
     classes: dict[str, dict[str, Any]]
     lung_ml: float | None
+    clusters: np.ndarray  # uint8 cluster index per pixel (255 outside the lung)
     cluster_labels: list[int]
     cluster_stats: list[list[float]]
     timings: dict[str, float] = field(default_factory=dict)
@@ -209,9 +212,15 @@ class LungPathologyPipeline:
         )
         # back to the input's grid: nearest, then the input's own lung mask decides the extent
         labels3 = np.zeros(l3.shape, np.uint8)
+        clusters3 = np.full(l3.shape, 255, np.uint8)
         for i, d in enumerate(keep):
-            up = cv2.resize(labels_g[i], (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
-            labels3[d, y0:y1, x0:x1] = up
+            size = (x1 - x0, y1 - y0)
+            labels3[d, y0:y1, x0:x1] = cv2.resize(
+                labels_g[i], size, interpolation=cv2.INTER_NEAREST
+            )
+            clusters3[d, y0:y1, x0:x1] = cv2.resize(
+                clustering.clusters[i], size, interpolation=cv2.INTER_NEAREST
+            )
         labels3 = np.where(l3, np.maximum(labels3, LABELS["healthy"]), 0).astype(np.uint8)
         labels = labels3 if volume else labels3[0]
         timings["naming"] = time.perf_counter() - t2
@@ -223,6 +232,7 @@ class LungPathologyPipeline:
             lung=lung,
             classes=classes,
             lung_ml=lung_ml,
+            clusters=clusters3 if volume else clusters3[0],
             cluster_labels=[int(v) for v in names],
             cluster_stats=stats.tolist(),
             timings=timings,
