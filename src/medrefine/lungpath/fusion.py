@@ -3,11 +3,14 @@ are sharpened at intensity edges.
 
     p_int(k | x) ~ N(v(x); mu_k, sigma_k)   (v: the lightly smoothed intensity, mu_k and sigma_k
                                              its posterior-weighted mean and spread in cluster k)
-    w(x)       = weight * min(1, |Sobel v|(x) / q)     (q: the ``edge_quantile`` of |Sobel v|
-                                                         inside the lung)
+    e(x)       = G_band * |Sobel v|   (the edge strength spread over a band of ``band_sigma``
+                                     px: the coarse boundary lies within a feature cell or two
+                                     of the true edge, and the band must reach it)
+    w(x)       = weight * min(1, e(x) / q)     (q: the ``edge_quantile`` of e inside the lung)
     p(k | x)   = (1 - w) p_feat(k | x) + w p_int(k | x)
 
-so boundaries follow the image where it has edges and the diffusion features elsewhere.
+so near an edge each pixel goes to the side whose intensity it has, and boundaries snap onto
+the image's edges; away from edges the diffusion features decide alone.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class FusionConfig:
     weight: float = 0.5
     edge_quantile: float = 0.9
     smooth_sigma: float = 1.0
+    band_sigma: float = 3.0
 
     def __post_init__(self):
         if not 0 <= self.weight <= 1 or not 0 < self.edge_quantile < 1:
@@ -48,6 +52,8 @@ def fuse(
     if cfg.smooth_sigma > 0:
         v = cv2.GaussianBlur(v, (0, 0), cfg.smooth_sigma)
     mag = sobel_magnitude(v)
+    if cfg.band_sigma > 0:
+        mag = cv2.GaussianBlur(mag, (0, 0), cfg.band_sigma)
     q = float(np.quantile(mag[lung], cfg.edge_quantile)) + 1e-6
     w = cfg.weight * np.minimum(1.0, mag / q)
     weights = post * lung  # (K, H, W)

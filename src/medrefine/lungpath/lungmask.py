@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -112,13 +113,14 @@ def hu_lung_mask(
     lung = np.isin(labels, keep)
     radius = [max(0, round(cfg.closing_mm / s)) for s in sp3[1:]]
     if max(radius) > 0:
-        structure = _disc(radius)
+        structure = _disc(radius).astype(np.uint8)
+        pad = max(radius)
         for d in range(lung.shape[0]):
-            if lung[d].any():
-                pad = max(radius)
-                padded = np.pad(lung[d], pad)
-                lung[d] = ndi.binary_closing(padded, structure)[pad:-pad, pad:-pad]
-    for d in range(lung.shape[0]):
+            if lung[d].any():  # padded so the closing does not stick to the image border
+                padded = np.pad(lung[d].astype(np.uint8), pad)
+                closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, structure)
+                lung[d] = closed[pad:-pad, pad:-pad] > 0
+    for d in np.nonzero(lung.any(axis=(1, 2)))[0]:
         lung[d] = ndi.binary_fill_holes(lung[d])
     return lung if volume else lung[0]
 

@@ -134,6 +134,11 @@ class LungPathologyPipeline:
         torch_threads(cfg.threads)
         self.weights = Path(weights) if weights is not None else shipped_weights()
         self.model, self.schedule, self.info = load_model(self.weights)
+        if max(cfg.features.timesteps) >= self.schedule.num_timesteps:
+            raise ConfigError(
+                f"features.timesteps {cfg.features.timesteps} must be below the "
+                f"model's {self.schedule.num_timesteps} diffusion steps"
+            )
         self._sha = None
 
     # ------------------------------------------------------------ the steps

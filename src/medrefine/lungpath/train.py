@@ -48,6 +48,7 @@ class TrainConfig:
     patch: int = 32
     n_patches: int = 6000
     min_lung_share: float = 0.5
+    max_slices: int = 0  # per data folder; 0 = the whole train split (smoke tests use a few)
     batch_size: int = 32
     stage1_steps: int = 3000
     stage2_steps: int = 2500
@@ -90,7 +91,7 @@ def patch_bank(
     from medrefine.lungpath.data import load_slices
 
     rng = np.random.default_rng(cfg.seed)
-    slices = [s for d in cfg.data_dirs for s in load_slices(d, split)]
+    slices = [s for d in cfg.data_dirs for s in load_slices(d, split, cfg.max_slices or None)]
     if not slices:
         raise ConfigError(f"no {split} slices in {cfg.data_dirs}")
     p, half = cfg.patch, cfg.patch // 2
