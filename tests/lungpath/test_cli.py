@@ -42,10 +42,9 @@ def test_batch_on_real_ct_with_bad_inputs(tmp_path, capsys, ct_hu, data_root, pe
     out = tmp_path / "out"
     png = data_root / "medseg_covid_ct_infnet" / "images" / "medseg_005.jpg"
     mr = data_root / "dicom_samples" / "MR_small.dcm"
-    inputs = [ct_hu / "example_ct_sm.nii.gz", ct_hu / "dicom_series", png, mr, pelvis_ct]
-    code, stdout, stderr = _run(
-        [*inputs, "-o", out, "--format", "nifti,dicom-seg,overlay,json"], capsys
-    )
+    inputs = [ct_hu / "example_ct_sm.nii.gz", png, mr, pelvis_ct]
+    args = [*inputs, "-o", out, "--format", "nifti,dicom-seg,overlay,json"]
+    code, stdout, stderr = _run(args, capsys)
     assert code == 2
     lines = stderr.strip().splitlines()
     assert len([x for x in lines if x.startswith("medrefine: skipped")]) == 3
@@ -53,7 +52,7 @@ def test_batch_on_real_ct_with_bad_inputs(tmp_path, capsys, ct_hu, data_root, pe
     assert any("MR_small.dcm" in x and "not CT" in x for x in lines)
     assert any("pelvis.nii.gz" in x and "no lung found" in x for x in lines)
     report = json.loads((out / "report.json").read_text())
-    assert (report["n_ok"], report["n_failed"]) == (2, 3)
+    assert (report["n_ok"], report["n_failed"]) == (1, 3)
     # the label map: the input's shape and affine, values 0..5, lung where the HU mask is
     src = nib.load(ct_hu / "example_ct_sm.nii.gz")
     lab = nib.load(out / "example_ct_sm.nii.gz")
@@ -72,20 +71,29 @@ def test_batch_on_real_ct_with_bad_inputs(tmp_path, capsys, ct_hu, data_root, pe
     for name, c in classes.items():
         assert c["voxels"] == int((labels == CLASS_NAMES.index(name) + 1).sum())
         assert c["ml"] == pytest.approx(c["voxels"] * voxel_ml)
-    # DICOM series: NIfTI + a DICOM-SEG with one segment per class, valid for dciodvfy
+    assert (out / "example_ct_sm_overlay.png").is_file()
+    assert not (out / "example_ct_sm.dcm").exists()  # DICOM-SEG needs a DICOM input
+    # resume: the good input is skipped, the bad ones reported again
+    code, _, stderr = _run(args, capsys)
+    report = json.loads((out / "report.json").read_text())
+    assert code == 2 and report["n_skipped"] == 1 and report["n_failed"] == 3
+
+
+def test_dicom_series_gives_a_valid_dicom_seg(tmp_path, capsys, ct_hu):
+    code, _, stderr = _run([ct_hu / "dicom_series", "-o", tmp_path, "--format",
+                            "nifti,dicom-seg,json"], capsys)
+    assert code == 0, stderr
     from medrefine.io import read_image
     from medrefine.io.dicom_seg import read_dicom_seg
 
     series = read_image(ct_hu / "dicom_series")
-    seg = read_dicom_seg(out / "dicom_series.dcm", like=series)
-    assert len(seg.meta["segment_labels"]) == 5
+    seg = read_dicom_seg(tmp_path / "dicom_series.dcm", like=series)
+    assert sorted(seg.meta["segment_labels"]) == [1, 2, 3, 4, 5]  # one segment per class
+    assert "Emphysema" in seg.meta["segment_labels"].values()
+    labels = np.asarray(nib.load(tmp_path / "dicom_series.nii.gz").dataobj)
     assert seg.mask.shape == series.spatial_shape
-    assert _dciodvfy_errors(out / "dicom_series.dcm") == []
-    assert (out / "dicom_series_overlay.png").is_file()
-    # resume: the good inputs are skipped, the bad ones reported again
-    code, _, stderr = _run([*inputs, "-o", out, "--format", "nifti,dicom-seg,overlay,json"], capsys)
-    report = json.loads((out / "report.json").read_text())
-    assert code == 2 and report["n_skipped"] == 2 and report["n_failed"] == 3
+    assert int((seg.mask > 0).sum()) == int((labels > 0).sum()) > 0
+    assert _dciodvfy_errors(tmp_path / "dicom_series.dcm") == []
 
 
 def test_one_bad_input_is_one_line(tmp_path, capsys, data_root):
