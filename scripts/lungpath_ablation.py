@@ -169,6 +169,15 @@ def oracle(clusters, slices, name):
     return out
 
 
+def supervised(weights, slices):
+    """The project's coarse model (no refinement), its label map (1 ground-glass or
+    infection, 2 consolidation)."""
+    from medrefine.pipeline import SegmentationPipeline
+
+    pipe = SegmentationPipeline(cpunet_weights=weights, use_diffusion=False)
+    return [np.asarray(pipe.run(image_of(s)).mask, np.uint8) for s in slices]
+
+
 def gt_classes(s, name):
     labels = s.labels
     if name == "ma":
@@ -268,10 +277,11 @@ def main() -> None:
                 "seconds_per_slice": sec,
             }
         print(f"{name}: done", flush=True)
-    if args.supervised:
-        sup = json.loads(Path(args.supervised).read_text())
-        for name in DATASETS:
-            results[name]["supervised"] = {"test": sup.get(name)}
+    for spec in args.supervised:
+        name, weights = spec.split("=", 1)
+        test = load_slices(DATASETS[name], "test", args.limit)
+        results[name]["supervised"] = {"weights": weights,
+                                       "test": scores(supervised(weights, test), test, name)}
     (Path(args.out) / "ablation.json").write_text(json.dumps(results, indent=2))
     print(table(results))
 

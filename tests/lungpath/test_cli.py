@@ -80,8 +80,9 @@ def test_batch_on_real_ct_with_bad_inputs(tmp_path, capsys, ct_hu, data_root, pe
 
 
 def test_dicom_series_gives_a_valid_dicom_seg(tmp_path, capsys, ct_hu):
-    code, _, stderr = _run([ct_hu / "dicom_series", "-o", tmp_path, "--format",
-                            "nifti,dicom-seg,json"], capsys)
+    code, _, stderr = _run(
+        [ct_hu / "dicom_series", "-o", tmp_path, "--format", "nifti,dicom-seg,json"], capsys
+    )
     assert code == 0, stderr
     from medrefine.io import read_image
     from medrefine.io.dicom_seg import read_dicom_seg
