@@ -244,12 +244,10 @@ def main() -> None:
         res = results[name] = {"n_val": len(val), "n_test": len(test)}
         # thresholds on intensity
         best = max(
-
-                (objective(scores(thresholded(val, a, b), val, name), name), a, b)
-                for a in INTENSITY_GRID
-                for b in INTENSITY_GRID
-                if b > a
-
+            (objective(scores(thresholded(val, a, b), val, name), name), a, b)
+            for a in INTENSITY_GRID
+            for b in INTENSITY_GRID
+            if b > a
         )
         res["thresholds"] = {
             "chosen_on_val": {"t_ggo": best[1], "t_cons": best[2], "val_objective": best[0]},
@@ -259,12 +257,10 @@ def main() -> None:
             cv, sv, _ = cluster_all(method, name, "val", val, args)
             ct, stt, sec = cluster_all(method, name, "test", test, args)
             best = max(
-
-                    (objective(scores(named(cv, sv, a, b), val, name), name), a, b)
-                    for a in RANK_GRID
-                    for b in RANK_GRID
-                    if b >= a
-
+                (objective(scores(named(cv, sv, a, b), val, name), name), a, b)
+                for a in RANK_GRID
+                for b in RANK_GRID
+                if b >= a
             )
             res[method] = {
                 "chosen_on_val": {
@@ -280,8 +276,10 @@ def main() -> None:
     for spec in args.supervised:
         name, weights = spec.split("=", 1)
         test = load_slices(DATASETS[name], "test", args.limit)
-        results[name]["supervised"] = {"weights": weights,
-                                       "test": scores(supervised(weights, test), test, name)}
+        results[name]["supervised"] = {
+            "weights": weights,
+            "test": scores(supervised(weights, test), test, name),
+        }
     (Path(args.out) / "ablation.json").write_text(json.dumps(results, indent=2))
     print(table(results))
 

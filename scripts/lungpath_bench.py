@@ -29,8 +29,13 @@ def synthesize(src: Path, dst: Path) -> None:
     data = np.asarray(img.dataobj, np.float32)  # (i, j, k) on disk
     k0 = data.shape[2] - 100
     sub = data[:, :, k0:]
-    out = np.stack([cv2.resize(sub[:, :, k], (512, 512), interpolation=cv2.INTER_LINEAR)
-                    for k in range(sub.shape[2])], axis=2)
+    out = np.stack(
+        [
+            cv2.resize(sub[:, :, k], (512, 512), interpolation=cv2.INTER_LINEAR)
+            for k in range(sub.shape[2])
+        ],
+        axis=2,
+    )
     affine = img.affine.copy()
     affine[:3, 0] *= data.shape[0] / 512
     affine[:3, 1] *= data.shape[1] / 512
@@ -39,8 +44,9 @@ def synthesize(src: Path, dst: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--ct", default="../shared/data/ct_hu_samples/example_ct.nii.gz")
     ap.add_argument("--out", default="runs/lungpath_bench")
     ap.add_argument("--weights", default=None)
@@ -64,16 +70,26 @@ def main() -> None:
     written = write_result(result, out, "ct_512x512x100", ["nifti", "overlay", "json"])
     total = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report = {"shape": list(image.spatial_shape), "spacing_mm": list(image.spacing),
-              "seconds_total": total, "seconds_model_load": t_load - t0,
-              "timings": result.timings, "peak_rss_mb": peak_mb, "lung_ml": result.lung_ml,
-              "threads": torch.get_num_threads(), "cpu": platform.processor() or
-              platform.machine(), "cores": os.cpu_count(),
-              "outputs": [p.name for p in written]}
+    report = {
+        "shape": list(image.spatial_shape),
+        "spacing_mm": list(image.spacing),
+        "seconds_total": total,
+        "seconds_model_load": t_load - t0,
+        "timings": result.timings,
+        "peak_rss_mb": peak_mb,
+        "lung_ml": result.lung_ml,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "outputs": [p.name for p in written],
+    }
     (out / "bench.json").write_text(json.dumps(report, indent=2))
-    print(f"512x512x100 CT: {total:.1f} s total ({json.dumps({k: round(v, 1) for k, v in result.timings.items()})}), "
-          f"peak memory {peak_mb:.0f} MB, {torch.get_num_threads()} thread(s), lung "
-          f"{result.lung_ml:.0f} mL")
+    steps = json.dumps({k: round(v, 1) for k, v in result.timings.items()})
+    print(
+        f"512x512x100 CT: {total:.1f} s total ({steps}), "
+        f"peak memory {peak_mb:.0f} MB, {torch.get_num_threads()} thread(s), lung "
+        f"{result.lung_ml:.0f} mL"
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ applied: image noise (sigma 0, 30 or 60 HU) and a global density shift (deeper i
 and by the pipeline's emphysema ``fraction_of_lung``; the figure of merit is Spearman's rank
 correlation of each index with the true extent ``e`` over all cases.
 
-    python scripts/lungpath_emphysema.py --weights src/medrefine/weights/lungpath/lungpath.safetensors
+    python scripts/lungpath_emphysema.py  # the shipped weights; --weights PATH for others
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def make_case(hu, lung, extent, noise, shift, rng):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--weights", default=None)
     ap.add_argument("--ct", default="../shared/data/ct_hu_samples/example_ct.nii.gz")
     ap.add_argument("--out", default="runs/lungpath_emphysema.json")
@@ -68,17 +69,34 @@ def main() -> None:
             seg_lung = result.labels > 0
             laa = float((case[seg_lung] < -950).mean())
             ours = result.classes["emphysema"]["fraction_of_lung"]
-            rows.append({"extent": truth, "noise_hu": noise, "shift_hu": shift, "laa950": laa,
-                         "emphysema_fraction": ours, "seconds": time.perf_counter() - t0})
-            print(f"e={truth:.3f} noise={noise:>4.0f} shift={shift:>4.0f}  LAA-950={laa:.3f}  "
-                  f"ours={ours:.3f}", flush=True)
+            rows.append(
+                {
+                    "extent": truth,
+                    "noise_hu": noise,
+                    "shift_hu": shift,
+                    "laa950": laa,
+                    "emphysema_fraction": ours,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            print(
+                f"e={truth:.3f} noise={noise:>4.0f} shift={shift:>4.0f}  LAA-950={laa:.3f}  "
+                f"ours={ours:.3f}",
+                flush=True,
+            )
     truth = [r["extent"] for r in rows]
     rho_laa = spearmanr(truth, [r["laa950"] for r in rows]).statistic
     rho_ours = spearmanr(truth, [r["emphysema_fraction"] for r in rows]).statistic
     mae_laa = float(np.mean([abs(r["laa950"] - r["extent"]) for r in rows]))
     mae_ours = float(np.mean([abs(r["emphysema_fraction"] - r["extent"]) for r in rows]))
-    summary = {"cases": len(rows), "spearman_laa950": rho_laa, "spearman_ours": rho_ours,
-               "mae_laa950": mae_laa, "mae_ours": mae_ours, "rows": rows}
+    summary = {
+        "cases": len(rows),
+        "spearman_laa950": rho_laa,
+        "spearman_ours": rho_ours,
+        "mae_laa950": mae_laa,
+        "mae_ours": mae_ours,
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print("| index | Spearman rho with true extent | mean abs. error |")
