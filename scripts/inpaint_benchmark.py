@@ -151,6 +151,20 @@ def sweep(weights, cases, seed: int, steps_grid, samples_grid, blend: str) -> li
     return rows
 
 
+def write_defaults(src: Path, dst: Path, defaults: dict) -> None:
+    """The same tensors, with ``defaults`` as the sampling defaults stored in the config."""
+    from medrefine.checkpoint import load_state, read_info, save_weights
+    from medrefine.inpaint.model import InpaintModelConfig, build_model
+
+    info = read_info(src)
+    info["model"]["defaults"] = defaults
+    InpaintModelConfig.from_dict(info["model"])  # checked before anything is written
+    model = build_model(InpaintModelConfig.from_dict(info["model"]))
+    model.load_state_dict(load_state(src))
+    info["defaults_chosen_on"] = "val sweep (scripts/inpaint_benchmark.py --choose-defaults)"
+    save_weights(dst, model, info)
+
+
 def figure(pipe, data: str, cases, seed: int, path: Path, tile: int = 256) -> None:
     """Rows: a rib-band, a stroke and a box case, then a real device removal (the device's
     own outline from masks_multiclass label 2, dilated 4 px); columns: before, mask,
@@ -203,7 +217,15 @@ def main() -> None:
     ap.add_argument("--sweep", type=int, default=0, help="steps x samples on the first N cases")
     ap.add_argument("--figure", type=Path, help="write the example figure here")
     ap.add_argument("--ours-only", action="store_true", help="leave out the classical methods")
+    ap.add_argument("--choose-defaults", type=Path, metavar="OUT.safetensors",
+                    help="val only, with --sweep: write the weights again with the sweep's best "
+                         "steps x samples (within --max-seconds per image) and the --blend as "
+                         "their stored defaults")
+    ap.add_argument("--max-seconds", type=float, default=2.0,
+                    help="--choose-defaults: slowest mean seconds per image allowed (2.0)")
     args = ap.parse_args()
+    if args.choose_defaults and (args.split != "val" or not args.sweep):
+        ap.error("--choose-defaults needs --split val and --sweep N (defaults are chosen on val)")
 
     cases = load_cases(args.data, args.split, args.limit)
     pipe = InpaintingPipeline(weights=args.weights, steps=args.steps, samples=args.samples,
@@ -220,6 +242,14 @@ def main() -> None:
     if args.sweep:
         result["sweep"] = sweep(pipe.weights, cases[: args.sweep], args.seed, (1, 2, 4),
                                 (1, 2, 4), pipe.blend)
+    if args.choose_defaults:
+        fits = [r for r in result["sweep"] if r["seconds"] <= args.max_seconds]
+        best = max(fits or result["sweep"], key=lambda r: r["psnr"])
+        defaults = {"steps": best["steps"], "samples": best["samples"], "blend": pipe.blend,
+                    "eta": pipe.eta}
+        write_defaults(pipe.weights, args.choose_defaults, defaults)
+        result["chosen_defaults"] = defaults
+        print(f"defaults {defaults} -> {args.choose_defaults}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     if args.figure:
