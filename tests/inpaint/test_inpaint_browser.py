@@ -65,7 +65,7 @@ def test_inpaint_tab_brush_and_mask_upload(server, tmp_path):
             page.wait_for_function(
                 "() => document.querySelector('#inpaint-editor canvas') !== null")
             canvas = page.locator("#inpaint-editor canvas").first
-            page.wait_for_timeout(1000)
+            page.wait_for_timeout(3000)  # the editor binds its brush after the canvas appears
             box = canvas.bounding_box()
             page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
             page.mouse.down()
@@ -83,7 +83,7 @@ def test_inpaint_tab_brush_and_mask_upload(server, tmp_path):
             # the same image with an uploaded mask
             page.locator("#inpaint-mask input[type=file]").set_input_files(
                 str(tmp_path / "hole.png"))
-            page.wait_for_timeout(500)
+            page.wait_for_timeout(2000)  # the upload reaches the server before the run
             page.locator("#inpaint-run").click()
             page.wait_for_function(
                 "() => document.querySelector('#inpaint-status').innerText.includes('Filled 7.8%')")
