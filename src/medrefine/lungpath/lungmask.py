@@ -167,11 +167,15 @@ def _disc(radius: list[int]) -> np.ndarray:
     return (yy / max(ry, 1)) ** 2 + (xx / max(rx, 1)) ** 2 <= 1.0
 
 
-def intensity_lung_mask(image: np.ndarray, closing_px: int = 5) -> np.ndarray:
+def intensity_lung_mask(
+    image: np.ndarray, closing_px: int = 5, air_level: float = 12.0, border_share: float = 0.15
+) -> np.ndarray:
     """Lung mask of an 8-bit slice (H, W) without a provided one: dark regions below Otsu's
-    threshold, the outside air (border components larger than the body's dark regions are
-    not told apart in lung-cropped slices, so only components touching three or more borders
-    go), small pockets dropped, then closed and filled."""
+    threshold; outside air is a dark region that runs along at least ``border_share`` of the
+    image border (it wraps round the body) or touches it and is black (median grey value below
+    ``air_level``: air in a lung window). Lung-cropped slices (MedSeg) have lungs touching
+    three borders, but along 1-11% of the border pixels only;
+    small pockets dropped, then closed and filled."""
     from skimage.filters import threshold_otsu
 
     smooth = ndi.gaussian_filter(np.asarray(image, np.float32), 1.0)
@@ -179,12 +183,14 @@ def intensity_lung_mask(image: np.ndarray, closing_px: int = 5) -> np.ndarray:
     labels, n = ndi.label(dark)
     if n == 0:
         return np.zeros(image.shape, bool)
-    edges = [labels[0], labels[-1], labels[:, 0], labels[:, -1]]
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    share = np.bincount(border, minlength=n + 1) / border.size
+    medians = ndi.median(smooth, labels, index=np.arange(1, n + 1))
     keep = np.ones(n + 1, bool)
     keep[0] = False
-    for i in range(1, n + 1):  # outside air surrounds the body: it touches 3 or 4 borders
-        if sum(bool((e == i).any()) for e in edges) >= 3:
-            keep[i] = False
+    for i in np.nonzero(share)[0]:
+        if i and (share[i] >= border_share or medians[i - 1] < air_level):
+            keep[i] = False  # wraps round the body, or black
     lung = _drop_small(keep[labels], max(1, int(0.01 * image.size)))
     r = closing_px
     lung = ndi.binary_closing(np.pad(lung, r), _disc([r, r]))[r:-r, r:-r]
