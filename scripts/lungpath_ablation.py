@@ -34,7 +34,7 @@ DATASETS = {
     "ma": "../shared/data/covid_ct_lung_infection_ma",
 }
 METHODS = ("radiomics_kmeans", "diffusion_gmm", "distilled_gmm")
-RANK_GRID = [round(v, 2) for v in np.arange(0.5, 1.0, 0.025)]
+RANK_GRID = [round(v, 3) for v in np.arange(0.2, 1.0, 0.025)]
 INTENSITY_GRID = list(range(20, 256, 8))
 
 
@@ -95,7 +95,9 @@ def cluster_all(method, name, split, slices, args):
     cache = Path(args.out) / f"cache_{method}_{name}_{split}.npz"
     if cache.is_file():
         data = np.load(cache, allow_pickle=True)
-        return list(data["clusters"]), list(data["stats"]), float(data["seconds"])
+        clusters = [np.asarray(c, np.uint8) for c in data["clusters"]]
+        stats = [np.asarray(st, np.float64) for st in data["stats"]]
+        return clusters, stats, float(data["seconds"])
     from medrefine.errors import InputError
 
     pipe = make_pipeline(method, args)
@@ -137,7 +139,9 @@ def named(clusters, stats, ggo, cons):
 def thresholded(slices, t_ggo, t_cons):
     out = []
     for s in slices:
-        v = cv2.GaussianBlur(s.image8, (0, 0), 1.0)
+        if not hasattr(s, "blurred"):
+            s.blurred = cv2.GaussianBlur(s.image8, (0, 0), 1.0)
+        v = s.blurred
         pred = np.where(v >= t_cons, 2, np.where(v >= t_ggo, 1, 0)).astype(np.uint8)
         out.append(np.where(s.lung, pred, 0).astype(np.uint8))
     return out
@@ -227,8 +231,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, help="first N slices per split (smoke runs)")
     ap.add_argument(
         "--supervised",
-        help="JSON {dataset: {metric: [pooled, per_slice]}} of the "
-        "coarse model on the same test splits",
+        nargs="*",
+        default=[],
+        metavar="DATASET=WEIGHTS",
+        help="coarse-model weights trained on a data set's train split (medrefine train "
+        "--stage coarse), e.g. medseg=runs/x/best.safetensors",
     )
     args = ap.parse_args()
     import torch

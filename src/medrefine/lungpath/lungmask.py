@@ -139,8 +139,10 @@ def _airways(hu3: np.ndarray, body_air: np.ndarray, cfg: MaskConfig) -> np.ndarr
             break
     if top is None or not (dark[top] & centre).any():
         return np.zeros_like(dark)
-    # only when the top slice's central air is a small (tracheal) pocket, not lung apex
-    if (body_air[top] & centre).sum() > 0.05 * height * width:
+    # only when the top slice's central air is a small (tracheal) pocket, not lung apex, and
+    # the slice is above the lungs (a scan that ends inside the chest has lung there)
+    pocket = (body_air[top] & centre & dark[top]).sum()
+    if (body_air[top] & centre).sum() > 0.05 * height * width or body_air[top].sum() > 3 * pocket:
         return np.zeros_like(dark)
     labels, _ = ndi.label(dark)
     ids = np.unique(labels[top][centre & dark[top]])

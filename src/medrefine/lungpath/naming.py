@@ -10,6 +10,11 @@ HU mode (CT in Hounsfield units), first rule that matches:
     ground-glass    ground_glass_hu <= m < consolidation_hu                (-700 HU)
     emphysema       m < emphysema_hu and a >= emphysema_laa                (-900 HU, 0.4)
     healthy         otherwise
+and then, pixel by pixel inside the clusters named healthy (emphysema is often scattered
+through the parenchyma rather than one cluster of its own):
+    emphysema       local mean < emphysema_hu and local LAA share >= emphysema_laa
+(a neighbourhood rule: attenuation and how densely the low-attenuation pixels cluster, so
+isolated noisy pixels below -950 HU, which LAA-950 counts, do not make emphysema).
 
 Rank mode (8-bit slices, no HU): the same rules on the intensity rank inside the lung (0 =
 darkest lung pixel, 1 = brightest): ``m`` and ``s`` are the local mean and spread of the
@@ -105,3 +110,10 @@ def name_clusters(stats: np.ndarray, mode: str, cfg: NamingConfig) -> np.ndarray
         if np.isfinite(m):
             out[k] = name_cluster(float(m), float(s), float(a), mode, cfg)
     return out
+
+
+def emphysema_pixels(
+    labels: np.ndarray, mean: np.ndarray, laa: np.ndarray, cfg: NamingConfig
+) -> np.ndarray:
+    """HU mode: pixels of clusters named healthy whose neighbourhood is emphysematous."""
+    return (labels == LABELS["healthy"]) & (mean < cfg.emphysema_hu) & (laa >= cfg.emphysema_laa)
