@@ -103,12 +103,16 @@ def main() -> None:
     rank_pipe = LungPathologyPipeline(args.weights, InferenceConfig(intensity="rank"))
     picture = np.clip((hu + 1000.0) / 1400.0 * 255.0, 0, 255).round().astype(np.float32)
     base_hu = pipe.run(image)
-    base_rank = rank_pipe.run(LoadedImage(picture[None], image.spacing,
-                                          {"format": "nifti", "source_dtype": "uint8"}, None),
-                              base_hu.lung)
+    base_rank = rank_pipe.run(
+        LoadedImage(
+            picture[None], image.spacing, {"format": "nifti", "source_dtype": "uint8"}, None
+        ),
+        base_hu.lung,
+    )
     summary["rank_vs_hu_on_unmodified_scan"] = {
         "hu": {k: v["fraction_of_lung"] for k, v in base_hu.classes.items()},
-        "rank": {k: v["fraction_of_lung"] for k, v in base_rank.classes.items()}}
+        "rank": {k: v["fraction_of_lung"] for k, v in base_rank.classes.items()},
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print("| index | Spearman rho with true extent | mean abs. error |")
@@ -117,8 +121,10 @@ def main() -> None:
     print(f"| DiffSegLung emphysema fraction_of_lung | {rho_ours:.3f} | {mae_ours:.3f} |")
     print(f"({len(rows)} synthetic cases on {args.ct}: extents {EXTENTS}, noise {NOISE_HU} HU)")
     print()
-    print("unmodified scan, fraction of lung per class: HU mode vs rank mode (the scan as an "
-          "8-bit lung-window picture, same lung mask)")
+    print(
+        "unmodified scan, fraction of lung per class: HU mode vs rank mode (the scan as an "
+        "8-bit lung-window picture, same lung mask)"
+    )
     print("| mode | " + " | ".join(base_hu.classes) + " |")
     print("|---|" + "---|" * len(base_hu.classes))
     for mode, res in (("hu", base_hu), ("rank", base_rank)):

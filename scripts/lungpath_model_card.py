@@ -2,7 +2,7 @@
 outputs of the evaluation scripts (nothing typed by hand).
 
     python scripts/lungpath_model_card.py --run runs/lungpath \
-        --train-command "medrefine -v train --stage lungpath --config configs/lungpath.yaml -o runs/lungpath" \
+        --train-command "medrefine -v train --stage lungpath ..." \
         --wall-log runs/lungpath.log \
         --printed runs/lungpath_ablation/printed.txt --printed-command "python scripts/..." \
         [--printed FILE --printed-command CMD ...]
@@ -35,8 +35,9 @@ def wall_time(log: Path) -> str | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--run", required=True)
     ap.add_argument("--train-command", required=True)
     ap.add_argument("--wall-log")
@@ -54,43 +55,70 @@ def main() -> None:
     wall = wall_time(Path(args.wall_log)) if args.wall_log else None
     card = {
         "preset": "lungpath",
-        "weights": {"lungpath.safetensors": file_sha256(DEST / "lungpath.safetensors"),
-                    "lungpath_stage1.safetensors":
-                        file_sha256(DEST / "lungpath_stage1.safetensors")},
+        "weights": {
+            "lungpath.safetensors": file_sha256(DEST / "lungpath.safetensors"),
+            "lungpath_stage1.safetensors": file_sha256(DEST / "lungpath_stage1.safetensors"),
+        },
         "training_command": args.train_command,
         "training_config": config,
-        "data": {"train_dirs": config["train"]["data_dirs"], "split": "manifest train split",
-                 "patches": infos[2]["training"]["patches"],
-                 "slices": infos[2]["training"]["slices"]},
+        "data": {
+            "train_dirs": config["train"]["data_dirs"],
+            "split": "manifest train split",
+            "patches": infos[2]["training"]["patches"],
+            "slices": infos[2]["training"]["slices"],
+        },
         "seed": config["train"]["seed"],
-        "steps": {f"stage{s}": {"run": infos[s]["training"]["steps"],
-                                "planned": infos[s]["training"]["planned_steps"],
-                                "minutes": round(infos[s]["training"]["minutes"], 1),
-                                "final_loss": infos[s]["training"]["final_loss"]}
-                  for s in (1, 2)},
+        "steps": {
+            f"stage{s}": {
+                "run": infos[s]["training"]["steps"],
+                "planned": infos[s]["training"]["planned_steps"],
+                "minutes": round(infos[s]["training"]["minutes"], 1),
+                "final_loss": infos[s]["training"]["final_loss"],
+            }
+            for s in (1, 2)
+        },
         "wall_time": wall,
         "machine": f"{platform.machine()}, {config['train']['threads']} thread(s), CPU shared "
-                   "with other trainings",
+        "with other trainings",
         "final_metrics_rows": rows[-2:],
-        "evaluations": [{"command": c, "printed": Path(p).read_text().rstrip()}
-                        for p, c in zip(args.printed, args.printed_command, strict=True)],
+        "evaluations": [
+            {"command": c, "printed": Path(p).read_text().rstrip()}
+            for p, c in zip(args.printed, args.printed_command, strict=True)
+        ],
     }
     (DEST / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    lines = ["# medrefine model `lungpath` (DiffSegLung, issue 13)", "",
-             args.summary, "",
-             "- weights: `lungpath.safetensors` (distilled, stage 2; the default), "
-             "`lungpath_stage1.safetensors` (diffusion only, stage 1; for the ablation)",
-             *[f"- sha256 `{k}`: `{v}`" for k, v in card["weights"].items()],
-             f"- model: `{json.dumps(infos[2]['model'])}`",
-             f"- data: train splits of {', '.join(f'`{d}`' for d in card['data']['train_dirs'])}"
-             f" ({card['data']['slices']} slices, {card['data']['patches']} lung patches of "
-             f"{config['train']['patch']} px; 8-bit slices read as a lung window, no HU)",
-             f"- seed: {card['seed']}; steps: {json.dumps(card['steps'])}",
-             f"- wall time (both stages, /usr/bin/time): {wall} on {card['machine']}",
-             "", "Training command:", "```bash", args.train_command, "```", ""]
+    lines = [
+        "# medrefine model `lungpath` (DiffSegLung, issue 13)",
+        "",
+        args.summary,
+        "",
+        "- weights: `lungpath.safetensors` (distilled, stage 2; the default), "
+        "`lungpath_stage1.safetensors` (diffusion only, stage 1; for the ablation)",
+        *[f"- sha256 `{k}`: `{v}`" for k, v in card["weights"].items()],
+        f"- model: `{json.dumps(infos[2]['model'])}`",
+        f"- data: train splits of {', '.join(f'`{d}`' for d in card['data']['train_dirs'])}"
+        f" ({card['data']['slices']} slices, {card['data']['patches']} lung patches of "
+        f"{config['train']['patch']} px; 8-bit slices read as a lung window, no HU)",
+        f"- seed: {card['seed']}; steps: {json.dumps(card['steps'])}",
+        f"- wall time (both stages, /usr/bin/time): {wall} on {card['machine']}",
+        "",
+        "Training command:",
+        "```bash",
+        args.train_command,
+        "```",
+        "",
+    ]
     for ev in card["evaluations"]:
-        lines += ["As printed by:", "```bash", ev["command"], "```", "```", ev["printed"], "```",
-                  ""]
+        lines += [
+            "As printed by:",
+            "```bash",
+            ev["command"],
+            "```",
+            "```",
+            ev["printed"],
+            "```",
+            "",
+        ]
     (DEST / "MODEL_CARD.md").write_text("\n".join(lines))
     print(f"wrote {DEST}")
 
