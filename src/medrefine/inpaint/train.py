@@ -217,9 +217,9 @@ def train_inpaint(cfg: InpaintTrainConfig) -> Path:
         minutes = (time.time() - t0) / 60
         train_loss = D.all_reduce_sum([float(np.mean(losses))], dist_info)[0] / dist_info.world_size
         if dist_info.is_main:
-            val_psnr = validate(copy.deepcopy(model).cpu(), schedule, val_cases)
+            cpu_model = copy.deepcopy(model).cpu()  # validated and saved on the CPU
+            val_psnr = validate(cpu_model, schedule, val_cases)
             extra = {**info, "epoch": epoch, "val_psnr": val_psnr, "minutes": minutes}
-            cpu_model = copy.deepcopy(model).cpu()
             save_weights(run.dir / "last.safetensors", cpu_model, weights_info(cfg.model, extra))
             if val_psnr > best:
                 best = val_psnr
