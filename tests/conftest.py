@@ -4,6 +4,7 @@ write (``weights_info``), so code under test loads them exactly as it loads trai
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +19,19 @@ from medrefine.preprocess import PreprocessConfig
 from medrefine.refine import RefineParams
 
 DATA_DIR = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture
+def torchrun_env() -> dict[str, str]:
+    """The environment for a ``torch.distributed.run`` child: this process's own, without the
+    rank variables of an outer torchrun, one thread per process."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env["OMP_NUM_THREADS"] = "1"
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -191,10 +191,9 @@ def test_training_runs_and_writes_loadable_weights(tiny_cxr_data, tmp_path):
     assert isinstance(model, torch.nn.Module)
 
 
-def test_training_runs_unchanged_under_torchrun(tiny_cxr_data, tmp_path):
+def test_training_runs_unchanged_under_torchrun(tiny_cxr_data, tmp_path, torchrun_env):
     """Two gloo processes (DDP) run the same train command; rank 0 writes the weights."""
     import json
-    import os
     import subprocess
     import sys
 
@@ -218,12 +217,6 @@ def test_training_runs_unchanged_under_torchrun(tiny_cxr_data, tmp_path):
             }
         )
     )
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env["OMP_NUM_THREADS"] = "1"
     out = tmp_path / "run"
     proc = subprocess.run(
         [
@@ -242,7 +235,7 @@ def test_training_runs_unchanged_under_torchrun(tiny_cxr_data, tmp_path):
             "-o",
             str(out),
         ],
-        env=env,
+        env=torchrun_env,
         capture_output=True,
         text=True,
         timeout=300,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -11,16 +10,6 @@ import pytest
 import yaml
 
 from medrefine.checkpoint import read_info
-
-
-def _env():
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def _torchrun(*args):
@@ -41,7 +30,7 @@ def _torchrun(*args):
     ]
 
 
-def test_torchrun_two_processes(disk_data, tmp_path):
+def test_torchrun_two_processes(disk_data, tmp_path, torchrun_env):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
         yaml.safe_dump(
@@ -62,12 +51,7 @@ def test_torchrun_two_processes(disk_data, tmp_path):
         )
     )
     out = tmp_path / "out"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env["OMP_NUM_THREADS"] = "1"
+    env = torchrun_env
     cmd = [
         sys.executable,
         "-m",
@@ -104,7 +88,7 @@ def test_torchrun_two_processes(disk_data, tmp_path):
 
 
 def test_torchrun_refiner_tunes_on_the_whole_val_split(
-    disk_data, coarse_run, tmp_path, expected_tuning
+    disk_data, coarse_run, tmp_path, expected_tuning, torchrun_env
 ):
     import shutil
 
@@ -151,7 +135,7 @@ def test_torchrun_refiner_tunes_on_the_whole_val_split(
             "--coarse-weights",
             str(coarse),
         ),
-        env=_env(),
+        env=torchrun_env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
