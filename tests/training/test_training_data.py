@@ -163,3 +163,26 @@ def test_cross_val_folds_partition_the_cases(folder):
 def test_cross_val_folds_refuses_impossible_k(folder, k):
     with pytest.raises(ConfigError, match="fold"):
         cross_val_folds(list(find_pairs(folder).values()), k)
+
+
+def test_mask_labels_pick_one_class_of_a_label_map(tmp_path):
+    """mask_labels: the foreground of a binary model is those label values (e.g. label 2 of
+    masks_multiclass); every other label, lungs included, is background."""
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:8, 3:9] = 1
+    labels[10:14, 5:25] = 2
+    Image.fromarray(labels).save(tmp_path / "m.png")
+    picked = read_label_map(tmp_path / "m.png", 1, (2,))
+    assert picked.dtype == np.uint8 and np.array_equal(picked, (labels == 2).astype(np.uint8))
+    both = read_label_map(tmp_path / "m.png", 1, (1, 2))
+    assert np.array_equal(both, (labels > 0).astype(np.uint8))
+
+
+def test_mask_labels_are_for_binary_models(tmp_path):
+    from medrefine.models.registry import SegModelConfig
+    from medrefine.training.coarse import CoarseTrainConfig
+
+    with pytest.raises(ConfigError, match="binary"):
+        CoarseTrainConfig(str(tmp_path), str(tmp_path), mask_labels=(2,),
+                          model=SegModelConfig(num_classes=2), class_names=("a", "b"))
+    assert CoarseTrainConfig(str(tmp_path), str(tmp_path), mask_labels=[2]).mask_labels == (2,)

@@ -96,6 +96,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_out_option(parser)
     parser.add_argument("--mask-dir", default="masks", help="mask sub-folder (default masks)")
     parser.add_argument(
+        "--mask-labels", type=int, nargs="+", default=(), metavar="N",
+        help="the reference foreground is these label values of the mask files (e.g. "
+        "--mask-dir masks_multiclass --mask-labels 2 for one class); default: any non-zero",
+    )
+    parser.add_argument(
         "--panels",
         type=int,
         default=8,
@@ -170,11 +175,12 @@ def run(args: argparse.Namespace) -> int:
         for case in bar:
             try:
                 if pipe is None:
-                    row = score_case(case, predicted.get(case.stem), args.pred)
+                    row = score_case(case, predicted.get(case.stem), args.pred,
+                                     tuple(args.mask_labels))
                 else:
                     row = evaluate_case(
                         pipe, case, args.out, pixels, panel=len(rows) < args.panels,
-                        classes=classes,
+                        classes=classes, mask_labels=tuple(args.mask_labels),
                     )
             except Exception as err:  # go on past a bad case; it is listed in summary.json
                 reason = failure_reason(err)
@@ -210,11 +216,11 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_case(
     pipe: SegmentationPipeline, case: Pair, out_dir: Path, pixels: PixelSample, panel: bool,
-    classes: list[str] | None = None,
+    classes: list[str] | None = None, mask_labels: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Run one case, write its mask (and panel), return its metrics row."""
     result = pipe.run(case.image)
-    gt = read_mask(case.mask, like=result.image) > 0
+    gt = reference(case, result.image, mask_labels)
     pred = result.mask > 0
     write_mask(pred, out_dir / "masks" / f"{case.stem}.png", like=result.image)
     row: dict[str, Any] = {"stem": case.stem, **segmentation_metrics(pred, gt)}
@@ -259,13 +265,20 @@ def mask_index(pred_dir: Path) -> dict[str, Path]:
     return index
 
 
-def score_case(case: Pair, mask_path: Path | None, pred_dir: Path) -> dict[str, Any]:
+def reference(case: Pair, like, mask_labels: tuple[int, ...] = ()) -> np.ndarray:
+    """The case's reference foreground: any non-zero label, or the labels ``mask_labels``."""
+    labels = read_mask(case.mask, like=like)
+    return np.isin(np.rint(labels), mask_labels) if mask_labels else labels > 0
+
+
+def score_case(case: Pair, mask_path: Path | None, pred_dir: Path,
+               mask_labels: tuple[int, ...] = ()) -> dict[str, Any]:
     """Metrics of an existing mask (any mask format) against the truth."""
     if mask_path is None:
         raise InputError(f"{pred_dir}: no mask named {case.stem}.* for case {case.stem}")
     image = read_image(case.image)  # the geometry the masks are checked against
     pred = read_mask(mask_path, like=image) > 0
-    gt = read_mask(case.mask, like=image) > 0
+    gt = reference(case, image, mask_labels)
     return {"stem": case.stem, **segmentation_metrics(pred, gt), "seconds": math.nan}
 
 

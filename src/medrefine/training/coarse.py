@@ -82,6 +82,9 @@ class CoarseTrainConfig:
     # fine-tuning: start from these weights (e.g. another preset's coarse.safetensors); tensors
     # of the same name and shape are copied, the rest (an output head for other classes) not
     init_weights: str = ""
+    # binary models: the foreground is these label values of the mask files (e.g. [2] for one
+    # class of a masks_multiclass folder); empty = the masks as they are
+    mask_labels: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -89,6 +92,10 @@ class CoarseTrainConfig:
         if self.model.in_channels != self.preprocess.channels:
             raise ConfigError(f"model.in_channels ({self.model.in_channels}) must equal "
                               f"preprocess.channels ({self.preprocess.channels})")
+        if self.mask_labels and self.model.num_classes != 1:
+            raise ConfigError("mask_labels selects the foreground of a binary model; "
+                              f"this model has {self.model.num_classes} classes")
+        object.__setattr__(self, "mask_labels", tuple(int(v) for v in self.mask_labels))
         if len(self.class_names) != self.model.num_classes:
             raise ConfigError(f"{len(self.class_names)} class names for "
                               f"{self.model.num_classes} classes")
@@ -98,13 +105,18 @@ class CoarseTrainConfig:
             raise ConfigError(f"cv_fold must be in 0..{self.cv_folds - 1}, got {self.cv_fold}")
 
 
-def validate(segmenter: CoarseSegmenter, pairs: list[Pair], num_classes: int) -> list[float]:
-    """Dice per image (mean over foreground classes) at the original resolution."""
+def validate(segmenter: CoarseSegmenter, pairs: list[Pair], num_classes: int,
+             mask_labels: tuple[int, ...] = ()) -> list[float]:
+    """Dice per image (mean over foreground classes) at the original resolution. With
+    ``mask_labels`` (a class picked from label maps, often absent) only the images whose
+    reference holds it count, so a model that finds nothing cannot score 1 on the rest."""
     scores = []
     for pair in pairs:
+        labels = read_label_map(pair.mask, num_classes, mask_labels)
+        if mask_labels and not labels.any():
+            continue
         loaded = read_image(pair.image)
         probs = segmenter.predict(loaded.array, loaded.meta["source_dtype"])
-        labels = read_label_map(pair.mask, num_classes)
         if num_classes == 1:
             scores.append(dice(probs[0] > 0.5, labels == 1))
         else:
@@ -123,6 +135,7 @@ def weights_info(cfg: CoarseTrainConfig, extra: dict) -> dict:
         "class_names": list(cfg.class_names),
         "training": {"data_dir": cfg.data_dir, "seed": cfg.seed,
                      **({"init_weights": cfg.init_weights} if cfg.init_weights else {}),
+                     **({"mask_labels": list(cfg.mask_labels)} if cfg.mask_labels else {}),
                      **extra},
     }
 
@@ -149,7 +162,7 @@ def train_coarse(cfg: CoarseTrainConfig) -> Path:
         logger.info("cross-validation fold %d/%d: training on %d cases", cfg.cv_fold,
                     cfg.cv_folds, len(split["train"]))
     train_set = SegmentationDataset(split["train"], cfg.preprocess, cfg.model.num_classes,
-                                    cfg.augment)
+                                    cfg.augment, mask_labels=cfg.mask_labels)
     loader, sampler = make_loader(train_set, cfg.batch_size, cfg.seed, cfg.workers, dist_info)
 
     model = build_seg_model(cfg.model, pretrained=cfg.pretrained)
@@ -186,7 +199,7 @@ def train_coarse(cfg: CoarseTrainConfig) -> Path:
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
         segmenter = CoarseSegmenter(unwrap(model), cfg.model, cfg.preprocess, device)
-        scores = validate(segmenter, val_pairs, cfg.model.num_classes)
+        scores = validate(segmenter, val_pairs, cfg.model.num_classes, cfg.mask_labels)
         total_dice, count, loss_sum = D.all_reduce_sum(
             [float(np.sum(scores)), float(len(scores)), float(np.mean(losses))], dist_info)
         val_dice = total_dice / max(count, 1.0)

@@ -95,14 +95,19 @@ def cases_digest(pairs: list[Pair]) -> str:
     return hashlib.sha256("\n".join(sorted(p.stem for p in pairs)).encode()).hexdigest()[:16]
 
 
-def read_label_map(path: Path, num_classes: int) -> np.ndarray:
+def read_label_map(path: Path, num_classes: int, mask_labels: tuple[int, ...] = ()
+                   ) -> np.ndarray:
     """A mask file as uint8 labels (H, W): binary masks map >127 to 1; multi-class masks keep
-    their label values; values above ``num_classes`` become 255 (ignored in the loss)."""
+    their label values; values above ``num_classes`` become 255 (ignored in the loss).
+    ``mask_labels`` (binary models): the foreground is these label values of a label map
+    (e.g. one class of ``masks_multiclass``), everything else background."""
     loaded = read_image(path)
     mask = loaded.array
     if mask.ndim != 3:
         raise InputError(f"{path}: a 2D mask was expected, got shape {mask.shape}")
     mask = mask[0] if mask.shape[0] in (1, 2) else mask[:3].max(0)
+    if mask_labels:
+        return np.isin(np.rint(mask), mask_labels).astype(np.uint8)
     if num_classes == 1:
         return (mask > (127 if mask.max() > 1 else 0)).astype(np.uint8)
     labels = np.rint(mask).astype(np.int64)
@@ -110,11 +115,11 @@ def read_label_map(path: Path, num_classes: int) -> np.ndarray:
     return labels.astype(np.uint8)
 
 
-def load_pair(pair: Pair, pre: PreprocessConfig, num_classes: int, size: tuple[int, int]
-              ) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(pair: Pair, pre: PreprocessConfig, num_classes: int, size: tuple[int, int],
+              mask_labels: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
     """(image01 (C, *size) float16, labels (*size) uint8) on a ``size`` grid."""
     loaded = read_image(pair.image)
-    labels = read_label_map(pair.mask, num_classes)
+    labels = read_label_map(pair.mask, num_classes, mask_labels)
     if labels.shape != loaded.spatial_shape:
         raise InputError(f"{pair.mask}: mask size {labels.shape} differs from image size "
                          f"{loaded.spatial_shape} of {pair.image}")
@@ -155,12 +160,14 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(self, pairs: list[Pair], pre: PreprocessConfig, num_classes: int = 1,
-                 augment: AugmentConfig | None = None, cache_scale: float = 1.25):
+                 augment: AugmentConfig | None = None, cache_scale: float = 1.25,
+                 mask_labels: tuple[int, ...] = ()):
         self.pairs, self.pre, self.num_classes, self.augment = pairs, pre, num_classes, augment
         size = pre.size
         self.cache_size = ((round(size[0] * cache_scale), round(size[1] * cache_scale))
                            if augment else size)
-        self.items = [load_pair(p, pre, num_classes, self.cache_size) for p in pairs]
+        self.items = [load_pair(p, pre, num_classes, self.cache_size, mask_labels)
+                      for p in pairs]
 
     def __len__(self) -> int:
         return len(self.items)
