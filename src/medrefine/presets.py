@@ -63,6 +63,13 @@ PRESETS: dict[str, Preset] = {
         PostprocessConfig(fill_holes=True, keep_largest=True),
         sample="cxr_lungs.jpg",
     ),
+    "devices": Preset(
+        "devices", "what covers the lungs on chest X-rays (tubes, lines, wires, electrodes, "
+        "markers); `medrefine inpaint --mask-from devices` fills it (trained on COVID CXR, V7's "
+        "label 2)",
+        PostprocessConfig(min_object_size=8),
+        sample="cxr_lungs.jpg",
+    ),
 }
 
 

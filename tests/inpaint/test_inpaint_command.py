@@ -149,3 +149,62 @@ def test_evaluate_prints_per_class_scores_of_a_multiclass_model(tiny_cxr_data, t
         gt = read_mask(tiny_cxr_data / "masks_multiclass" / f"{stem}.png")
         expected.append(per_class_metrics(result.mask, gt, [1, 2])[1]["dice"])
     assert summary["per_class"]["lung"]["dice"]["mean"] == pytest.approx(np.mean(expected))
+
+
+def test_evaluate_scores_one_class_of_a_label_map(tiny_cxr_data, tmp_path):
+    """--mask-labels 2: the reference is label 2 of masks_multiclass (the 'device' bar), so
+    masks of exactly that bar score Dice 1; against every non-zero label they do not."""
+    from medrefine.io import read_mask
+
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for path in sorted((tiny_cxr_data / "masks_multiclass").iterdir()):
+        labels = read_mask(path)
+        Image.fromarray(((labels == 2) * 255).astype(np.uint8)).save(pred / path.name)
+    dice = {}
+    for name, extra in (("device", ["--mask-labels", "2"]), ("any", [])):
+        out = tmp_path / name
+        rc = main(["evaluate", "--pred", str(pred), "--data", str(tiny_cxr_data), "--mask-dir",
+                   "masks_multiclass", "--split", "val", "--out", str(out), *extra])
+        assert rc == 0
+        dice[name] = json.loads((out / "summary.json").read_text())["masks"]["dice"]["mean"]
+    assert dice["device"] == pytest.approx(1.0) and dice["any"] < 0.9
+
+
+def _v7_test_case_with_device(data_dir):
+    """A covid_cxr_lungs_v7 test image whose label map has a large device region (label 2)."""
+    from medrefine.io import read_image
+    from medrefine.training.data import find_pairs, split_pairs
+
+    root = data_dir / "covid_cxr_lungs_v7"
+    for pair in split_pairs(root, find_pairs(root, "masks_multiclass"), 0)["test"]:
+        labels = np.round(read_image(pair.mask).array[0]).astype(np.uint8)
+        if (labels == 2).sum() > 2000:
+            return pair.image, labels == 2
+    pytest.skip("no test image with a large device region")
+
+
+def test_mask_from_devices_covers_the_reference_device(data_dir, tmp_path):
+    """--mask-from devices: the devices preset's mask, with a margin, is the hole; on a real
+    test image it covers most of the reference device outline and little else."""
+    from medrefine.commands.inpaint import mask_for
+    from medrefine.io import read_image
+
+    image_path, device = _v7_test_case_with_device(data_dir)
+    out = tmp_path / "out"
+    rc = main(["inpaint", "--image", str(image_path), "--mask-from", "devices", "-o", str(out)])
+    assert rc == 0
+    assert json.loads((out / "report.json").read_text())["mask"] == "--mask-from devices"
+    args = type("Args", (), {"mask": None, "mask_from": "devices", "image": image_path})()
+    hole = mask_for(args, read_image(image_path)) > 0
+    assert (hole & device).sum() / device.sum() > 0.5
+    assert hole.mean() < 0.25  # the devices, not the chest
+
+
+def test_mask_from_with_nothing_found_exits_2(tmp_path, capsys):
+    Image.fromarray(np.full((128, 128), 90, np.uint8)).save(tmp_path / "flat.png")
+    rc = main(["inpaint", "--image", str(tmp_path / "flat.png"), "--mask-from", "devices",
+               "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "flat.png" in err
+    assert not (tmp_path / "o" / "flat.png").exists()

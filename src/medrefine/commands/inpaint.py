@@ -3,6 +3,7 @@ inpainting diffusion model.
 
   medrefine inpaint --image cxr.png --mask region.png -o out
   medrefine inpaint --image cxr.dcm --mask-from lung -o out --steps 4 --samples 4 --seed 0
+  medrefine inpaint --image cxr.png --mask-from devices -o out     # remove tubes, lines, wires
 
 Writes ``OUT/<stem>.png`` (the input's size and bit depth: 16-bit in, 16-bit out; a DICOM input
 gives ``OUT/<stem>.dcm`` too, a derived image with new UIDs), ``OUT/<stem>_compare.png``
@@ -22,7 +23,9 @@ import numpy as np
 
 from medrefine.errors import ConfigError, InputError
 
-MASK_SOURCES = ("lung",)
+# --mask-from NAME: (segmentation preset, margin added around its mask as a share of the
+# image's larger side: a device is covered with a few pixels to spare, as a user would)
+MASK_SOURCES = {"lung": ("lung", 0.0), "devices": ("devices", 0.006)}
 
 
 def add_parser(sub) -> None:
@@ -32,9 +35,10 @@ def add_parser(sub) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--mask", type=Path, help="mask of the region to fill (non-zero = fill), "
                        "the image's size")
-    group.add_argument("--mask-from", choices=MASK_SOURCES,
+    group.add_argument("--mask-from", choices=sorted(MASK_SOURCES),
                        help="take the mask from a segmentation: lung = the lung preset's lung "
-                            "fields")
+                            "fields; devices = the devices preset's tubes, lines, wires and "
+                            "markers, with a margin of a few pixels")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--preset", default="inpaint", help="inpainting model (default inpaint)")
     p.add_argument("--weights", type=Path, help="inpainting weights file instead of the preset")
@@ -114,10 +118,20 @@ def mask_for(args, loaded) -> np.ndarray:
 
         mask = read_mask(args.mask)
         return check_mask(mask, loaded.spatial_shape, str(args.mask))
+    import cv2
+
     from medrefine.pipeline import SegmentationPipeline
 
-    seg = SegmentationPipeline(preset=args.mask_from, use_diffusion=False)
-    mask = seg.run(loaded).mask
+    preset, margin = MASK_SOURCES[args.mask_from]
+    seg = SegmentationPipeline(preset=preset, use_diffusion=False)
+    mask = (np.asarray(seg.run(loaded).mask) > 0).astype(np.uint8)
+    mask = mask[0] if mask.ndim == 3 else mask
+    if not mask.any():
+        raise InputError(f"{args.image}: the {preset} preset found nothing to fill in this "
+                         "image; give the region with --mask")
+    if margin:
+        r = max(1, round(margin * max(mask.shape)))
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
     return check_mask(mask, loaded.spatial_shape, f"--mask-from {args.mask_from}")
 
 
