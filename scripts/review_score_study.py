@@ -9,19 +9,24 @@ per source, prints the Spearman correlation with 1 - Dice of candidate scores bu
 * ``change``: 1 - Dice between the mask given and the refined mask (how much the refiner had
   to change: a mask it rewrote is more likely still wrong);
 * ``disagreement``: the auto-strength probe's 1 - Dice (input vs the first x0 estimate);
+* ``second``: the second opinion, 1 - Dice between the refined mask and the preset's own
+  coarse mask of the image (``medrefine segment --no-refine``, written once per folder to
+  ``own_coarse/``), and ``review + w * second`` for several weights;
 * sums of ``review`` with ``change`` at several weights.
 
   python scripts/review_score_study.py eval/review_val_polyp eval/review_val_skin \
-      eval/review_val_lung
+      eval/review_val_lung --presets polyp skin lung
 
-The weight chosen here (on val) is the one ``medrefine.fusion.review_score`` uses; the test
-tables of the README then measure it once.
+The weights chosen here (on val) are the ones ``medrefine.fusion`` uses
+(``SECOND_OPINION_WEIGHT``: the weight whose worst source is best); the test tables of the
+README then measure them once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,7 @@ from PIL import Image
 from scipy import ndimage, stats
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+SECOND_WEIGHTS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 16.0)
 
 
 def per_case_dice(metrics_csv: Path) -> dict[str, float]:
@@ -66,6 +72,16 @@ def source_rows(source: Path, inputs: Path | None) -> list[dict]:
     return rows
 
 
+def own_coarse_masks(folder: Path, preset: str) -> Path:
+    """The preset's coarse masks of the folder's images (``own_coarse/<stem>.png``)."""
+    out = folder / "own_coarse"
+    if not out.is_dir() or len(list(out.glob("*.png"))) < len(list((folder / "images").iterdir())):
+        subprocess.run(["medrefine", "segment", str(folder / "images"), "-o", str(out),
+                        "--preset", preset, "--no-refine", "--format", "png", "--overwrite"],
+                       check=True, capture_output=True)
+    return out
+
+
 def rho(x, y) -> float:
     return float(stats.spearmanr(x, y).statistic)
 
@@ -73,10 +89,16 @@ def rho(x, y) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("folders", nargs="+", type=Path)
+    p.add_argument("--presets", nargs="+", help="each folder's preset (default: its "
+                   "results.json)")
     args = p.parse_args()
+    presets = args.presets or [json.loads((f / "results.json").read_text())["preset"]
+                               for f in args.folders]
     table = {}
-    for folder in args.folders:
-        for source in sorted(d for d in folder.iterdir() if (d / "refined").is_dir()):
+    for folder, preset in zip(args.folders, presets, strict=True):
+        own = own_coarse_masks(folder, preset)
+        for source in sorted(d for d in folder.iterdir() if (d / "refined").is_dir()
+                             and (d / "eval_refined").is_dir()):
             inputs = source / ("input" if (source / "input").is_dir() else "box_as_mask")
             rows = source_rows(source, inputs)
             err = [1 - r["dice"] for r in rows]
@@ -85,7 +107,12 @@ def main() -> None:
             dis = np.array([r["disagreement"] for r in rows])
             small = np.array([r["small"] for r in rows])
             pieces = np.array([r["pieces"] for r in rows])
-            cells = {"review": rho(review, err), "disagreement": rho(dis, err),
+            second = np.array([change(mask(source / "refined" / f"{r['stem']}.png"),
+                                      mask(own / f"{r['stem']}.png")) for r in rows])
+            cells = {"review": rho(review, err), "second": rho(second, err),
+                     **{f"review+{w}*second": rho(review + w * second, err)
+                        for w in SECOND_WEIGHTS},
+                     "disagreement": rho(dis, err),
                      "change": rho(chg, err), "small": rho(small, err),
                      "pieces": rho(pieces, err)}
             for w in WEIGHTS[1:]:

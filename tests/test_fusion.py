@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from medrefine.errors import ConfigError
-from medrefine.fusion import binary_entropy, fuse, review_score, staple
+from medrefine.fusion import (
+    binary_entropy,
+    fuse,
+    mask_disagreement,
+    review_score,
+    second_opinion_score,
+    staple,
+)
 
 
 def _square(n=20, top=5, side=10):
@@ -110,3 +117,19 @@ def _blurred(mask):
     from scipy import ndimage as ndi
 
     return ndi.gaussian_filter(mask.astype(np.float32), 1.5)
+
+
+def test_mask_disagreement_is_one_minus_dice():
+    a = _square(top=5)
+    b = np.roll(a, 5, axis=0)  # the same 10x10 square 5 rows down: Dice 2*50/200
+    assert mask_disagreement(a, a) == 0.0
+    assert mask_disagreement(a, b) == pytest.approx(0.5)
+    assert mask_disagreement(a, np.zeros_like(a)) == 1.0
+    assert mask_disagreement(np.zeros_like(a), np.zeros_like(a)) == 0.0  # both empty agree
+
+
+def test_second_opinion_ranks_a_confident_but_disputed_mask_above_a_doubtful_agreed_one():
+    confident_disputed = second_opinion_score(review=0.05, disagreement=0.4)
+    doubtful_agreed = second_opinion_score(review=0.3, disagreement=0.02)
+    assert confident_disputed > doubtful_agreed
+    assert second_opinion_score(0.2, 0.0) == 0.2  # agreement adds nothing

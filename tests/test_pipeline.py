@@ -185,3 +185,28 @@ def test_boxes_take_the_coarse_mask_inside_them_where_it_holds_the_object(tiny_w
     empty = pipe.run(image, boxes=[(0, 30, 10, 40)])  # no coarse object in this box
     assert empty.params["boxes_from"] == "refiner" and seen["own"] is False
     assert seen["leave_alone"] is False  # a box prompt is never kept as the answer
+
+
+def test_given_masks_and_boxes_take_a_second_opinion_from_the_coarse_model(tiny_weights,
+                                                                          monkeypatch):
+    pipe = SegmentationPipeline(tiny_weights["coarse"], tiny_weights["refiner"])
+    image = np.random.default_rng(0).random((40, 48, 3)).astype(np.float32)
+    blob = np.zeros((1, 40, 48), np.float32)
+    blob[0, 12:28, 14:30] = 1.0  # what the coarse model "sees"
+    monkeypatch.setattr(pipe.coarse, "predict", lambda *a, **k: blob)
+    given = np.zeros((40, 48), np.uint8)
+    given[0:10, 0:10] = 1  # another tool's mask, elsewhere
+    out = pipe.run(image, coarse_mask=given)
+    review = out.params["review"]
+    expected_dis = 1.0 - 2.0 * ((out.mask > 0) & (blob[0] > 0)).sum() / (
+        (out.mask > 0).sum() + (blob[0] > 0).sum())
+    assert review["second_opinion_disagreement"] == pytest.approx(expected_dis)
+    assert out.review_score == pytest.approx(
+        review["uncertainty"] + review["second_opinion_weight"] * expected_dis)
+    assert out.review_score > review["uncertainty"]  # the masks disagree
+    boxed = pipe.run(image, boxes=[(0, 30, 10, 40)])  # a box prompt: compared as well
+    assert "review" in boxed.params
+    own = pipe.run(image)  # segment: the mask is the coarse model's, no second opinion
+    assert "review" not in own.params
+    refine_only = SegmentationPipeline.for_refinement(tiny_weights["refiner"])
+    assert "review" not in refine_only.run(image, coarse_mask=given).params  # no coarse model

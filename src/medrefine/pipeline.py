@@ -24,7 +24,12 @@ import numpy as np
 from medrefine import __version__
 from medrefine.checkpoint import file_sha256
 from medrefine.errors import ConfigError, InputError
-from medrefine.fusion import review_score
+from medrefine.fusion import (
+    SECOND_OPINION_WEIGHT,
+    mask_disagreement,
+    review_score,
+    second_opinion_score,
+)
 from medrefine.inference import CoarseSegmenter
 from medrefine.io import LoadedImage, read_image
 from medrefine.postprocess import PostprocessConfig, postprocess, postprocess_labels
@@ -386,12 +391,24 @@ class SegmentationPipeline:
 
         Volumes (C, D, H, W) go slice by slice through the models in batches of
         ``slice_batch`` and are post-processed in 3D; the mask is (D, H, W) on the input grid.
+
+        The review score of a given mask or a box prompt on a 2D image adds a second opinion
+        where the pipeline has a binary coarse model: the refined mask's disagreement with
+        that model's own mask of the image (``fusion.second_opinion_score``; both parts in
+        ``params["review"]``).
         """
+        return self._run(image, coarse_mask, boxes, refine)
+
+    def _run(self, image, coarse_mask, boxes, refine, own_probs: np.ndarray | None = None
+             ) -> SegmentationResult:
+        """``run``; ``own_probs``: the coarse model's probabilities on this image, when the
+        caller has them already (the second opinion)."""
         timings: dict[str, float] = {}
         t = time.perf_counter()
         loaded = as_loaded(image)
         timings["load"] = time.perf_counter() - t
         own, prompt = coarse_mask is None and boxes is None, boxes
+        given = not own  # a mask or boxes from the user: the review score takes a 2nd opinion
         if boxes is not None and coarse_mask is None and self.coarse is not None and \
                 self.refiner is not None and not loaded.is_volume and self._boxes_from_coarse:
             # boxes with a coarse model: its mask inside the boxes, refined as its own masks
@@ -399,12 +416,13 @@ class SegmentationPipeline:
             t = time.perf_counter()
             within = boxes_to_mask(boxes, loaded.spatial_shape)
             probs = self.coarse.predict(loaded.array, loaded.meta.get("source_dtype", "float32"))
+            own_probs = probs
             timings["coarse"] = time.perf_counter() - t
             if box_coverage(probs[0] > 0.5, boxes, loaded.spatial_shape) >= MIN_BOX_COVERAGE:
                 coarse_mask, boxes, own = probs[0] * within, None, True
         if (coarse_mask is not None and not own or boxes is not None) and \
                 self.fixer() is not self:
-            return self.fixer().run(loaded, coarse_mask, boxes, refine)
+            return self.fixer()._run(loaded, coarse_mask, boxes, refine, own_probs)
         params = refine or self.refine_params
         if boxes is not None:
             if coarse_mask is not None or loaded.is_volume:
@@ -432,17 +450,29 @@ class SegmentationPipeline:
             probs = refined if refined is not None else coarse_out
             mask = postprocess(probs, self.post, spacing=spacing)
         timings["postprocess"] = time.perf_counter() - t
-        score = None
+        score, review = None, None
         if uncertainty is not None:
             t = time.perf_counter()
             score = review_score(uncertainty, mask)  # volumes: the boundary band is 3D
             timings["review"] = time.perf_counter() - t
+            if given and self._has_second_opinion(loaded):
+                t = time.perf_counter()
+                if own_probs is None:
+                    own_probs = self.coarse.predict(loaded.array, dtype)
+                own_mask = postprocess(own_probs[0], self.post, spacing=spacing)
+                disagreement = mask_disagreement(mask, own_mask)
+                review = {"uncertainty": score, "second_opinion_disagreement": disagreement,
+                          "second_opinion_weight": SECOND_OPINION_WEIGHT}
+                score = second_opinion_score(score, disagreement)
+                timings["second_opinion"] = time.perf_counter() - t
         timings["total"] = sum(timings.values())
         run_params = {
             "refine": asdict(params) if self.refiner else None,
             "postprocess": asdict(self.post),
             "preset": self.preset.name if self.preset else None,
         }
+        if review is not None:
+            run_params["review"] = review
         if log:
             run_params["refinement"] = _refinement_summary(log)
         if prompt is not None:
@@ -451,6 +481,13 @@ class SegmentationPipeline:
         return SegmentationResult(
             loaded, mask, coarse_out, refined, uncertainty, score, timings, run_params
         )
+
+    def _has_second_opinion(self, loaded: LoadedImage) -> bool:
+        """A binary coarse model to compare a given 2D mask with."""
+        if self.coarse is None or loaded.is_volume:
+            return False
+        cfg = getattr(self.coarse, "model_cfg", None)
+        return cfg is None or cfg.num_classes == 1
 
     # -------------------------------------------------------------- the design's API
     def segment_image(

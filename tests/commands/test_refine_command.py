@@ -136,3 +136,27 @@ def test_refine_prompt_errors(tiny_weights, tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["refine", "--image", image, "--box", "1,2,3", *base])
     assert exit_.value.code == 2
+
+
+def test_refine_with_a_preset_gives_a_second_opinion(tiny_weights, tiny_data, tmp_path,
+                                                     capsys, monkeypatch):
+    from medrefine.presets import Preset
+
+    folder = tmp_path / "preset"
+    folder.mkdir()
+    shutil.copy(tiny_weights["coarse"], folder / "coarse.safetensors")
+    shutil.copy(tiny_weights["refiner"], folder / "refiner.safetensors")
+    monkeypatch.setattr(Preset, "folder", property(lambda self: folder))
+    out = tmp_path / "out"
+    code = main(["refine", "--image", str(tiny_data / "images" / "case0.png"), "--mask",
+                 str(tiny_data / "masks" / "case0.png"), "-o", str(out), "--preset", "polyp",
+                 "--device", "cpu", "--steps", "1"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert "coarse" in report["provenance"]["weights"]  # the preset's model, for the opinion
+    entry = report["files"][0]
+    review = entry["review"]
+    assert 0 <= review["second_opinion_disagreement"] <= 1
+    assert entry["review_score"] == pytest.approx(
+        review["uncertainty"] + review["second_opinion_weight"]
+        * review["second_opinion_disagreement"])

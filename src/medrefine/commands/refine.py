@@ -138,9 +138,11 @@ def run(args: argparse.Namespace) -> int:
     refiner_path = args.weights or get_preset(preset).fixer_weights
     base_post = get_preset(preset).postprocess if args.weights is None else PostprocessConfig()
     post = postprocess_config(args, base_post)
-    if args.mask is None and args.weights is None:
-        # boxes with a preset: its coarse model's mask inside each box where it holds the
-        # object, refined as segment refines it; the refiner turns the other boxes into masks
+    if args.weights is None and get_preset(preset).refiner_weights.is_file():
+        # a preset's full pipeline: boxes take its coarse model's mask inside each box where
+        # it holds the object, refined as segment refines it (the refiner turns the other
+        # boxes into masks); every given mask and box is compared with that model's own mask
+        # for the review score's second opinion
         pipe = SegmentationPipeline(preset=preset, device=args.device, postprocess=post)
     else:
         pipe = SegmentationPipeline.for_refinement(
@@ -298,7 +300,8 @@ def refine_one(
             written = write_outputs(result, out_dir, stem, formats)
             return result_record(image_path, result, written, t0, time.perf_counter(),
                                  {"boxes": [list(b) for b in boxes],
-                                  "refinement": result.params.get("refinement")})
+                                  "refinement": result.params.get("refinement"),
+                                  "review": result.params.get("review")})
         labels = read_mask(mask_path, like=loaded)
         if int(labels.max(initial=0)) > 1:
             logger.warning(
@@ -318,6 +321,7 @@ def refine_one(
         written,
         t0,
         t_write,
-        {"changed_pixels": changed, "refinement": result.params.get("refinement")},
+        {"changed_pixels": changed, "refinement": result.params.get("refinement"),
+         "review": result.params.get("review")},
         mask=str(mask_path),
     )
