@@ -10,7 +10,13 @@ from medrefine.lungpath.cluster import ClusterConfig, cluster_posteriors
 from medrefine.lungpath.features import FeatureConfig, bottleneck_features
 from medrefine.lungpath.fusion import FusionConfig, fuse
 from medrefine.lungpath.labels import LABELS
-from medrefine.lungpath.naming import NamingConfig, lung_ranks, name_cluster, name_clusters
+from medrefine.lungpath.naming import (
+    NamingConfig,
+    emphysema_pixels,
+    lung_ranks,
+    name_cluster,
+    name_clusters,
+)
 from medrefine.lungpath.net import LungDenoiser, NetConfig
 
 
@@ -35,6 +41,19 @@ def test_rank_rules_never_name_emphysema():
     np.testing.assert_allclose(
         lung_ranks(v, np.array([[1, 1], [1, 0]], bool)), [[1.0, 1 / 3], [2 / 3, 0.0]]
     )
+
+
+def test_emphysema_pixels_are_low_attenuation_inside_healthy_clusters_only():
+    labels = np.full((10, 10), LABELS["healthy"], np.uint8)
+    labels[:, 5:] = LABELS["ground_glass"]
+    labels[0] = 0  # outside the lung
+    hu = np.full((10, 10), -850.0, np.float32)
+    hu[2:4, 1:3] = -975.0  # emphysema in healthy parenchyma
+    hu[2:4, 7:9] = -975.0  # air inside a ground-glass cluster: not emphysema
+    hu[0, :] = -1000.0  # outside the lung
+    hu[5, 1] = -949.0  # just above the threshold
+    emph = emphysema_pixels(labels, hu, NamingConfig())
+    assert emph.sum() == 4 and emph[2:4, 1:3].all()
 
 
 def test_sobel_fusion_moves_a_boundary_onto_the_edge():

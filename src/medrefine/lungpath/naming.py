@@ -12,9 +12,14 @@ HU mode (CT in Hounsfield units), first rule that matches:
     healthy         otherwise
 and then, pixel by pixel inside the clusters named healthy (emphysema is often scattered
 through the parenchyma rather than one cluster of its own):
-    emphysema       local mean < emphysema_hu and local LAA share >= emphysema_laa
-(a neighbourhood rule: attenuation and how densely the low-attenuation pixels cluster, so
-isolated noisy pixels below -950 HU, which LAA-950 counts, do not make emphysema).
+    emphysema       HU < laa_hu                                            (-950 HU)
+the classic LAA-950 threshold, counted only where the diffusion-feature clusters see
+parenchyma: low-attenuation pixels inside clusters named ground-glass, consolidation or
+fibrosis (noise in dense regions, air in bronchi that the lung mask kept) are not emphysema.
+Applied on the input's own voxels (the working grid's interpolated HU blur small low-attenuation
+areas). Chosen on a synthetic val slab (``scripts/lungpath_emphysema.py --slices 82:112 --seed
+1``) over the earlier neighbourhood rule (local mean < -900 HU with a local LAA share >= 0.4,
+which found half the extent): Spearman with the true extent 0.962 -> 0.981, LAA-950 0.975.
 
 Rank mode (8-bit slices, no HU): the same rules on the intensity rank inside the lung (0 =
 darkest lung pixel, 1 = brightest): ``m`` and ``s`` are the local mean and spread of the
@@ -112,8 +117,6 @@ def name_clusters(stats: np.ndarray, mode: str, cfg: NamingConfig) -> np.ndarray
     return out
 
 
-def emphysema_pixels(
-    labels: np.ndarray, mean: np.ndarray, laa: np.ndarray, cfg: NamingConfig
-) -> np.ndarray:
-    """HU mode: pixels of clusters named healthy whose neighbourhood is emphysematous."""
-    return (labels == LABELS["healthy"]) & (mean < cfg.emphysema_hu) & (laa >= cfg.emphysema_laa)
+def emphysema_pixels(labels: np.ndarray, hu: np.ndarray, cfg: NamingConfig) -> np.ndarray:
+    """HU mode: pixels of clusters named healthy below ``laa_hu`` (-950 HU)."""
+    return (labels == LABELS["healthy"]) & (hu < cfg.laa_hu)

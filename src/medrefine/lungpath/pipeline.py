@@ -36,7 +36,7 @@ from medrefine.lungpath.lungmask import (
     hu_lung_mask,
     intensity_lung_mask,
 )
-from medrefine.lungpath.naming import NamingConfig
+from medrefine.lungpath.naming import NamingConfig, emphysema_pixels
 from medrefine.lungpath.segment import cluster_slices, name_map
 
 MODES = ("hu", "rank")
@@ -227,6 +227,8 @@ class LungPathologyPipeline:
                 clustering.clusters[i], size, interpolation=cv2.INTER_NEAREST
             )
         labels3 = np.where(l3, np.maximum(labels3, LABELS["healthy"]), 0).astype(np.uint8)
+        if cfg.intensity == "hu":  # emphysema pixel by pixel, on the input's own voxels
+            labels3[emphysema_pixels(labels3, v3, cfg.naming)] = LABELS["emphysema"]
         labels = labels3 if volume else labels3[0]
         timings["naming"] = time.perf_counter() - t2
         classes, lung_ml = class_table(labels, image.spacing)

@@ -17,10 +17,8 @@ from scipy import ndimage as ndi
 
 from medrefine.lungpath.cluster import ClusterConfig, cluster_posteriors
 from medrefine.lungpath.fusion import FusionConfig, fuse
-from medrefine.lungpath.labels import LABELS
 from medrefine.lungpath.naming import (
     NamingConfig,
-    emphysema_pixels,
     local_stats,
     lung_ranks,
     name_clusters,
@@ -138,10 +136,4 @@ def name_map(
     lut = np.zeros(256, np.uint8)
     lut[:k] = names
     labels = np.where(lung, lut[clusters], 0).astype(np.uint8)
-    if mode == "hu":  # emphysema inside clusters named healthy (naming.emphysema_pixels)
-        for s in range(len(value)):
-            if lung[s].any():
-                m, _, a = local_stats(value[s], lung[s], window, ncfg.laa_hu)
-                emph = emphysema_pixels(labels[s], m, a, ncfg)
-                labels[s][emph] = LABELS["emphysema"]
     return labels, names, stats
