@@ -95,16 +95,23 @@ def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
     out["end_to_end"] = {"coarse_only": timeit(lambda: pipe_coarse.run(image_path), reps)}
     if refiner is not None:
         out["end_to_end"]["refined_default"] = timeit(lambda: pipe.run(image_path), reps)
-        # ``medrefine refine`` on another tool's mask and on boxes: the sample's shipped mask
-        # and its boxes, strength auto (refine's default), load to post-processed mask
+        # ``medrefine refine --preset`` on another tool's mask and on boxes: the sample's
+        # shipped mask and its boxes, strength auto (refine's default), load to post-processed
+        # mask, with the coarse model's second opinion for the review score; and the refiner
+        # alone (``for_refinement``: own weights, no coarse model, no second opinion)
+        full = SegmentationPipeline(preset=preset, device=device)
+        for run_pipe in {id(q): q for q in (full, full.fixer())}.values():
+            run_pipe.refine_params = replace(run_pipe.refine_params, strength="auto")
         fixer = SegmentationPipeline.for_refinement(preset=preset, device=device)
         fixer.refine_params = replace(fixer.refine_params, strength="auto")
         given = read_mask(image_path.with_name(f"{image_path.stem}_mask.png")) > 0
         boxes = mask_boxes(given)
         out["end_to_end"]["refine_mask_auto"] = timeit(
-            lambda: fixer.run(image_path, coarse_mask=given), reps)
+            lambda: full.run(image_path, coarse_mask=given), reps)
         out["end_to_end"]["refine_boxes_auto"] = timeit(
-            lambda: fixer.run(image_path, boxes=boxes), reps)
+            lambda: full.run(image_path, boxes=boxes), reps)
+        out["end_to_end"]["refine_mask_auto_refiner_only"] = timeit(
+            lambda: fixer.run(image_path, coarse_mask=given), reps)
     for batch in (1, 4, 8) if not quick else (1, 4):
         x = np.repeat(image01[None], batch, 0)
         t = timeit(lambda x=x: coarse.predict_grid(x), max(3, reps // 2))
