@@ -346,6 +346,8 @@ def test_prompt_tab_refines_paint_boxes_and_uploaded_masks(tiny_weights, tmp_pat
     assert picture.shape == heat.shape == (h, w, 3) and "painted region" in status
     expected = pipe.run(image, coarse_mask=painted)
     np.testing.assert_array_equal(read_mask(download["value"]), expected.mask)
+    assert review == pytest.approx(expected.review_score)  # with the coarse model's opinion
+    assert "disagreement with the coarse model" in status
     out = app.refine_prompt(session, str(image), None, None, None, "100,90,300,260\n10,10,60,60",
                             *settings(tiny_weights))
     expected = pipe.run(image, boxes=[(100, 90, 300, 260), (10, 10, 60, 60)])

@@ -142,6 +142,7 @@ def refine_prompt(
             if info.get("left_alone")
             else "."
         )
+        + _second_opinion_text(result.params.get("review"))
         + "".join(f" {n}" for n in notes)
         + f" {1000 * (time.perf_counter() - t_start):.0f} ms."
     )
@@ -154,3 +155,13 @@ def refine_prompt(
         status,
         gr.update(value=str(mask_path), interactive=True),
     )
+
+
+def _second_opinion_text(review: dict | None) -> str:
+    """The review score's second opinion in words (given masks and boxes with a coarse model)."""
+    if not review:
+        return ""
+    return (f" Review score: the refiner's doubt {review['uncertainty']:.2f} plus "
+            f"{review['second_opinion_weight']:g} x its disagreement with the coarse model's own "
+            f"mask (1 - Dice {review['second_opinion_disagreement']:.2f}).")
+
