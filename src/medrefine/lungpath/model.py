@@ -1,5 +1,8 @@
 """Loading a DiffSegLung weights file (``medrefine train --stage lungpath``) and the shipped
-one (``medrefine/weights/lungpath/lungpath.safetensors``, the distilled stage-2 model)."""
+one (``medrefine/weights/lungpath/lungpath.safetensors``, the distilled stage-2 model).
+
+The file's ``model.net`` rebuilds the net, 2D or 3D (``net.dims``); files written before
+``dims`` existed (the shipped ones) carry none and load as 2D, unchanged."""
 
 from __future__ import annotations
 

@@ -8,6 +8,11 @@ LoadedImage (HU, or 8-bit in rank mode)
  -> Sobel fusion (``fusion``) -> cluster map -> HU-guided names (``naming``)
  -> label map on the input's grid (0 outside lung, 1 healthy, 2 emphysema, 3 ground-glass,
     4 consolidation, 5 fibrosis) + per-class voxels, mL and fraction of lung.
+
+A 3D model (weights trained with ``net.dims`` 3) featurises the contiguous run of slices
+from the first to the last lung slice as one z-stack, in z-chunks with a halo
+(``features.z_chunks``; z is not resampled); a single 2D slice is a stack of one slice,
+replicate-padded in z. Clustering, naming and fusion are the same as for 2D models.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ from medrefine.config import build_dataclass, load_config_file
 from medrefine.errors import ConfigError, InputError
 from medrefine.io import LoadedImage, read_image
 from medrefine.lungpath.cluster import ClusterConfig
-from medrefine.lungpath.features import FeatureConfig, bottleneck_features
+from medrefine.lungpath.features import (
+    FeatureConfig,
+    bottleneck_features,
+    bottleneck_features_3d,
+    halo_of,
+)
 from medrefine.lungpath.fusion import FusionConfig
 from medrefine.lungpath.hu import check_8bit, check_hu, normalise_8bit, normalise_hu
 from medrefine.lungpath.labels import CLASS_NAMES, LABELS
@@ -145,6 +155,10 @@ class LungPathologyPipeline:
     def featurize(self, x: np.ndarray, lung: np.ndarray) -> np.ndarray:
         return bottleneck_features(self.model, self.schedule, x, self.cfg.features)
 
+    def featurize_3d(self, x: np.ndarray, lung: np.ndarray, z0: int) -> np.ndarray:
+        """3D models: maps (D, F, h, w) of a z-chunk (with its halo) starting at z0."""
+        return bottleneck_features_3d(self.model, self.schedule, x, self.cfg.features, z0)
+
     def run(
         self, image: LoadedImage | str | Path, lung_mask: np.ndarray | None = None
     ) -> LungPathologyResult:
@@ -181,6 +195,9 @@ class LungPathologyPipeline:
         if cfg.intensity == "hu" and image.spacing is not None:
             scale = float(image.spacing[-1]) / cfg.features.grid_mm
         keep = np.nonzero(l3.any(axis=(1, 2)))[0]
+        dims = self.model.cfg.dims
+        if dims == 3:  # a z-stack needs its neighbours: first to last lung slice, no gaps
+            keep = np.arange(keep.min(), keep.max() + 1)
         ys, xs = np.nonzero(l3[keep].any(axis=0))
         stride = self.model.cfg.stride
         margin = 8
@@ -201,9 +218,15 @@ class LungPathologyPipeline:
         vg = to_grid(v3, cv2.INTER_AREA)
         lg = to_grid(l3, cv2.INTER_AREA) >= 0.5
         t1 = time.perf_counter()
-        clustering = cluster_slices(
-            xg, lg, self.featurize, cfg.cluster, cfg.fusion, cfg.features.slice_batch
-        )
+        if dims == 3:
+            halo = halo_of(self.model, cfg.features)
+            clustering = cluster_slices(
+                xg, lg, self.featurize_3d, cfg.cluster, cfg.fusion, cfg.features.z_chunk, halo
+            )
+        else:
+            clustering = cluster_slices(
+                xg, lg, self.featurize, cfg.cluster, cfg.fusion, cfg.features.slice_batch
+            )
         timings["features_cluster_fusion"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         pixel_mm = (float(image.spacing[-1]) / scale) if image.spacing is not None else 1.0
@@ -247,6 +270,7 @@ class LungPathologyPipeline:
                 "intensity": cfg.intensity,
                 "grid": [len(keep), h, w],
                 "lung_cells": clustering.n_cells,
+                **({"net_dims": 3, "z_halo": halo} if dims == 3 else {}),
             },
         )
 

@@ -4,6 +4,10 @@ locations of prepared slices, fuse with Sobel edges, name the clusters.
     x (S, H, W) in [-1, 1], lung (S, H, W) -featurize-> (S, F, h, w) at stride H / h
     -lung cells-> (N, F) -cluster-> (N, K) -nearest lung cell, bilinear-> (S, K, H, W)
     -Sobel fusion-> cluster map (S, H, W) -naming-> label map (S, H, W)
+
+2D models featurize ``batch`` slices at a time; 3D models (``z_halo`` given) featurize
+z-chunks of ``batch`` consecutive slices with ``z_halo`` context slices either side
+(``features.z_chunks``); everything after the per-slice maps is the same.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from medrefine.lungpath.cluster import ClusterConfig, cluster_posteriors
+from medrefine.lungpath.features import Featurize3D, z_chunks
 from medrefine.lungpath.fusion import FusionConfig, fuse
 from medrefine.lungpath.naming import (
     NamingConfig,
@@ -37,15 +42,24 @@ class Clustering:
 def cluster_slices(
     x: np.ndarray,
     lung: np.ndarray,
-    featurize: Featurize,
+    featurize: Featurize | Featurize3D,
     ccfg: ClusterConfig,
     fcfg: FusionConfig,
     batch: int = 4,
+    z_halo: int | None = None,
 ) -> Clustering:
-    """Cluster map (S, H, W) of prepared slices (see module docstring)."""
+    """Cluster map (S, H, W) of prepared slices (see module docstring). ``z_halo`` None:
+    ``featurize(x, lung)`` on batches of slices (2D); an int: ``featurize(x, lung, z0)`` on
+    z-chunks of consecutive slices with that many context slices either side (3D)."""
+    if z_halo is None:
+        chunks = (
+            (start, featurize(x[start : start + batch], lung[start : start + batch]))
+            for start in range(0, len(x), batch)
+        )
+    else:
+        chunks = z_chunks(featurize, x, lung, batch, z_halo)
     feats, cells, grids = [], [], []
-    for start in range(0, len(x), batch):
-        fmap = featurize(x[start : start + batch], lung[start : start + batch])  # (B,F,h,w)
+    for start, fmap in chunks:  # fmap (B, F, h, w) for slices start .. start + B - 1
         for b in range(len(fmap)):
             s = start + b
             h, w = fmap.shape[-2:]

@@ -13,6 +13,12 @@ Runs on one process or under ``torchrun`` (DDP, gloo on CPU; ``training.distribu
 rank draws its own batches (seed + rank), gradients are averaged, rank 0 writes. Writes
 ``stage1.safetensors``, ``stage2.safetensors`` (the distilled model) and the run log
 (config.json, metrics.jsonl) to ``output_dir``.
+
+3D patches (``configs/lungpath_3d.yaml``): ``train.patch_depth`` D (odd, >= 3) with
+``net.dims`` 3 trains on D x P x P blocks of neighbouring slices (``data.load_stacks``: volume
+folders only; single-slice folders are skipped with a log line). The radiomic teacher stays
+2D: a block's descriptor is that of its central slice. Augmentation adds a z flip to the
+in-plane flips and turns; InfoNCE pools the bottleneck over all its spatial axes.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class TrainConfig:
     n_patches: int = 6000
     min_lung_share: float = 0.5
     max_slices: int = 0  # per data folder; 0 = the whole train split (smoke tests use a few)
+    patch_depth: int = 0  # 0: 2D patches; odd >= 3: patch_depth x patch x patch (net.dims 3)
     batch_size: int = 32
     stage1_steps: int = 3000
     stage2_steps: int = 2500
@@ -70,6 +77,11 @@ class TrainConfig:
             raise ConfigError("train.batch_size must be >= 2 (InfoNCE needs negatives)")
         if self.stage1_steps < 0 or self.stage2_steps < 0 or self.warmup_steps < 0:
             raise ConfigError("train: steps must be >= 0")
+        if self.patch_depth and (self.patch_depth < 3 or self.patch_depth % 2 == 0):
+            raise ConfigError(
+                f"train.patch_depth must be 0 (2D patches) or odd and >= 3 (3D patches with a "
+                f"central slice), got {self.patch_depth}"
+            )
         object.__setattr__(self, "data_dirs", tuple(self.data_dirs))
 
 
@@ -84,39 +96,112 @@ class ModelConfig:
     radiomics: RadiomicsConfig = field(default_factory=RadiomicsConfig)
 
 
+def check_dims(cfg: TrainConfig, mcfg: ModelConfig) -> None:
+    """net.dims 3 and train.patch_depth > 0 go together."""
+    if (mcfg.net.dims == 3) != (cfg.patch_depth > 0):
+        raise ConfigError(
+            f"net.dims {mcfg.net.dims} with train.patch_depth {cfg.patch_depth}: 3D patches "
+            "need both net.dims 3 and an odd train.patch_depth >= 3 (2D: dims 2, patch_depth 0)"
+        )
+
+
+def lung_windows(
+    lung: np.ndarray, p: int, want: int, min_share: float, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """Up to ``want`` top-left corners of p x p windows centred on lung pixels with at least
+    ``min_share`` lung (20 tries per window)."""
+    half = p // 2
+    ys, xs = np.nonzero(lung[half:-half, half:-half])
+    if len(ys) == 0:
+        return []
+    corners: list[tuple[int, int]] = []
+    tries = 0
+    while len(corners) < want and tries < 20 * want:
+        tries += 1
+        k = int(rng.integers(len(ys)))
+        y, x = ys[k], xs[k]  # top-left corner of the window centred on a lung pixel
+        if lung[y : y + p, x : x + p].mean() >= min_share:
+            corners.append((y, x))
+    return corners
+
+
 def patch_bank(
     cfg: TrainConfig, rcfg: RadiomicsConfig, split: str = "train"
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(patches (N, P, P) in [-1, 1], descriptors (N, 34), facts) from the split's slices."""
+    """(patches (N, P, P) in [-1, 1], descriptors (N, 34), facts) from the split's slices;
+    with ``cfg.patch_depth`` the 3D bank of ``patch_bank_3d``."""
     from medrefine.lungpath.data import load_slices
 
+    if cfg.patch_depth:
+        return patch_bank_3d(cfg, rcfg, split)
     rng = np.random.default_rng(cfg.seed)
     slices = [s for d in cfg.data_dirs for s in load_slices(d, split, cfg.max_slices or None)]
     if not slices:
         raise ConfigError(f"no {split} slices in {cfg.data_dirs}")
-    p, half = cfg.patch, cfg.patch // 2
+    p = cfg.patch
     per_slice = int(np.ceil(cfg.n_patches / len(slices)))
     patches = []
     for s in slices:
         image01, lung = s.image01, s.lung
         if image01.shape[0] < p or image01.shape[1] < p:
             continue
-        ys, xs = np.nonzero(lung[half:-half, half:-half])
-        if len(ys) == 0:
-            continue
-        tries = 0
-        got = 0
-        while got < per_slice and tries < 20 * per_slice:
-            tries += 1
-            k = int(rng.integers(len(ys)))
-            y, x = ys[k], xs[k]  # top-left corner of the window centred on a lung pixel
-            if lung[y : y + p, x : x + p].mean() >= cfg.min_lung_share:
-                patches.append(image01[y : y + p, x : x + p])
-                got += 1
+        for y, x in lung_windows(lung, p, per_slice, cfg.min_lung_share, rng):
+            patches.append(image01[y : y + p, x : x + p])
     patches = np.stack(patches)[: cfg.n_patches].astype(np.float32)
     desc = np.stack([descriptor(x, rcfg) for x in patches])
     facts = {"slices": len(slices), "patches": len(patches), "split": split}
     return patches, desc, facts
+
+
+def patch_bank_3d(
+    cfg: TrainConfig, rcfg: RadiomicsConfig, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(blocks (N, D, P, P) in [-1, 1], descriptors (N, 34), facts), D = ``patch_depth``.
+
+    Blocks come from stacks of neighbouring slices (``data.load_stacks``); folders without
+    volume grouping are skipped. A block is centred on a slice with D // 2 neighbours either
+    side, its window chosen on that central slice's lung mask as in 2D. The teacher stays 2D:
+    a block's descriptor is ``radiomics.descriptor`` of its central slice."""
+    from medrefine.lungpath.data import load_stacks
+
+    rng = np.random.default_rng(cfg.seed)
+    d, p, dh = cfg.patch_depth, cfg.patch, cfg.patch_depth // 2
+    stacks = []
+    for data_dir in cfg.data_dirs:
+        got = load_stacks(data_dir, split, cfg.max_slices or None)
+        if got is None:
+            logger.info(
+                "%s: single slices, not volumes (no grouping.groups in its manifest): "
+                "skipped for 3D patches",
+                data_dir,
+            )
+            continue
+        stacks += [s for s in got if len(s) >= d and min(s.image01.shape[1:]) >= p]
+    centres = sum(len(s) - 2 * dh for s in stacks)
+    if not centres:
+        raise ConfigError(
+            f"no {split} stacks of >= {d} neighbouring slices in {cfg.data_dirs}: 3D patches "
+            "need a volume folder (covid_ct_lung_infection_ma) and max_slices 0 or >= "
+            "patch_depth"
+        )
+    per_slice = int(np.ceil(cfg.n_patches / centres))
+    blocks = []
+    for s in stacks:
+        for c in range(dh, len(s) - dh):
+            for y, x in lung_windows(s.lung[c], p, per_slice, cfg.min_lung_share, rng):
+                blocks.append(s.image01[c - dh : c + dh + 1, y : y + p, x : x + p])
+    if not blocks:
+        raise ConfigError(f"no {split} 3D patch has lung share >= {cfg.min_lung_share}")
+    blocks = np.stack(blocks)[: cfg.n_patches].astype(np.float32)  # (N, D, P, P)
+    desc = np.stack([descriptor(b[dh], rcfg) for b in blocks])  # the central slice's
+    facts = {
+        "stacks": len(stacks),
+        "slices": sum(len(s) for s in stacks),
+        "patches": len(blocks),
+        "patch_depth": d,
+        "split": split,
+    }
+    return blocks, desc, facts
 
 
 def standardise(desc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,12 +211,16 @@ def standardise(desc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random flips and 90-degree turns (axial patches have no preferred orientation)."""
+    """Random flips and 90-degree turns (axial patches have no preferred orientation), in-plane
+    only; 3D blocks (B, 1, D, P, P) also a z flip (the slice order has no preferred sense)."""
     if torch.rand((), generator=gen) < 0.5:
         x = x.flip(-1)
     if torch.rand((), generator=gen) < 0.5:
         x = x.flip(-2)
-    return torch.rot90(x, int(torch.randint(0, 4, (), generator=gen)), dims=(-2, -1))
+    x = torch.rot90(x, int(torch.randint(0, 4, (), generator=gen)), dims=(-2, -1))
+    if x.ndim == 5 and torch.rand((), generator=gen) < 0.5:
+        x = x.flip(-3)
+    return x
 
 
 def info_nce(z: torch.Tensor, r: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -156,6 +245,7 @@ def weights_info(
 
 
 def train_lungpath(cfg: TrainConfig, mcfg: ModelConfig, config_dict: dict) -> Path:
+    check_dims(cfg, mcfg)
     torch.set_num_threads(cfg.threads)
     info = D.init_distributed(torch.device("cpu"))
     torch.manual_seed(cfg.seed)
@@ -178,7 +268,7 @@ def train_lungpath(cfg: TrainConfig, mcfg: ModelConfig, config_dict: dict) -> Pa
     )
     T = sched.num_timesteps
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * info.rank)
-    x_all, r_all = torch.from_numpy(patches)[:, None], torch.from_numpy(desc_z)
+    x_all, r_all = torch.from_numpy(patches)[:, None], torch.from_numpy(desc_z)  # (N,1,[D,]P,P)
     common = {
         **facts,
         "data_dirs": list(cfg.data_dirs),
