@@ -100,3 +100,12 @@ def test_gmm_separates_two_blobs_and_falls_back_on_few_points():
     assert len(set(hard[:300])) == 1 and len(set(hard[300:])) == 1 and hard[0] != hard[-1]
     tiny = cluster_posteriors(rng.normal(size=(6, 4)), ClusterConfig(k=5))
     assert tiny.shape == (6, 1)
+
+
+def test_shipped_config_inference_sections_are_the_defaults():
+    from pathlib import Path
+
+    from medrefine.lungpath.pipeline import InferenceConfig, load_inference_config
+
+    root = Path(__file__).resolve().parents[2]
+    assert load_inference_config(root / "configs" / "lungpath.yaml") == InferenceConfig()
