@@ -252,56 +252,25 @@ def test_tiny_3d_training_run_drives_the_pipeline(tmp_path, data_root, caplog):
 
 
 @pytest.mark.slow
-def test_3d_training_under_torchrun(tmp_path, data_root):
+def test_3d_training_under_torchrun(data_root, torchrun_lungpath):
     """Two CPU processes (gloo DDP) train the 3D net as they do the 2D one."""
-    import shutil
-    import subprocess
-    import sys
-
-    if shutil.which("torchrun") is None:
-        pytest.skip("torchrun is not installed")
-    path = tmp_path / "lp3d.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "stage": "lungpath",
-                "net": {"widths": [8, 16], "time_dim": 16, "proj_dim": 8, "dims": 3},
-                "diffusion": {"num_timesteps": 100, "prediction": "epsilon"},
-                "train": {
-                    "data_dirs": [str(data_root / "covid_ct_lung_infection_ma")],
-                    "patch_depth": 3,
-                    "n_patches": 16,
-                    "max_slices": 4,
-                    "batch_size": 4,
-                    "stage1_steps": 2,
-                    "stage2_steps": 2,
-                    "log_every": 1,
-                    "distill_max_t": 100,
-                },
-            }
-        )
+    _, run = torchrun_lungpath(
+        {
+            "stage": "lungpath",
+            "net": {"widths": [8, 16], "time_dim": 16, "proj_dim": 8, "dims": 3},
+            "diffusion": {"num_timesteps": 100, "prediction": "epsilon"},
+            "train": {
+                "data_dirs": [str(data_root / "covid_ct_lung_infection_ma")],
+                "patch_depth": 3,
+                "n_patches": 16,
+                "max_slices": 4,
+                "batch_size": 4,
+                "stage1_steps": 2,
+                "stage2_steps": 2,
+                "log_every": 1,
+                "distill_max_t": 100,
+            },
+        }
     )
-    run = tmp_path / "run"
-    env = {"OMP_NUM_THREADS": "1", "PATH": f"{sys.prefix}/bin:/usr/bin:/bin"}
-    out = subprocess.run(
-        [
-            "torchrun",
-            "--nproc_per_node=2",
-            "-m",
-            "medrefine.cli",
-            "train",
-            "--stage",
-            "lungpath",
-            "--config",
-            str(path),
-            "-o",
-            str(run),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
     info = read_info(run / "stage2.safetensors")
     assert info["training"]["world_size"] == 2 and info["model"]["net"]["dims"] == 3

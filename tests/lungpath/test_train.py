@@ -69,55 +69,24 @@ def test_unknown_config_keys_are_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_training_under_torchrun(tmp_path, data_root):
+def test_training_under_torchrun(data_root, torchrun_lungpath):
     """Two CPU processes (gloo DDP): rank 0 writes both stages' weights."""
-    import shutil
-    import subprocess
-    import sys
-
-    if shutil.which("torchrun") is None:
-        pytest.skip("torchrun is not installed")
-    path = tmp_path / "lp.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "stage": "lungpath",
-                "net": {"widths": [8, 16], "time_dim": 16, "proj_dim": 8},
-                "diffusion": {"num_timesteps": 100, "prediction": "epsilon"},
-                "train": {
-                    "data_dirs": [str(data_root / "medseg_covid_ct_infnet")],
-                    "n_patches": 32,
-                    "max_slices": 4,
-                    "batch_size": 8,
-                    "stage1_steps": 2,
-                    "stage2_steps": 2,
-                    "log_every": 1,
-                    "distill_max_t": 100,
-                },
-            }
-        )
+    out, run = torchrun_lungpath(
+        {
+            "stage": "lungpath",
+            "net": {"widths": [8, 16], "time_dim": 16, "proj_dim": 8},
+            "diffusion": {"num_timesteps": 100, "prediction": "epsilon"},
+            "train": {
+                "data_dirs": [str(data_root / "medseg_covid_ct_infnet")],
+                "n_patches": 32,
+                "max_slices": 4,
+                "batch_size": 8,
+                "stage1_steps": 2,
+                "stage2_steps": 2,
+                "log_every": 1,
+                "distill_max_t": 100,
+            },
+        }
     )
-    run = tmp_path / "run"
-    env = {"OMP_NUM_THREADS": "1", "PATH": f"{sys.prefix}/bin:/usr/bin:/bin"}
-    out = subprocess.run(
-        [
-            "torchrun",
-            "--nproc_per_node=2",
-            "-m",
-            "medrefine.cli",
-            "train",
-            "--stage",
-            "lungpath",
-            "--config",
-            str(path),
-            "-o",
-            str(run),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
     assert read_info(run / "stage2.safetensors")["training"]["world_size"] == 2
     assert out.stdout.count("lung-pathology model:") == 1
