@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage, stats
 
+from medrefine.fusion import mask_disagreement
+
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 SECOND_WEIGHTS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 16.0)
 
@@ -45,11 +47,6 @@ def per_case_dice(metrics_csv: Path) -> dict[str, float]:
 
 def mask(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L")) > 127
-
-
-def change(a: np.ndarray, b: np.ndarray) -> float:
-    total = float(a.sum() + b.sum())
-    return 0.0 if total == 0 else 1.0 - 2.0 * float((a & b).sum()) / total
 
 
 def source_rows(source: Path, inputs: Path | None) -> list[dict]:
@@ -67,7 +64,7 @@ def source_rows(source: Path, inputs: Path | None) -> list[dict]:
         rows.append({
             "stem": stem, "dice": dice[stem], "review": f["review_score"],
             "disagreement": (f.get("refinement") or {}).get("disagreement") or 0.0,
-            "change": change(given, refined) if given is not None else np.nan,
+            "change": mask_disagreement(given, refined) if given is not None else np.nan,
             "small": -np.log(max(refined.mean(), 1e-4)), "pieces": float(count)})
     return rows
 
@@ -107,7 +104,7 @@ def main() -> None:
             dis = np.array([r["disagreement"] for r in rows])
             small = np.array([r["small"] for r in rows])
             pieces = np.array([r["pieces"] for r in rows])
-            second = np.array([change(mask(source / "refined" / f"{r['stem']}.png"),
+            second = np.array([mask_disagreement(mask(source / "refined" / f"{r['stem']}.png"),
                                       mask(own / f"{r['stem']}.png")) for r in rows])
             cells = {"review": rho(review, err), "second": rho(second, err),
                      **{f"review+{w}*second": rho(review + w * second, err)
