@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+import torch
 
 from commands.conftest import disk_case
 from medrefine.errors import ConfigError
@@ -210,3 +211,55 @@ def test_given_masks_and_boxes_take_a_second_opinion_from_the_coarse_model(tiny_
     assert "review" not in own.params
     refine_only = SegmentationPipeline.for_refinement(tiny_weights["refiner"])
     assert "review" not in refine_only.run(image, coarse_mask=given).params  # no coarse model
+
+
+def _second_coarse(tiny_weights, tmp_path, seed: int = 1, **pre_changes):
+    """Another tiny coarse model of the same kind (other seeded weights) as a file."""
+    from medrefine.checkpoint import read_info, save_weights
+    from medrefine.models.registry import SegModelConfig, build_seg_model
+
+    info = read_info(tiny_weights["coarse"])
+    info = {**info, "preprocess": {**info["preprocess"], **pre_changes}}
+    torch.manual_seed(seed)
+    model = build_seg_model(SegModelConfig.from_dict(info["model"]))
+    return save_weights(tmp_path / f"coarse_{seed}.safetensors", model, info)
+
+
+def test_several_coarse_files_run_as_an_ensemble_that_averages_probabilities(
+    tiny_weights, tmp_path, volume
+):
+    from medrefine.inference import CoarseEnsemble, CoarseSegmenter
+
+    other = _second_coarse(tiny_weights, tmp_path)
+    ens = SegmentationPipeline([tiny_weights["coarse"], other], use_diffusion=False,
+                               device="cpu")
+    assert isinstance(ens.coarse, CoarseEnsemble)
+    image = volume.array[:, 0]
+    singles = [CoarseSegmenter.from_weights(w, "cpu", fold_bn=True).predict(image, "uint8")
+               for w in (tiny_weights["coarse"], other)]
+    np.testing.assert_allclose(ens.coarse.predict(image, "uint8"), np.mean(singles, 0),
+                               atol=1e-6)
+    assert not np.allclose(singles[0], singles[1])  # the members do differ
+    members = ens.provenance()["weights"]["coarse"]["ensemble"]
+    assert [m["path"] for m in members] == [str(tiny_weights["coarse"]), str(other)]
+
+
+def test_an_ensemble_refuses_members_of_another_grid(tiny_weights, tmp_path):
+    other = _second_coarse(tiny_weights, tmp_path, size=[48, 48])
+    with pytest.raises(ConfigError, match="coarse_1.safetensors: its preprocessing differs"):
+        SegmentationPipeline([tiny_weights["coarse"], other], use_diffusion=False, device="cpu")
+
+
+def test_a_preset_folder_with_numbered_coarse_files_runs_them_all(tiny_weights, tmp_path,
+                                                                   monkeypatch):
+    import shutil
+
+    from medrefine.presets import Preset, get_preset
+
+    for name in ("coarse.safetensors", "coarse_2.safetensors", "coarse_10.safetensors"):
+        shutil.copy(tiny_weights["coarse"], tmp_path / name)
+    monkeypatch.setattr(Preset, "folder", property(lambda self: tmp_path))
+    assert [p.name for p in get_preset("chest").coarse_members] == [
+        "coarse.safetensors", "coarse_2.safetensors", "coarse_10.safetensors"]
+    pipe = SegmentationPipeline(preset="chest", use_diffusion=False, device="cpu")
+    assert len(pipe.coarse.members) == 3

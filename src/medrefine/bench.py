@@ -128,7 +128,7 @@ def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
                 out.setdefault("refine_grid", []).append({"steps": steps, "samples": samples,
                                                           **t})
     if backends:
-        out["backends"] = bench_backends(backends, pipe.coarse_path, pipe.refiner_path, image01,
+        out["backends"] = bench_backends(backends, pipe.coarse_paths, pipe.refiner_path, image01,
                                          coarse_grid[0], reps, device)
     out["peak_rss_mb"] = peak_rss_mb()
     return out
@@ -137,7 +137,7 @@ def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
-def bench_backends(backends: tuple[str, ...], coarse_weights: str | Path,
+def bench_backends(backends: tuple[str, ...], coarse_weights: str | Path | list[Path],
                    refiner_weights: str | Path | None, image01: np.ndarray,
                    coarse_grid: np.ndarray, reps: int, device: str = "cpu") -> dict[str, Any]:
     """Per backend (``torch``, ``onnx``, ``onnx-int8``): ``load_s`` (building the pipeline,

@@ -107,3 +107,49 @@ class CoarseSegmenter:
         image01, grid = self.prepare(image, source_dtype)
         probs = self.predict_grid(image01[None])[0].cpu().numpy()
         return from_grid(probs, grid)
+
+
+class CoarseEnsemble(CoarseSegmenter):
+    """Several coarse models of one kind (e.g. the k fold models of a cross-validation,
+    ``train --cv-folds k --cv-fold i``) run as one: their probabilities are averaged, as
+    nnU-Net ensembles its folds. Every member must share the preprocessing, the number of
+    classes and the class names, so the average is of like with like."""
+
+    def __init__(self, members: list[CoarseSegmenter], paths: list[Path] | None = None):
+        if len(members) < 2:
+            raise ConfigError("an ensemble needs at least two coarse models")
+        first = members[0]
+        for i, m in enumerate(members[1:], 1):
+            name = str(paths[i]) if paths else f"member {i}"
+            if m.pre_cfg != first.pre_cfg:
+                raise ConfigError(f"{name}: its preprocessing differs from the first model's; "
+                                  "an ensemble averages models trained on the same grid")
+            if m.model_cfg.num_classes != first.model_cfg.num_classes or \
+                    m.info.get("class_names") != first.info.get("class_names"):
+                raise ConfigError(f"{name}: its classes differ from the first model's "
+                                  f"({m.model_cfg.num_classes} vs {first.model_cfg.num_classes})")
+        self.members = members
+        self.device = first.device
+        self.model = None
+        self.channels_last = False
+        self.model_cfg = first.model_cfg
+        self.pre_cfg = first.pre_cfg
+        self.info = {**first.info, "ensemble": len(members)}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "ensemble": len(self.members)}
+
+    @torch.inference_mode()
+    def predict_grid(self, image01: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The mean of the members' probabilities, (B, K, H, W)."""
+        total = self.members[0].predict_grid(image01)
+        for m in self.members[1:]:
+            total = total + m.predict_grid(image01)
+        return total / len(self.members)
+
+
+def coarse_from_weights(paths: list[Path], device: str = "auto", fold_bn: bool = False
+                ) -> CoarseSegmenter:
+    """One weights file -> its ``CoarseSegmenter``; several -> their ``CoarseEnsemble``."""
+    members = [CoarseSegmenter.from_weights(p, device, fold_bn) for p in paths]
+    return members[0] if len(members) == 1 else CoarseEnsemble(members, list(paths))

@@ -30,7 +30,7 @@ from medrefine.fusion import (
     review_score,
     second_opinion_score,
 )
-from medrefine.inference import CoarseSegmenter
+from medrefine.inference import CoarseEnsemble, CoarseSegmenter, coarse_from_weights
 from medrefine.io import LoadedImage, read_image
 from medrefine.postprocess import PostprocessConfig, postprocess, postprocess_labels
 from medrefine.preprocess import from_grid, preprocess, to_grid
@@ -117,7 +117,9 @@ class SegmentationPipeline:
     """Coarse segmentation plus diffusion refinement.
 
     Args:
-        cpunet_weights: coarse model weights (.safetensors); default: the preset's.
+        cpunet_weights: coarse model weights (.safetensors), or several files of one kind
+            (e.g. the fold models of ``train --cv-folds``) whose probabilities are averaged;
+            default: the preset's (``Preset.coarse_members``).
         diffusion_weights: refiner weights; default: the preset's.
         device: ``auto``, ``cpu`` or ``cuda``.
         use_diffusion: refine the coarse mask (False = coarse only).
@@ -135,7 +137,7 @@ class SegmentationPipeline:
 
     def __init__(
         self,
-        cpunet_weights: str | Path | None = None,
+        cpunet_weights: str | Path | Sequence[str | Path] | None = None,
         diffusion_weights: str | Path | None = None,
         device: str = "auto",
         use_diffusion: bool = True,
@@ -168,14 +170,31 @@ class SegmentationPipeline:
         self.preset = get_preset(preset) if preset is not None else None
         self.coarse: CoarseSegmenter | None = None
         self.coarse_path: Path | None = None
+        self.coarse_paths: list[Path] = []
         if load_coarse:
-            self.coarse_path = Path(cpunet_weights or self.preset.coarse_weights)
+            if cpunet_weights is None:
+                self.coarse_paths = self.preset.coarse_members
+            elif isinstance(cpunet_weights, (str, Path)):
+                self.coarse_paths = [Path(cpunet_weights)]
+            else:
+                self.coarse_paths = [Path(w) for w in cpunet_weights]
+            if not self.coarse_paths:
+                raise ConfigError("cpunet_weights: an empty list; give one or more files")
+            self.coarse_path = self.coarse_paths[0]
             if backend == "onnx":
                 from medrefine.export import onnx_coarse
 
-                self.coarse = onnx_coarse(self.coarse_path, **onnx)
+                if onnx_dir is not None and len(self.coarse_paths) > 1:
+                    raise ConfigError(
+                        f"an ensemble of {len(self.coarse_paths)} coarse models runs on ONNX "
+                        "from the cache of graphs exported on first use; leave out the ONNX "
+                        "folder (it holds one coarse model)"
+                    )
+                members = [onnx_coarse(p, **onnx) for p in self.coarse_paths]
+                self.coarse = (members[0] if len(members) == 1
+                               else CoarseEnsemble(members, self.coarse_paths))
             else:
-                self.coarse = CoarseSegmenter.from_weights(self.coarse_path, device, fold_bn=True)
+                self.coarse = coarse_from_weights(self.coarse_paths, device, fold_bn=True)
             if use_diffusion and self.coarse.model_cfg.num_classes != 1:
                 raise ConfigError(
                     "diffusion refinement needs a binary coarse model; pass "
@@ -259,6 +278,10 @@ class SegmentationPipeline:
                 "path": str(self.coarse_path),
                 "sha256": file_sha256(self.coarse_path),
             }
+            if len(self.coarse_paths) > 1:  # an ensemble: every member, the first as above
+                weights["coarse"]["ensemble"] = [
+                    {"path": str(p), "sha256": file_sha256(p)} for p in self.coarse_paths
+                ]
         if self.refiner_path:
             weights["refiner"] = {
                 "path": str(self.refiner_path),

@@ -28,6 +28,15 @@ class Preset:
         return self.folder / "coarse.safetensors"
 
     @property
+    def coarse_members(self) -> list[Path]:
+        """The coarse model files the preset runs: ``coarse.safetensors`` and, where the preset
+        ships an ensemble (e.g. cross-validation folds), ``coarse_2.safetensors``,
+        ``coarse_3.safetensors``, ... beside it, whose probabilities are averaged."""
+        extra = sorted(self.folder.glob("coarse_*.safetensors"),
+                       key=lambda p: (len(p.stem), p.stem))
+        return [self.coarse_weights, *extra]
+
+    @property
     def refiner_weights(self) -> Path:
         """The refiner ``segment`` runs on the preset's own coarse masks."""
         return self.folder / "refiner.safetensors"

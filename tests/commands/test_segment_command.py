@@ -166,3 +166,19 @@ def test_segment_refine_options_reach_the_pipeline(tiny_weights, tiny_data, tmp_
     assert prov["refine"]["seed"] == 7 and prov["refine"]["fusion"] == "vote"
     assert prov["refine"]["strength"] == 0.3  # unset: the refiner's default
     assert prov["postprocess"]["threshold"] == 0.4
+
+
+def test_segment_with_several_coarse_weights_runs_their_ensemble(tiny_weights, tiny_data,
+                                                                 tmp_path, capsys):
+    import shutil
+
+    second = tmp_path / "fold1.safetensors"
+    shutil.copy(tiny_weights["coarse"], second)
+    out = tmp_path / "out"
+    code = main(["segment", str(tiny_data / "images"), "-o", str(out), "--no-refine",
+                 "--weights", str(tiny_weights["coarse"]), str(second), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    members = report["provenance"]["weights"]["coarse"]["ensemble"]
+    assert [m["path"] for m in members] == [str(tiny_weights["coarse"]), str(second)]
+    assert report["n_failed"] == 0

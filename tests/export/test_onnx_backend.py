@@ -282,3 +282,31 @@ def test_export_command_errors(onnx_weights, tmp_path, capsys):
         ]
     )
     assert code == 2 and "weights file not found" in capsys.readouterr().err
+
+
+def test_an_ensemble_runs_on_onnx_from_the_cache_but_not_from_one_folder(
+    onnx_weights, onnx_dir, tmp_path, monkeypatch, capsys
+):
+    from medrefine.presets import Preset
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    info = read_info(onnx_weights["coarse"])
+    torch.manual_seed(5)
+    from medrefine.checkpoint import save_weights
+    from medrefine.models.registry import SegModelConfig, build_seg_model
+
+    other = save_weights(tmp_path / "coarse_2.safetensors",
+                         build_seg_model(SegModelConfig.from_dict(info["model"])), info)
+    members = [onnx_weights["coarse"], other]
+    torch_ens = SegmentationPipeline(members, use_diffusion=False, device="cpu")
+    onnx_ens = SegmentationPipeline(members, use_diffusion=False, device="cpu", backend="onnx")
+    image = np.moveaxis(_image(), -1, 0).astype(np.float32)
+    np.testing.assert_allclose(onnx_ens.coarse.predict(image, "uint8"),
+                               torch_ens.coarse.predict(image, "uint8"), atol=FP32_TOL)
+    with pytest.raises(ConfigError, match="ensemble of 2 coarse models runs on ONNX"):
+        SegmentationPipeline(members, use_diffusion=False, device="cpu", backend="onnx",
+                             onnx_dir=onnx_dir)
+    shutil.copy(onnx_weights["coarse"], tmp_path / "coarse.safetensors")
+    monkeypatch.setattr(Preset, "folder", property(lambda self: tmp_path))
+    assert main(["export", "--onnx", str(tmp_path / "x"), "--preset", "chest"]) == 2
+    assert "runs an ensemble of 2 coarse models" in capsys.readouterr().err

@@ -97,6 +97,12 @@ def run(args: argparse.Namespace) -> int:
     named = args.weights is not None or args.refiner_weights is not None
     preset = get_preset(args.preset or DEFAULT_PRESET) if args.preset or not named else None
     coarse = args.weights or (preset.coarse_weights if preset else None)
+    if args.weights is None and preset is not None and len(preset.coarse_members) > 1:
+        raise ConfigError(
+            f"preset {preset.name!r} runs an ensemble of {len(preset.coarse_members)} coarse "
+            "models and a folder holds one; `--backend onnx` without a folder exports each "
+            "member to the cache on first use, or export one member with --weights FILE"
+        )
     refiner = args.refiner_weights or (preset.refiner_weights if preset else None)
     if args.no_refine:
         if coarse is None:

@@ -50,9 +50,11 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = False
     group.add_argument(
         "--weights",
         type=Path,
+        nargs="+",
         metavar="COARSE.safetensors",
-        help="coarse model weights; post-processing then defaults to a plain "
-        "0.5 threshold (add the switches below)",
+        help="coarse model weights; several files of one kind (e.g. the fold models of "
+        "`train --cv-folds`) run as an ensemble that averages their probabilities; "
+        "post-processing then defaults to a plain 0.5 threshold (add the switches below)",
     )
     parser.add_argument(
         "--refiner-weights",
