@@ -16,6 +16,22 @@ ground truth (one cluster per class: healthy, ground-glass, consolidation; the r
 Dice: pooled over all pixels of the split, and the mean over slices whose ground truth holds
 the class ("per slice", Inf-Net's convention). Infection = ground-glass | consolidation.
 Cluster maps are cached in OUT/cache_<method>_<dataset>_<split>.npz.
+
+3D models (``net.dims`` 3) need volumes, so ``--model3d STAGE1 STAGE2`` scores on
+covid_ct_lung_infection_ma only (medseg_covid_ct_infnet holds single slices, no volume groups):
+
+    python scripts/lungpath_ablation.py --stage1 runs/lungpath/stage1.safetensors \
+        --stage2 runs/lungpath/stage2.safetensors --out runs/lungpath_ablation \
+        --model3d runs/lungpath3d/stage1.safetensors runs/lungpath3d/stage2.safetensors
+
+Each val/test volume (``data.load_stacks``: the manifest's groups, the kept slices of a group
+in z order, split at gaps) is one (D, H, W) input of the same pipeline (rank mode, the provided
+lung masks): the path a 3D model takes at inference, one z-stack featurised in chunks, one GMM
+per stack, ranks per slice. Rows: the 3D distilled (stage-2) and diffusion-only (stage-1)
+models, and as a control the 2D ``--stage2`` model through that same volume path (one GMM per
+stack instead of per slice). Thresholds, Dice and oracle as for the 2D rows. The 2D rows are
+not recomputed: written to OUT/ablation_3d.json, printed beside the 2D rows of
+OUT/ablation.json. Cluster maps cached in OUT/cache_<row>_ma_<split>[_limitN].npz.
 """
 
 from __future__ import annotations
@@ -43,6 +59,18 @@ def image_of(s):
 
     return LoadedImage(
         s.image8[None].astype(np.float32),
+        None,
+        {"format": "png", "source_dtype": "uint8", "modality": "OT"},
+        None,
+    )
+
+
+def image_of_stack(slices):
+    """Neighbouring slices as one (D, H, W) 8-bit input."""
+    from medrefine.io import LoadedImage
+
+    return LoadedImage(
+        np.stack([s.image8 for s in slices])[None].astype(np.float32),
         None,
         {"format": "png", "source_dtype": "uint8", "modality": "OT"},
         None,
@@ -77,14 +105,15 @@ def radiomic_featurize(stride: int = 8, patch: int = 32):
     return featurize
 
 
-def make_pipeline(method: str, args):
+def make_pipeline(method: str, args, weights=None):
     from medrefine.lungpath.cluster import ClusterConfig
     from medrefine.lungpath.pipeline import InferenceConfig, LungPathologyPipeline
 
     cfg = InferenceConfig(
         intensity="rank", cluster=ClusterConfig(method="kmeans" if "kmeans" in method else "gmm")
     )
-    weights = args.stage1 if method == "diffusion_gmm" else args.stage2
+    if weights is None:
+        weights = args.stage1 if method == "diffusion_gmm" else args.stage2
     pipe = LungPathologyPipeline(weights, cfg)
     if method == "radiomics_kmeans":
         pipe.featurize = radiomic_featurize()
@@ -120,6 +149,145 @@ def cluster_all(method, name, split, slices, args):
         seconds=seconds,
     )
     return clusters, stats, seconds
+
+
+# ------------------------------------------------------------------ volumes (3D models)
+VOLUME_ROWS = {  # row: (label, weights from args)
+    "distilled_gmm_3d": ("3D distilled, volume path", lambda a: a.model3d[1]),
+    "distilled_gmm_2d_volumes": ("2D distilled (--stage2), volume path", lambda a: a.stage2),
+    "diffusion_gmm_3d": ("3D diffusion only, volume path", lambda a: a.model3d[0]),
+}
+
+
+def volume_runs(folder, split, slices, limit):
+    """[(group, indices into ``slices`` in z order)]: the split's runs of neighbouring slices
+    (``data.load_stacks``, the manifest's volume groups); None without volume groups."""
+    from medrefine.lungpath.data import load_stacks
+
+    stacks = load_stacks(folder, split, limit)
+    if stacks is None:
+        return None
+    index = {s.stem: i for i, s in enumerate(slices)}
+    return [(st.group, [index[stem] for stem in st.stems]) for st in stacks]
+
+
+def cluster_volumes(row, weights, name, split, slices, runs, args):
+    """As ``cluster_all``, with each run of neighbouring slices one (D, H, W) input of the
+    pipeline: per-slice cluster maps, each slice carrying its stack's cluster statistics."""
+    suffix = f"_limit{args.limit}" if args.limit else ""
+    cache = Path(args.out) / f"cache_{row}_{name}_{split}{suffix}.npz"
+    if cache.is_file():
+        data = np.load(cache, allow_pickle=True)
+        clusters = [np.asarray(c, np.uint8) for c in data["clusters"]]
+        stats = [np.asarray(st, np.float64) for st in data["stats"]]
+        return clusters, stats, float(data["seconds"])
+    from medrefine.errors import InputError
+
+    pipe = make_pipeline("distilled_gmm", args, weights)
+    want = 3 if row.endswith("_3d") else 2
+    if pipe.model.cfg.dims != want:
+        raise SystemExit(f"{weights}: a {pipe.model.cfg.dims}D model, row {row} needs {want}D")
+    clusters = [np.full(s.lung.shape, 255, np.uint8) for s in slices]
+    stats = [np.full((1, 3), np.nan) for _ in slices]
+    t0 = time.perf_counter()
+    for group, idx in runs:
+        try:
+            r = pipe.run(
+                image_of_stack([slices[i] for i in idx]), np.stack([slices[i].lung for i in idx])
+            )
+        except InputError as err:  # refused: empty predictions, counted
+            print(f"{name} {split} {group}: {err}", flush=True)
+            continue
+        for j, i in enumerate(idx):
+            clusters[i] = r.clusters[j]
+            stats[i] = np.asarray(r.cluster_stats, np.float64)
+    seconds = (time.perf_counter() - t0) / max(1, len(slices))
+    missed = len(slices) - sum(len(idx) for _, idx in runs)
+    if missed:
+        print(f"{name} {split}: {missed} slices in no volume group: empty predictions", flush=True)
+    np.savez_compressed(
+        cache,
+        clusters=np.array(clusters, dtype=object),
+        stats=np.array(stats, dtype=object),
+        seconds=seconds,
+    )
+    return clusters, stats, seconds
+
+
+def main_volumes(args) -> None:
+    """``--model3d``: the volume rows on Ma (see the module docstring)."""
+    from medrefine.lungpath.data import load_slices, volume_groups
+
+    name, folder = "ma", DATASETS["ma"]
+    results: dict = {"limit": args.limit}
+    for other, other_folder in DATASETS.items():
+        if other != name and volume_groups(other_folder) is None:
+            results[other] = "single slices (no volume groups in its manifest): not scored in 3D"
+    val = load_slices(folder, "val", args.limit)
+    test = load_slices(folder, "test", args.limit)
+    runs = {"val": volume_runs(folder, "val", val, args.limit)}
+    runs["test"] = volume_runs(folder, "test", test, args.limit)
+    res = results[name] = {
+        "n_val": len(val),
+        "n_test": len(test),
+        "stacks": {k: [[g, len(idx)] for g, idx in v] for k, v in runs.items()},
+    }
+    for row, (_, pick) in VOLUME_ROWS.items():
+        weights = pick(args)
+        res[row] = evaluate(
+            cluster_volumes(row, weights, name, "val", val, runs["val"], args),
+            cluster_volumes(row, weights, name, "test", test, runs["test"], args),
+            val,
+            test,
+            name,
+        )
+        res[row]["weights"] = weights
+        print(f"{row}: done", flush=True)
+    suffix = f"_limit{args.limit}" if args.limit else ""
+    (Path(args.out) / f"ablation_3d{suffix}.json").write_text(json.dumps(results, indent=2))
+    print(table_3d(results, Path(args.out) / "ablation.json"))
+
+
+def table_3d(results, ablation_2d: Path) -> str:
+    def f(v):
+        return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+    ma = results["ma"]
+    ref = json.loads(ablation_2d.read_text())["ma"] if ablation_2d.is_file() else {}
+    rows = [
+        ("2D distilled, one slice per input (shipped; ablation.json)", ref.get("distilled_gmm")),
+        ("2D diffusion only, one slice per input (ablation.json)", ref.get("diffusion_gmm")),
+    ] + [(label, ma.get(row)) for row, (label, _) in VOLUME_ROWS.items()]
+    lines = [
+        "| model (Ma et al. test) | infection Dice | oracle matching | "
+        "ground_glass_rank / consolidation_rank (val objective) | seconds per slice |",
+        "|---|---|---|---|---|",
+    ]
+    for label, entry in rows:
+        if not entry:
+            lines.append(f"| {label} | not measured | | | |")
+            continue
+        ch = entry["chosen_on_val"]
+        lines.append(
+            f"| {label} | {f(entry['test']['inf'][0])} / {f(entry['test']['inf'][1])} | "
+            f"{f(entry['oracle_test']['inf'][0])} / {f(entry['oracle_test']['inf'][1])} | "
+            f"{ch['ground_glass_rank']} / {ch['consolidation_rank']} "
+            f"({f(ch['val_objective'])}) | {entry['seconds_per_slice']:.2f} |"
+        )
+    lines.append(
+        "(pooled Dice over the test split / mean Dice over test slices holding infection; "
+        "rank thresholds chosen on val; volume path: each volume one (D, H, W) input, one GMM "
+        "per stack)"
+    )
+    lines.append(f"slices (val, test): {(ma['n_val'], ma['n_test'])}; stacks: {ma['stacks']}")
+    if results.get("limit"):
+        lines.append(f"--limit {results['limit']}: the ablation.json rows are the full splits")
+    if not ref:
+        lines.append(f"{ablation_2d} not found: 2D rows not shown")
+    for other, why in results.items():
+        if isinstance(why, str):
+            lines.append(f"{other}: {why}")
+    return "\n".join(lines)
 
 
 def named(clusters, stats, ggo, cons):
@@ -221,6 +389,29 @@ def objective(sc, name) -> float:
     return (sc["ggo"][0] + sc["cons"][0]) / 2 if name == "medseg" else sc["inf"][0]
 
 
+def evaluate(val_run, test_run, val, test, name) -> dict:
+    """A clustering row: the two rank thresholds chosen on val (RANK_GRID, ``objective``),
+    test Dice with them, oracle matching on test, seconds per test slice."""
+    cv, sv, _ = val_run
+    ct, stt, sec = test_run
+    best = max(
+        (objective(scores(named(cv, sv, a, b), val, name), name), a, b)
+        for a in RANK_GRID
+        for b in RANK_GRID
+        if b >= a
+    )
+    return {
+        "chosen_on_val": {
+            "ground_glass_rank": best[1],
+            "consolidation_rank": best[2],
+            "val_objective": best[0],
+        },
+        "test": scores(named(ct, stt, best[1], best[2]), test, name),
+        "oracle_test": scores(oracle(ct, test, name), test, name),
+        "seconds_per_slice": sec,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -237,6 +428,13 @@ def main() -> None:
         help="coarse-model weights trained on a data set's train split (medrefine train "
         "--stage coarse), e.g. medseg=runs/x/best.safetensors",
     )
+    ap.add_argument(
+        "--model3d",
+        nargs=2,
+        metavar=("STAGE1", "STAGE2"),
+        help="3D weights (net.dims 3): score only the volume rows on Ma (OUT/ablation_3d.json, "
+        "printed beside OUT/ablation.json's 2D rows); the 2D rows are not recomputed",
+    )
     args = ap.parse_args()
     import torch
 
@@ -244,6 +442,9 @@ def main() -> None:
     from medrefine.lungpath.data import load_slices
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.model3d:
+        main_volumes(args)
+        return
     results: dict = {}
     for name, folder in DATASETS.items():
         val = load_slices(folder, "val", args.limit)
@@ -261,24 +462,13 @@ def main() -> None:
             "test": scores(thresholded(test, best[1], best[2]), test, name),
         }
         for method in METHODS:
-            cv, sv, _ = cluster_all(method, name, "val", val, args)
-            ct, stt, sec = cluster_all(method, name, "test", test, args)
-            best = max(
-                (objective(scores(named(cv, sv, a, b), val, name), name), a, b)
-                for a in RANK_GRID
-                for b in RANK_GRID
-                if b >= a
+            res[method] = evaluate(
+                cluster_all(method, name, "val", val, args),
+                cluster_all(method, name, "test", test, args),
+                val,
+                test,
+                name,
             )
-            res[method] = {
-                "chosen_on_val": {
-                    "ground_glass_rank": best[1],
-                    "consolidation_rank": best[2],
-                    "val_objective": best[0],
-                },
-                "test": scores(named(ct, stt, best[1], best[2]), test, name),
-                "oracle_test": scores(oracle(ct, test, name), test, name),
-                "seconds_per_slice": sec,
-            }
         print(f"{name}: done", flush=True)
     for spec in args.supervised:
         name, weights = spec.split("=", 1)
