@@ -263,3 +263,26 @@ def test_a_preset_folder_with_numbered_coarse_files_runs_them_all(tiny_weights, 
         "coarse.safetensors", "coarse_2.safetensors", "coarse_10.safetensors"]
     pipe = SegmentationPipeline(preset="chest", use_diffusion=False, device="cpu")
     assert len(pipe.coarse.members) == 3
+
+
+def test_a_multi_class_preset_segments_without_refinement_unless_a_refiner_is_forced(
+    tiny_weights, tmp_path, monkeypatch
+):
+    """``segment --preset chest`` (a label map) must not need ``--no-refine``; an explicit
+    refiner on a multi-class model is still refused."""
+    from medrefine.checkpoint import read_info, save_weights
+    from medrefine.models.registry import SegModelConfig, build_seg_model
+    from medrefine.presets import Preset
+
+    info = read_info(tiny_weights["coarse"])
+    model_cfg = SegModelConfig.from_dict({**info["model"], "num_classes": 3})
+    info = {**info, "model": model_cfg.to_dict(), "class_names": ["a", "b", "c"]}
+    save_weights(tmp_path / "coarse.safetensors", build_seg_model(model_cfg), info)
+    monkeypatch.setattr(Preset, "folder", property(lambda self: tmp_path))
+    pipe = SegmentationPipeline(preset="chest", device="cpu")
+    assert pipe.refiner is None
+    labels = pipe.run(np.zeros((3, 40, 48), np.float32)).mask
+    assert labels.shape == (40, 48) and labels.max() <= 3
+    with pytest.raises(ConfigError, match="needs a binary coarse model"):
+        SegmentationPipeline(preset="chest", diffusion_weights=tiny_weights["refiner"],
+                             device="cpu")

@@ -196,10 +196,15 @@ class SegmentationPipeline:
             else:
                 self.coarse = coarse_from_weights(self.coarse_paths, device, fold_bn=True)
             if use_diffusion and self.coarse.model_cfg.num_classes != 1:
-                raise ConfigError(
-                    "diffusion refinement needs a binary coarse model; pass "
-                    "use_diffusion=False for multi-class models"
-                )
+                if diffusion_weights is not None:
+                    raise ConfigError(
+                        "diffusion refinement needs a binary coarse model; pass "
+                        "use_diffusion=False for multi-class models"
+                    )
+                # a multi-class preset (e.g. chest) is a label map by design: no refiner
+                logger.info("%d-class coarse model: label map, no diffusion refinement",
+                            self.coarse.model_cfg.num_classes)
+                use_diffusion = False
         self.refiner: Refiner | None = None
         self.refiner_path: Path | None = None
         if use_diffusion and diffusion_weights is None and load_coarse and \
