@@ -120,6 +120,17 @@ def make_pipeline(method: str, args, weights=None):
     return pipe
 
 
+def save_cache(cache, clusters, stats, seconds):
+    """Write a row's cluster maps to its cache file; returns them as the row functions do."""
+    np.savez_compressed(
+        cache,
+        clusters=np.array(clusters, dtype=object),
+        stats=np.array(stats, dtype=object),
+        seconds=seconds,
+    )
+    return clusters, stats, seconds
+
+
 def cluster_all(method, name, split, slices, args):
     cache = Path(args.out) / f"cache_{method}_{name}_{split}.npz"
     if cache.is_file():
@@ -142,13 +153,7 @@ def cluster_all(method, name, split, slices, args):
         clusters.append(r.clusters)
         stats.append(np.asarray(r.cluster_stats, np.float64))
     seconds = (time.perf_counter() - t0) / max(1, len(slices))
-    np.savez_compressed(
-        cache,
-        clusters=np.array(clusters, dtype=object),
-        stats=np.array(stats, dtype=object),
-        seconds=seconds,
-    )
-    return clusters, stats, seconds
+    return save_cache(cache, clusters, stats, seconds)
 
 
 # ------------------------------------------------------------------ volumes (3D models)
@@ -205,13 +210,7 @@ def cluster_volumes(row, weights, name, split, slices, runs, args):
     missed = len(slices) - sum(len(idx) for _, idx in runs)
     if missed:
         print(f"{name} {split}: {missed} slices in no volume group: empty predictions", flush=True)
-    np.savez_compressed(
-        cache,
-        clusters=np.array(clusters, dtype=object),
-        stats=np.array(stats, dtype=object),
-        seconds=seconds,
-    )
-    return clusters, stats, seconds
+    return save_cache(cache, clusters, stats, seconds)
 
 
 def main_volumes(args) -> None:
