@@ -120,6 +120,14 @@ def make_pipeline(method: str, args, weights=None):
     return pipe
 
 
+def load_cache(cache):
+    """A row's cluster maps, statistics and seconds per slice from its cache file."""
+    data = np.load(cache, allow_pickle=True)
+    clusters = [np.asarray(c, np.uint8) for c in data["clusters"]]
+    stats = [np.asarray(st, np.float64) for st in data["stats"]]
+    return clusters, stats, float(data["seconds"])
+
+
 def save_cache(cache, clusters, stats, seconds):
     """Write a row's cluster maps to its cache file; returns them as the row functions do."""
     np.savez_compressed(
@@ -134,10 +142,7 @@ def save_cache(cache, clusters, stats, seconds):
 def cluster_all(method, name, split, slices, args):
     cache = Path(args.out) / f"cache_{method}_{name}_{split}.npz"
     if cache.is_file():
-        data = np.load(cache, allow_pickle=True)
-        clusters = [np.asarray(c, np.uint8) for c in data["clusters"]]
-        stats = [np.asarray(st, np.float64) for st in data["stats"]]
-        return clusters, stats, float(data["seconds"])
+        return load_cache(cache)
     from medrefine.errors import InputError
 
     pipe = make_pipeline(method, args)
@@ -182,10 +187,7 @@ def cluster_volumes(row, weights, name, split, slices, runs, args):
     suffix = f"_limit{args.limit}" if args.limit else ""
     cache = Path(args.out) / f"cache_{row}_{name}_{split}{suffix}.npz"
     if cache.is_file():
-        data = np.load(cache, allow_pickle=True)
-        clusters = [np.asarray(c, np.uint8) for c in data["clusters"]]
-        stats = [np.asarray(st, np.float64) for st in data["stats"]]
-        return clusters, stats, float(data["seconds"])
+        return load_cache(cache)
     from medrefine.errors import InputError
 
     pipe = make_pipeline("distilled_gmm", args, weights)

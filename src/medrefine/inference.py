@@ -151,5 +151,9 @@ class CoarseEnsemble(CoarseSegmenter):
 def coarse_from_weights(paths: list[Path], device: str = "auto", fold_bn: bool = False
                 ) -> CoarseSegmenter:
     """One weights file -> its ``CoarseSegmenter``; several -> their ``CoarseEnsemble``."""
-    members = [CoarseSegmenter.from_weights(p, device, fold_bn) for p in paths]
+    return as_one([CoarseSegmenter.from_weights(p, device, fold_bn) for p in paths], paths)
+
+
+def as_one(members: list[CoarseSegmenter], paths: list[Path]) -> CoarseSegmenter:
+    """A single member as itself, several as their ``CoarseEnsemble`` (any backend)."""
     return members[0] if len(members) == 1 else CoarseEnsemble(members, list(paths))

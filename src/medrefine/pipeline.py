@@ -30,7 +30,7 @@ from medrefine.fusion import (
     review_score,
     second_opinion_score,
 )
-from medrefine.inference import CoarseEnsemble, CoarseSegmenter, coarse_from_weights
+from medrefine.inference import CoarseSegmenter, as_one, coarse_from_weights
 from medrefine.io import LoadedImage, read_image
 from medrefine.postprocess import PostprocessConfig, postprocess, postprocess_labels
 from medrefine.preprocess import from_grid, preprocess, to_grid
@@ -190,9 +190,8 @@ class SegmentationPipeline:
                         "from the cache of graphs exported on first use; leave out the ONNX "
                         "folder (it holds one coarse model)"
                     )
-                members = [onnx_coarse(p, **onnx) for p in self.coarse_paths]
-                self.coarse = (members[0] if len(members) == 1
-                               else CoarseEnsemble(members, self.coarse_paths))
+                self.coarse = as_one([onnx_coarse(p, **onnx) for p in self.coarse_paths],
+                                     self.coarse_paths)
             else:
                 self.coarse = coarse_from_weights(self.coarse_paths, device, fold_bn=True)
             if use_diffusion and self.coarse.model_cfg.num_classes != 1:
