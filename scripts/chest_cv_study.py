@@ -6,7 +6,8 @@ The five fold models come from ``medrefine train --config configs/chest.yaml --s
 minus fold K, so each train image has one model that never saw it. With 76 train images the
 OOF figures rest on 13x the images that the 6-image val split holds.
 
-    python scripts/chest_cv_study.py runs/chest_cv --shipped src/medrefine/weights/chest/coarse.safetensors
+    python scripts/chest_cv_study.py runs/chest_cv \
+        --shipped src/medrefine/weights/chest/coarse.safetensors
 
 Prints, per class (right lung, left lung, heart): OOF mean Dice, precision and recall of the
 fold models; OOF heart Dice when a bias is added to the heart's log-probability before the

@@ -84,12 +84,18 @@ def mask_disagreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def second_opinion_score(review: float, disagreement: float,
-                         weight: float = SECOND_OPINION_WEIGHT) -> float:
+                         weight: float = SECOND_OPINION_WEIGHT, coarse_doubt: float = 0.0,
+                         doubt_weight: float = 0.0) -> float:
     """The review score of a mask that came from elsewhere: the refined mask's own doubt
     (``review_score``) plus ``weight`` x its disagreement (1 - Dice) with the preset's coarse
     model on the same image. Two independent models that disagree flag a mask worth a human
     look even where the refiner is sure of its correction: on the val splits the uncertainty
     alone ranked other segmenters' refined masks by their error with Spearman rho 0.01-0.71,
-    with the second opinion 0.50-0.91."""
-    return float(review + weight * disagreement)
+    with the second opinion 0.50-0.91.
+
+    Where the image itself is hard (a lung field clouded by opacities), both models may agree
+    on the same wrong mask; ``doubt_weight`` x ``coarse_doubt``, the coarse model's own doubt
+    of the image (``review_score`` of the entropy of its probabilities over its mask), flags
+    those too. The weight is the preset's (``Preset.review_doubt_weight``, chosen on val)."""
+    return float(review + weight * disagreement + doubt_weight * coarse_doubt)
 

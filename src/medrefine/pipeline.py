@@ -26,6 +26,7 @@ from medrefine.checkpoint import file_sha256
 from medrefine.errors import ConfigError, InputError
 from medrefine.fusion import (
     SECOND_OPINION_WEIGHT,
+    binary_entropy,
     mask_disagreement,
     review_score,
     second_opinion_score,
@@ -488,9 +489,12 @@ class SegmentationPipeline:
                     own_probs = self.coarse.predict(loaded.array, dtype)
                 own_mask = postprocess(own_probs[0], self.post, spacing=spacing)
                 disagreement = mask_disagreement(mask, own_mask)
+                doubt = review_score(binary_entropy(own_probs[0]), own_mask)
                 review = {"uncertainty": score, "second_opinion_disagreement": disagreement,
-                          "second_opinion_weight": SECOND_OPINION_WEIGHT}
-                score = second_opinion_score(score, disagreement)
+                          "second_opinion_weight": SECOND_OPINION_WEIGHT,
+                          "coarse_doubt": doubt, "coarse_doubt_weight": self._doubt_weight()}
+                score = second_opinion_score(score, disagreement, coarse_doubt=doubt,
+                                             doubt_weight=self._doubt_weight())
                 timings["second_opinion"] = time.perf_counter() - t
         timings["total"] = sum(timings.values())
         run_params = {
@@ -508,6 +512,13 @@ class SegmentationPipeline:
         return SegmentationResult(
             loaded, mask, coarse_out, refined, uncertainty, score, timings, run_params
         )
+
+    def _doubt_weight(self) -> float:
+        """The preset's weight of the coarse model's doubt in the review score, where the
+        coarse model is the preset's own (the weight was chosen for that model); else 0."""
+        if self.preset is None or self.coarse_paths != self.preset.coarse_members:
+            return 0.0
+        return self.preset.review_doubt_weight
 
     def _has_second_opinion(self, loaded: LoadedImage) -> bool:
         """A binary coarse model to compare a given 2D mask with."""

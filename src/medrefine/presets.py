@@ -18,6 +18,11 @@ class Preset:
     description: str
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     sample: str = ""  # a shipped sample image under medrefine/samples/
+    # Weight of the coarse model's own doubt in the review score of a mask from elsewhere
+    # (``fusion.second_opinion_score``), chosen per preset on its val sources by
+    # ``scripts/review_score_study.py`` (the weight whose worst source is best; 0 unless
+    # another weight beats it by more than 0.01).
+    review_doubt_weight: float = 0.0
 
     @property
     def folder(self) -> Path:

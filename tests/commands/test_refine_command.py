@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from medrefine.cli import main
+from medrefine.refine import RefineParams
 
 
 def test_refine_one_pair(tiny_weights, tiny_data, tmp_path, capsys):
@@ -157,6 +159,45 @@ def test_refine_with_a_preset_gives_a_second_opinion(tiny_weights, tiny_data, tm
     entry = report["files"][0]
     review = entry["review"]
     assert 0 <= review["second_opinion_disagreement"] <= 1
+    assert review["coarse_doubt"] > 0 and review["coarse_doubt_weight"] == 0  # polyp: 0
     assert entry["review_score"] == pytest.approx(
         review["uncertainty"] + review["second_opinion_weight"]
         * review["second_opinion_disagreement"])
+
+
+def test_the_presets_doubt_weight_adds_the_coarse_models_doubt(tiny_weights, tiny_data,
+                                                               tmp_path, monkeypatch):
+    """A preset with ``review_doubt_weight`` adds that many times the coarse model's own doubt
+    (the entropy of its probabilities over its mask) to a given mask's review score; another
+    coarse model than the preset's gets no doubt term (the weight was chosen for that model)."""
+    from medrefine import presets
+    from medrefine.fusion import binary_entropy, review_score
+    from medrefine.io import read_image
+    from medrefine.pipeline import SegmentationPipeline
+    from medrefine.postprocess import postprocess
+
+    folder = tmp_path / "preset"
+    folder.mkdir()
+    shutil.copy(tiny_weights["coarse"], folder / "coarse.safetensors")
+    shutil.copy(tiny_weights["refiner"], folder / "refiner.safetensors")
+    monkeypatch.setattr(presets.Preset, "folder", property(lambda self: folder))
+    monkeypatch.setitem(presets.PRESETS, "lung", dataclasses.replace(
+        presets.PRESETS["lung"], review_doubt_weight=2.0))
+    image = tiny_data / "images" / "case0.png"
+    given = np.asarray(read_image(tiny_data / "masks" / "case0.png").array[0] > 0, np.uint8)
+    params = RefineParams(steps=1, strength=0.3)
+    pipe = SegmentationPipeline(preset="lung", device="cpu", refine=params)
+    result = pipe.run(image, coarse_mask=given)
+    review = result.params["review"]
+    loaded = read_image(image)
+    probs = pipe.coarse.predict(loaded.array, loaded.meta.get("source_dtype", "float32"))[0]
+    doubt = review_score(binary_entropy(probs), postprocess(probs, pipe.post))
+    assert review["coarse_doubt_weight"] == 2.0
+    assert review["coarse_doubt"] == pytest.approx(doubt) and doubt > 0
+    assert result.review_score == pytest.approx(
+        review["uncertainty"] + review["second_opinion_weight"]
+        * review["second_opinion_disagreement"] + 2.0 * doubt)
+
+    other = SegmentationPipeline(tiny_weights["coarse"], tiny_weights["refiner"], device="cpu",
+                                 preset="lung", refine=params)
+    assert other.run(image, coarse_mask=given).params["review"]["coarse_doubt_weight"] == 0.0

@@ -161,7 +161,11 @@ def _second_opinion_text(review: dict | None) -> str:
     """The review score's second opinion in words (given masks and boxes with a coarse model)."""
     if not review:
         return ""
-    return (f" Review score: the refiner's doubt {review['uncertainty']:.2f} plus "
+    text = (f" Review score: the refiner's doubt {review['uncertainty']:.2f} plus "
             f"{review['second_opinion_weight']:g} x its disagreement with the coarse model's own "
-            f"mask (1 - Dice {review['second_opinion_disagreement']:.2f}).")
+            f"mask (1 - Dice {review['second_opinion_disagreement']:.2f})")
+    if review.get("coarse_doubt_weight"):
+        text += (f" plus {review['coarse_doubt_weight']:g} x the coarse model's own doubt "
+                 f"{review['coarse_doubt']:.2f}")
+    return text + "."
 
