@@ -19,6 +19,7 @@ them over:
 usage:
   python scripts/mask_fixer_eval.py --preset skin --data ../shared/data/ph2 --split test \\
       --sources runs/sources/skin --out eval/fixer_skin [--refiner R.safetensors]
+  ... --out eval/fixer_skin --intervals   (each source's review Spearman, 95% bootstrap interval)
 """
 
 from __future__ import annotations
@@ -66,13 +67,36 @@ def per_case_dice(metrics_csv: Path) -> dict[str, float]:
 
 
 def review_spearman(refine_dir: Path, eval_dir: Path) -> float:
+    return review_spearman_interval(refine_dir, eval_dir)[0]
+
+
+def review_spearman_interval(refine_dir: Path, eval_dir: Path, resamples: int = 1000,
+                             seed: int = 0) -> tuple[float, float, float]:
+    """Spearman rho of the review score with 1 - Dice, and its 95% bootstrap interval over the
+    images (percentile, ``resamples`` draws with replacement, seeded)."""
     report = json.loads((refine_dir / "report.json").read_text())
     scores = {stem_of(Path(f["input"])): f["review_score"] for f in report["files"]
               if f["status"] == "ok"}
     dice = per_case_dice(eval_dir / "metrics.csv")
     stems = sorted(set(scores) & set(dice))
-    return float(stats.spearmanr([scores[s] for s in stems],
-                                 [1 - dice[s] for s in stems]).statistic)
+    x = np.array([scores[s] for s in stems])
+    y = np.array([1 - dice[s] for s in stems])
+    rng = np.random.default_rng(seed)
+    draws = [stats.spearmanr(x[i], y[i]).statistic
+             for i in (rng.integers(0, len(x), len(x)) for _ in range(resamples))]
+    lo, hi = np.nanpercentile(draws, [2.5, 97.5])
+    return float(stats.spearmanr(x, y).statistic), float(lo), float(hi)
+
+
+def print_intervals(out: Path) -> None:
+    """Each source's review Spearman and its 95% bootstrap interval, from a folder this script
+    wrote (nothing is run again)."""
+    for refined in sorted(out.glob("*/refined")):
+        evaluated = refined.parent / "eval_refined"
+        if evaluated.is_dir():
+            rho, lo, hi = review_spearman_interval(refined, evaluated)
+            print(f"{refined.parent.name}: review Spearman {rho:.3f} (95% bootstrap interval "
+                  f"{lo:.3f} to {hi:.3f})")
 
 
 def grabcut(image_path: Path, boxes: list, shape: tuple[int, int]) -> np.ndarray:
@@ -135,7 +159,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], choices=["coarse", "outside", "boxes"])
     ap.add_argument("--shifts", action="store_true", help="also score shifted images")
+    ap.add_argument("--intervals", action="store_true",
+                    help="only print each source's review Spearman with its 95%% bootstrap "
+                    "interval, from the folder an earlier run wrote to --out")
     args = ap.parse_args()
+    if args.intervals:
+        print_intervals(args.out)
+        return 0
 
     weights = ["--weights", args.refiner] if args.refiner else ["--preset", args.preset]
     out: Path = args.out
