@@ -142,7 +142,7 @@ def test_refine_prompt_errors(tiny_weights, tiny_data, tmp_path, capsys):
 
 def test_refine_with_a_preset_gives_a_second_opinion(tiny_weights, tiny_data, tmp_path,
                                                      capsys, monkeypatch):
-    from medrefine.presets import Preset
+    from medrefine.presets import Preset, get_preset
 
     folder = tmp_path / "preset"
     folder.mkdir()
@@ -159,10 +159,12 @@ def test_refine_with_a_preset_gives_a_second_opinion(tiny_weights, tiny_data, tm
     entry = report["files"][0]
     review = entry["review"]
     assert 0 <= review["second_opinion_disagreement"] <= 1
-    assert review["coarse_doubt"] > 0 and review["coarse_doubt_weight"] == 0  # polyp: 0
+    assert review["coarse_doubt"] > 0
+    assert review["coarse_doubt_weight"] == get_preset("polyp").review_doubt_weight
     assert entry["review_score"] == pytest.approx(
         review["uncertainty"] + review["second_opinion_weight"]
-        * review["second_opinion_disagreement"])
+        * review["second_opinion_disagreement"]
+        + review["coarse_doubt_weight"] * review["coarse_doubt"])
 
 
 def test_the_presets_doubt_weight_adds_the_coarse_models_doubt(tiny_weights, tiny_data,
