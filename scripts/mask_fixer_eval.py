@@ -66,26 +66,30 @@ def per_case_dice(metrics_csv: Path) -> dict[str, float]:
     return {r.split(",")[0]: float(r.split(",")[head.index("dice")]) for r in lines[1:]}
 
 
-def review_spearman(refine_dir: Path, eval_dir: Path) -> float:
-    return review_spearman_interval(refine_dir, eval_dir)[0]
-
-
-def review_spearman_interval(refine_dir: Path, eval_dir: Path, resamples: int = 1000,
-                             seed: int = 0) -> tuple[float, float, float]:
-    """Spearman rho of the review score with 1 - Dice, and its 95% bootstrap interval over the
-    images (percentile, ``resamples`` draws with replacement, seeded)."""
+def review_pairs(refine_dir: Path, eval_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the review score (refine's report.json) and 1 - Dice (evaluate's metrics)."""
     report = json.loads((refine_dir / "report.json").read_text())
     scores = {stem_of(Path(f["input"])): f["review_score"] for f in report["files"]
               if f["status"] == "ok"}
     dice = per_case_dice(eval_dir / "metrics.csv")
     stems = sorted(set(scores) & set(dice))
-    x = np.array([scores[s] for s in stems])
-    y = np.array([1 - dice[s] for s in stems])
+    return np.array([scores[s] for s in stems]), np.array([1 - dice[s] for s in stems])
+
+
+def review_spearman(refine_dir: Path, eval_dir: Path) -> float:
+    return float(stats.spearmanr(*review_pairs(refine_dir, eval_dir)).statistic)
+
+
+def review_spearman_interval(refine_dir: Path, eval_dir: Path, resamples: int = 1000,
+                             seed: int = 0) -> tuple[float, float]:
+    """The 95% bootstrap interval of the review Spearman over the images (percentile,
+    ``resamples`` draws with replacement, seeded)."""
+    x, y = review_pairs(refine_dir, eval_dir)
     rng = np.random.default_rng(seed)
     draws = [stats.spearmanr(x[i], y[i]).statistic
              for i in (rng.integers(0, len(x), len(x)) for _ in range(resamples))]
     lo, hi = np.nanpercentile(draws, [2.5, 97.5])
-    return float(stats.spearmanr(x, y).statistic), float(lo), float(hi)
+    return float(lo), float(hi)
 
 
 def print_intervals(out: Path) -> None:
@@ -94,7 +98,8 @@ def print_intervals(out: Path) -> None:
     for refined in sorted(out.glob("*/refined")):
         evaluated = refined.parent / "eval_refined"
         if evaluated.is_dir():
-            rho, lo, hi = review_spearman_interval(refined, evaluated)
+            rho = review_spearman(refined, evaluated)
+            lo, hi = review_spearman_interval(refined, evaluated)
             print(f"{refined.parent.name}: review Spearman {rho:.3f} (95% bootstrap interval "
                   f"{lo:.3f} to {hi:.3f})")
 

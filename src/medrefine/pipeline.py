@@ -490,11 +490,12 @@ class SegmentationPipeline:
                 own_mask = postprocess(own_probs[0], self.post, spacing=spacing)
                 disagreement = mask_disagreement(mask, own_mask)
                 doubt = review_score(binary_entropy(own_probs[0]), own_mask)
+                doubt_weight = self._doubt_weight()
                 review = {"uncertainty": score, "second_opinion_disagreement": disagreement,
                           "second_opinion_weight": SECOND_OPINION_WEIGHT,
-                          "coarse_doubt": doubt, "coarse_doubt_weight": self._doubt_weight()}
+                          "coarse_doubt": doubt, "coarse_doubt_weight": doubt_weight}
                 score = second_opinion_score(score, disagreement, coarse_doubt=doubt,
-                                             doubt_weight=self._doubt_weight())
+                                             doubt_weight=doubt_weight)
                 timings["second_opinion"] = time.perf_counter() - t
         timings["total"] = sum(timings.values())
         run_params = {
