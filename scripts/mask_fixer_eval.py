@@ -19,7 +19,8 @@ them over:
 usage:
   python scripts/mask_fixer_eval.py --preset skin --data ../shared/data/ph2 --split test \\
       --sources runs/sources/skin --out eval/fixer_skin [--refiner R.safetensors]
-  ... --out eval/fixer_skin --intervals   (each source's review Spearman, 95% bootstrap interval)
+  python scripts/mask_fixer_eval.py --out eval/fixer_skin --intervals
+      (each source's review Spearman with its 95% bootstrap interval; nothing is run)
 """
 
 from __future__ import annotations
@@ -155,10 +156,10 @@ def score_shifts(args, pairs, out: Path, weights: list[str]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", required=True)
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--preset")
+    ap.add_argument("--data")
     ap.add_argument("--split", default="test")
-    ap.add_argument("--sources", required=True, help="folder of scripts/train_mask_sources.sh")
+    ap.add_argument("--sources", help="folder of scripts/train_mask_sources.sh")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--refiner", help="refiner weights (default: the preset's)")
     ap.add_argument("--seed", type=int, default=0)
@@ -171,6 +172,9 @@ def main() -> int:
     if args.intervals:
         print_intervals(args.out)
         return 0
+    missing = [f"--{n}" for n in ("preset", "data", "sources") if getattr(args, n) is None]
+    if missing:
+        ap.error(f"{', '.join(missing)} needed (all but --out can be left out with --intervals)")
 
     weights = ["--weights", args.refiner] if args.refiner else ["--preset", args.preset]
     out: Path = args.out
