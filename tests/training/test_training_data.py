@@ -143,6 +143,39 @@ def test_augment_pair_moves_image_and_mask_together():
 def test_augment_config_check():
     with pytest.raises(ConfigError):
         AugmentConfig(scale=(1.2, 0.8))
+    for bad in ({"jpeg_quality": (0, 90)}, {"jpeg_quality": (90, 40)}, {"downscale": 1.0},
+                {"border": "wrap"}, {"hue_deg": -1}):
+        with pytest.raises(ConfigError):
+            AugmentConfig(**bad)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_archive_shift_augmentation_keeps_mask_aligned_and_range(channels):
+    """Aspect, colour, blur, resolution and JPEG changes: the image stays in [0, 1] with its
+    layout, and the mask still covers the bright square the image shows."""
+    rng = np.random.default_rng(1)
+    labels = np.zeros((80, 80), np.uint8)
+    labels[20:50, 25:60] = 1
+    image01 = np.repeat(labels[None].astype(np.float32), channels, 0) * 0.8 + 0.1
+    aug = AugmentConfig(brightness=0, contrast=0, gamma=0, noise_std=0, aspect=0.5, hue_deg=30,
+                        saturation=0.5, blur_sigma=1.0, downscale=0.5, jpeg_quality=(40, 90),
+                        border="constant")
+    changed = 0
+    for _ in range(8):
+        img, lab = augment_pair(image01, labels, (64, 64), aug, rng)
+        assert img.shape == (channels, 64, 64) and img.dtype == np.float32
+        assert 0.0 <= img.min() and img.max() <= 1.0
+        agree = ((img.mean(0) > 0.45) == (lab == 1)).mean()
+        assert agree > 0.93
+        fg = lab == 1
+        changed += abs(fg.sum() / max((~fg).sum(), 1) - 30 * 35 / (80 * 80 - 30 * 35)) > 0.01
+    assert changed  # scale/aspect really moved the mask
+    # constant border: outside the moved image is black, not mirrored content
+    img, _ = augment_pair(image01, labels, (64, 64),
+                          AugmentConfig(scale=(0.5, 0.5), rotate_deg=0, translate=0,
+                                        brightness=0, contrast=0, gamma=0, noise_std=0,
+                                        hflip=False, vflip=False, border="constant"), rng)
+    assert img[:, :4, :4].max() == 0.0
 
 
 def test_synthetic_fixture_folder(disk_data):

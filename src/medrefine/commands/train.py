@@ -14,6 +14,7 @@ from pathlib import Path
 
 from medrefine.config import build_dataclass, load_config_file
 from medrefine.errors import ConfigError
+from medrefine.models.registry import ENCODERS
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--arch", choices=["cpunet", "unet", "unet3plus"],
                    help="coarse architecture (default cpunet)")
-    p.add_argument("--encoder", choices=["scratch", "efficientnet_lite0"])
+    p.add_argument("--encoder", choices=list(ENCODERS))
     p.add_argument("--size", type=int, help="model grid side in pixels (default 256)")
     p.add_argument("--num-classes", type=int, help="foreground classes (multi-class masks)")
     p.add_argument("--mask-dir", help="mask sub-folder name (default masks)")

@@ -3,8 +3,10 @@
 Encoder -> four decoder levels, each gating its skip connection with an attention gate
 (MONAI's ``AttentionBlock``) before concatenation. The encoder is a config value:
 ``scratch`` (the classic double-conv U-Net encoder, widths configurable) or
-``efficientnet_lite0`` (ImageNet-pretrained, much faster to train on a CPU). With
-``attention=False`` it is the plain U-Net.
+``efficientnet_lite0``/``1``/``2`` (ImageNet-pretrained, much faster to train on a CPU). With
+``attention=False`` it is the plain U-Net. The EfficientNet encoders' finest map is at
+stride 2; ``full_res_skip`` adds a light stride-1 stem on the image as the last skip, so
+boundaries are decided with full-resolution detail.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medrefine.models.blocks import AttentionBlock, ConvBlock, upsample_to
-from medrefine.models.efficientnet import EfficientNetLite0Encoder
+from medrefine.models.efficientnet import EfficientNetLiteEncoder
 
 
 class ScratchEncoder(nn.Module):
@@ -38,8 +40,9 @@ def build_encoder(encoder: str, in_channels: int, widths: tuple[int, ...], pretr
                   ) -> nn.Module:
     if encoder == "scratch":
         return ScratchEncoder(in_channels, widths)
-    if encoder == "efficientnet_lite0":
-        return EfficientNetLite0Encoder(in_channels, pretrained=pretrained)
+    if encoder.startswith("efficientnet_lite"):
+        return EfficientNetLiteEncoder(in_channels, pretrained=pretrained,
+                                       variant=encoder.removeprefix("efficientnet_"))
     raise ValueError(f"unknown encoder {encoder!r}")
 
 
@@ -68,11 +71,13 @@ class CPUNet(nn.Module):
             (softmax).
         widths: scratch-encoder widths, one per level (5 levels = 4 downsamplings).
         decoder_widths: decoder widths from deep to shallow (4 levels).
-        encoder: ``scratch`` or ``efficientnet_lite0``.
+        encoder: ``scratch`` or ``efficientnet_lite0``/``lite1``/``lite2``.
         attention: attention gates on the skips (False gives the plain U-Net).
         deep_supervision: in training mode also return auxiliary logits from the two
             coarser decoder levels, upsampled to the input size.
         pretrained: load ImageNet weights into a pretrained-capable encoder.
+        full_res_skip: (EfficientNet encoders) a 16-channel stride-1 conv stem on the image,
+            gated and concatenated into the last decoder block like any other skip.
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class CPUNet(nn.Module):
         attention: bool = True,
         deep_supervision: bool = False,
         pretrained: bool = False,
+        full_res_skip: bool = False,
     ):
         super().__init__()
         self.encoder = build_encoder(encoder, in_channels, tuple(widths), pretrained)
@@ -97,10 +103,18 @@ class CPUNet(nn.Module):
             self.decoder.append(DecoderBlock(prev, skip_ch, out_ch, attention))
             prev = out_ch
         # Encoders whose finest map is at stride 2 need one more full-resolution block.
-        # A single light conv keeps its cost below the encoder's.
-        self.full_res = (nn.Sequential(nn.Conv2d(prev, 16, 3, padding=1, bias=False),
-                                       nn.BatchNorm2d(16), nn.ReLU(inplace=True))
-                         if encoder != "scratch" else None)
+        # A single light conv keeps its cost below the encoder's; with full_res_skip it is a
+        # decoder block fed by a stride-1 stem on the image.
+        if full_res_skip and encoder == "scratch":
+            raise ValueError("full_res_skip is for encoders whose finest map is at stride 2")
+        self.full_res_stem = (ConvBlock(in_channels, 16) if full_res_skip else None)
+        if full_res_skip:
+            self.full_res = DecoderBlock(prev, 16, 16, attention)
+        elif encoder != "scratch":
+            self.full_res = nn.Sequential(nn.Conv2d(prev, 16, 3, padding=1, bias=False),
+                                          nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        else:
+            self.full_res = None
         self.head = nn.Conv2d(16 if self.full_res is not None else prev, out_channels, 1)
         self.deep_supervision = deep_supervision
         self.aux_heads = (nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in decoder_widths[:2])
@@ -116,7 +130,9 @@ class CPUNet(nn.Module):
         for block, skip in zip(self.decoder, reversed(feats[:-1]), strict=True):
             x = block(x, skip)
             levels.append(x)
-        if self.full_res is not None:
+        if self.full_res_stem is not None:
+            x = self.full_res(x, self.full_res_stem(image01))
+        elif self.full_res is not None:
             x = self.full_res(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
         logits = self.head(x)
         if self.training and self.aux_heads is not None:

