@@ -52,6 +52,8 @@ def test_evaluate_writes_masks_metrics_summary(tiny_weights, tiny_data, tmp_path
     assert columns == [
         "stem",
         *METRICS,
+        "reference_empty",
+        "pred_empty",
         *[f"coarse_{m}" for m in METRICS],
         "review_score",
         "seconds",
@@ -112,7 +114,8 @@ def test_evaluate_no_refine_columns(tiny_weights, tiny_data, tmp_path, capsys):
     )
     assert code == 0, capsys.readouterr().err
     columns, rows = _rows(out / "metrics.csv")
-    assert columns == ["stem", *METRICS, "seconds"] and len(rows) == 6
+    assert columns == ["stem", *METRICS, "reference_empty", "pred_empty", "seconds"]
+    assert len(rows) == 6
     summary = json.loads((out / "summary.json").read_text())
     assert summary["refined"] is None and summary["coarse"]["dice"]["n"] == 6
     assert "review_score_vs_error" not in summary
@@ -135,7 +138,7 @@ def test_evaluate_pred_scores_existing_masks(tiny_data, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "case5" in captured.err and "masks" in captured.out
     columns, rows = _rows(out / "metrics.csv")
-    assert columns == ["stem", *METRICS, "seconds"]
+    assert columns == ["stem", *METRICS, "reference_empty", "pred_empty", "seconds"]
     assert {r["stem"]: float(r["dice"]) for r in rows} == {"case3": 1.0, "case4": 0.0}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["masks"]["dice"]["mean"] == 0.5 and summary["n_failed"] == 1
@@ -169,3 +172,33 @@ def test_auroc_matches_pairwise_definition():
     assert math.isclose(auroc(scores, positive), expected)
     assert auroc(np.array([0.1, 0.9]), np.array([False, True])) == 1.0
     assert math.isnan(auroc(np.array([0.1, 0.9]), np.array([False, False])))
+
+
+def test_evaluate_counts_empty_references_apart(tiny_data, tmp_path, capsys):
+    """Images with nothing to find (normal ultrasound frames): an empty prediction there is
+    right (Dice 1), a non-empty one wrong (Dice 0), and the summary says how many were left
+    empty and the Dice over the images that do hold an object."""
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    mask = np.asarray(Image.open(tiny_data / "masks" / "case3.png"))
+    empty = np.zeros_like(mask)
+    image = Image.open(next((tiny_data / "images").glob("case3.*")))
+    cases = {"lesion": (mask, mask), "normal_ok": (empty, empty), "normal_fp": (empty, mask)}
+    for stem, (truth, guess) in cases.items():
+        image.save(data / "images" / f"{stem}.png")
+        Image.fromarray(truth).save(data / "masks" / f"{stem}.png")
+        Image.fromarray(guess).save(pred / f"{stem}.png")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--pred", str(pred), "--data", str(data), "--split", "all",
+                 "--out", str(out)]) == 0
+    _, rows = _rows(out / "metrics.csv")
+    by = {r["stem"]: r for r in rows}
+    assert float(by["normal_ok"]["dice"]) == 1.0 and float(by["normal_fp"]["dice"]) == 0.0
+    assert by["normal_ok"]["reference_empty"] == "1" and by["lesion"]["reference_empty"] == "0"
+    e = json.loads((out / "summary.json").read_text())["empty_references"]
+    assert (e["n"], e["left_empty"], e["fraction_left_empty"]) == (2, 1, 0.5)
+    assert e["dice_on_the_others"]["mean"] == 1.0 and e["dice_on_the_others"]["n"] == 1
+    assert "empty references: 1/2 left empty (50.0%)" in capsys.readouterr().out

@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = None if args.pred is not None else build_pipeline(args)
     predicted = mask_index(args.pred) if args.pred is not None else {}
     refining = pipe is not None and pipe.refiner is not None
-    columns = ["stem", *METRICS]
+    columns = ["stem", *METRICS, "reference_empty", "pred_empty"]
     classes = class_names(pipe)
     columns += [f"{name}_{m}" for name in classes for m in METRICS]
     if refining:
@@ -223,7 +223,8 @@ def evaluate_case(
     gt = reference(case, result.image, mask_labels)
     pred = result.mask > 0
     write_mask(pred, out_dir / "masks" / f"{case.stem}.png", like=result.image)
-    row: dict[str, Any] = {"stem": case.stem, **segmentation_metrics(pred, gt)}
+    row: dict[str, Any] = {"stem": case.stem, **segmentation_metrics(pred, gt),
+                           **emptiness(pred, gt)}
     coarse = pred
     if result.uncertainty is not None:
         # the coarse side gets the same post-processing, so both columns are pipeline outputs
@@ -279,7 +280,14 @@ def score_case(case: Pair, mask_path: Path | None, pred_dir: Path,
     image = read_image(case.image)  # the geometry the masks are checked against
     pred = read_mask(mask_path, like=image) > 0
     gt = reference(case, image, mask_labels)
-    return {"stem": case.stem, **segmentation_metrics(pred, gt), "seconds": math.nan}
+    return {"stem": case.stem, **segmentation_metrics(pred, gt), **emptiness(pred, gt),
+            "seconds": math.nan}
+
+
+def emptiness(pred: np.ndarray, gt: np.ndarray) -> dict[str, int]:
+    """Whether the reference and the prediction are empty (images without a lesion, such as
+    normal breast-ultrasound frames: an empty prediction there is right, and Dice is 1)."""
+    return {"reference_empty": int(not gt.any()), "pred_empty": int(not pred.any())}
 
 
 def write_panel(result, coarse: np.ndarray, pred: np.ndarray, gt: np.ndarray, path: Path) -> None:
@@ -359,6 +367,16 @@ def build_summary(
         "distances": "pixels",
         "std": "population (ddof=0)",
     }
+    empty = [r for r in rows if r.get("reference_empty")]
+    if empty:  # some images have nothing to find: score them apart as well
+        summary["empty_references"] = {
+            "n": len(empty),
+            "left_empty": sum(r["pred_empty"] for r in empty),
+            "fraction_left_empty": sum(r["pred_empty"] for r in empty) / len(empty),
+            "dice_on_the_others": summarize(
+                [{"dice": r["dice"]} for r in rows if not r.get("reference_empty")]
+            ).get("dice"),
+        }
     if not refining:
         summary.update({label: final, "refined": None})
         return summary
@@ -414,6 +432,15 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append("mean ± std over images; BF = boundary F1 at 2 px")
     if undefined:
         lines.append("HD95/ASSD left out where one mask is empty: " + ", ".join(undefined))
+    if summary.get("empty_references"):
+        e = summary["empty_references"]
+        others = e["dice_on_the_others"] or {}
+        lines.append(
+            f"empty references: {e['left_empty']}/{e['n']} left empty "
+            f"({100 * e['fraction_left_empty']:.1f}%); the rows above count each as Dice 1 "
+            f"when left empty, else 0; Dice on the {others.get('n', 0)} others "
+            f"{others.get('mean', math.nan):.3f} ± {others.get('std', math.nan):.3f}"
+        )
     if summary.get("refinement"):
         sp, au = summary["review_score_vs_error"], summary["uncertainty_auroc"]
         lines.append(
