@@ -212,3 +212,29 @@ def test_refiner_run_on_out_of_fold_predictions(disk_data, coarse_run, fold_runs
                                 mask_sources=ONLY_COARSE))
     info = read_info(run / "best.safetensors")
     assert info["training"]["coarse_fold_weights"] == [str(p) for p in fold_runs]
+
+
+def test_utility_is_loss_averse():
+    from medrefine.training.calibrate import HARM_WEIGHT, utility
+
+    # one input gains 0.03, another loses 0.02: the mean Dice rises, the utility falls
+    assert utility([0.93, 0.88], [0.90, 0.90]) == pytest.approx((0.03 - HARM_WEIGHT * 0.02) / 2)
+    assert utility([0.93, 0.88], [0.90, 0.90]) < 0 < np.mean([0.03, -0.02])
+    assert utility([0.9, 0.8], [0.9, 0.8]) == 0.0
+
+
+def test_near_mask_is_the_truth_within_two_pixels():
+    import cv2
+
+    from medrefine.metrics import dice
+    from medrefine.training.calibrate import near_mask
+
+    gt = np.zeros((96, 96), np.uint8)
+    cv2.circle(gt, (48, 48), 30, 1, -1)
+    for seed in range(4):
+        near = near_mask(gt, np.random.default_rng(seed))
+        assert near.dtype == gt.dtype and near.shape == gt.shape
+        assert not np.array_equal(near, gt)
+        assert 0.9 < dice(near > 0, gt > 0) < 1.0
+        ring = cv2.dilate(gt, np.ones((5, 5), np.uint8)) - cv2.erode(gt, np.ones((5, 5), np.uint8))
+        assert np.all((near != gt) <= (ring > 0))  # changes only within 2 px of the boundary

@@ -3,15 +3,20 @@
 The refiner is judged on every kind of mask a user brings, so validation refines, for each val
 image, several inputs made reproducibly from it (``VAL_KINDS``): the coarse model's mask, a box
 per object jittered by up to 5% of its size, a rough outline, a low-resolution mask and a
-shifted one. After training, ``calibrate`` chooses on val (never on test):
+shifted one, and a near-perfect one (the truth with its boundary moved by a pixel or two, as
+the strongest tools give: its best correction is none). After training, ``calibrate`` chooses on
+val (never on test), loss-averse: a Dice point lost on an input counts ``HARM_WEIGHT`` times a
+point gained, and ties go to leaving the input alone, so the refiner changes a mask only where
+val says it pays clearly (a refiner that never makes a good mask worse):
 
 1. the number of steps, and for ``strength="auto"`` the table from the probe's disagreement
    (1 - Dice between the input and the refiner's first x0 estimate) to a strength: the
    disagreements are cut at their quartiles and each bin takes the fixed strength with the best
-   mean Dice in it, or 0 (keep the input) where the inputs in the bin are better as they are
-   (a bin keeps the strength best over all inputs unless its own gains ``MIN_GAIN``);
+   loss-averse utility in it, or 0 (keep the input) where the inputs in the bin are better as
+   they are (a bin keeps the strength best over all inputs unless its own gains ``MIN_GAIN``);
 2. ``max_doubt``: refined masks whose review score exceeds it are left as the input was. Chosen
-   to maximise mean Dice over the non-box inputs on the val images and on the same images with
+   to maximise the loss-averse utility over the non-box inputs on the val images and on the
+   same images with
    their colour, contrast and sharpness shifted (the look of another hospital's device), where
    a refiner is most likely to be wrong with confidence.
 """
@@ -38,9 +43,10 @@ from medrefine.training.mask_sources import lowres_mask, outline_mask, shift_mas
 
 logger = logging.getLogger(__name__)
 
-VAL_KINDS = ("coarse", "box", "outline", "lowres", "shift")
+VAL_KINDS = ("coarse", "box", "outline", "lowres", "shift", "near")
 PROMPT_KINDS = ("box",)  # inputs that are never the answer: no leave-alone for them
 MIN_GAIN = 0.002  # Dice a disagreement bin must gain to get a strength of its own
+HARM_WEIGHT = 3.0  # a Dice point lost on an input weighs as much as this many points gained
 SHIFTS = ("colour", "contrast", "blur")
 
 
@@ -51,6 +57,23 @@ def val_box(gt: np.ndarray, rng: np.random.Generator, jitter: float = 0.05) -> n
         x0, y0, x1, y1 = jitter_box(box, jitter, rng)
         out[max(0, round(y0)):max(0, round(y1)), max(0, round(x0)):max(0, round(x1))] = 1
     return out
+
+
+def near_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The truth as a strong tool draws it: its boundary moved in or out by 1-2 px in places
+    (a smooth random field decides where), so its best correction is none or nearly so."""
+    radius = int(rng.integers(1, 3))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    grown, shrunk = cv2.dilate(gt, kernel), cv2.erode(gt, kernel)
+    field = cv2.GaussianBlur(rng.standard_normal(gt.shape).astype(np.float32), (0, 0),
+                             max(gt.shape) / 16)
+    return np.where(field > 0, grown, shrunk).astype(gt.dtype)
+
+
+def utility(refined: np.ndarray, given: np.ndarray) -> float:
+    """Mean loss-averse gain of ``refined`` Dice over ``given`` Dice (arrays per input)."""
+    delta = np.asarray(refined, dtype=np.float64) - np.asarray(given, dtype=np.float64)
+    return float(np.mean(np.maximum(delta, 0.0) - HARM_WEIGHT * np.maximum(-delta, 0.0)))
 
 
 def shift_image(image01: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -100,7 +123,7 @@ class ValSet:
                     inputs[kind] = coarse.predict_grid(image01[None])[0, 0].cpu().numpy()
                 else:
                     make = {"box": val_box, "outline": outline_mask, "lowres": lowres_mask,
-                            "shift": shift_mask}[kind]
+                            "shift": shift_mask, "near": near_mask}[kind]
                     inputs[kind] = make(gt_grid, rng).astype(np.float32)
             shifted = {s: shift_image(image01, s, rng) for s in SHIFTS} if shifts else {}
             self.cases.append(ValCase(image01, inputs, grid, gt, shifted))
@@ -182,7 +205,12 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
     def gated_mean(tau: float) -> float:
         return float(np.mean([r if d <= tau else i for d, r, i in gate_rows]))
 
-    max_doubt = max(candidates, key=lambda tau: (round(gated_mean(tau), 4), tau))
+    def gated_utility(tau: float) -> float:
+        return utility([r if d <= tau else i for d, r, i in gate_rows],
+                       [i for _, _, i in gate_rows])
+
+    # ties (to 4 decimals) go to the lower threshold: leave more inputs alone
+    max_doubt = max(candidates, key=lambda tau: (round(gated_utility(tau), 4), -tau))
     auto = replace(auto, max_doubt=max_doubt)
     refiner.auto = auto
     # what auto gives per kind, against the best fixed strength for that kind (val)
@@ -211,6 +239,9 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
     report["gate"] = {"max_doubt": auto.to_dict()["max_doubt"],
                       "mean_dice_ungated": gated_mean(float("inf")),
                       "mean_dice_gated": gated_mean(max_doubt),
+                      "utility_ungated": gated_utility(float("inf")),
+                      "utility_gated": gated_utility(max_doubt),
+                      "harm_weight": HARM_WEIGHT,
                       "left_alone_share": float(np.mean(doubts > max_doubt)),
                       "cases": len(gate_rows)}
     logger.info("calibrated: steps %d, auto %s; per kind %s", best_steps, auto.to_dict(),
