@@ -27,3 +27,8 @@ class UnsupportedFormatError(InputError):
 
 class ConfigError(MedrefineError):
     """A configuration value or command-line option is invalid."""
+
+
+class OutputError(ConfigError):
+    """``-o`` cannot take this run's outputs: one would replace a file the run reads, the
+    folder cannot be written, or another run is writing into it."""

@@ -13,8 +13,6 @@ temporary name in the target folder and renamed into place, so a crash leaves no
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from medrefine.errors import InputError
+from medrefine.io.base import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -281,16 +280,11 @@ def training_curve_png(
 
 
 def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp_path)`` for a temp file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Call ``write(tmp_path)`` for a temp file beside ``path``, then rename it to ``path``:
+    ``atomic_output``'s, so a picture gets the mode every other output gets from the umask
+    (``mkstemp`` would make it 0600)."""
+    with atomic_output(path) as tmp:
+        write(str(tmp))
 
 
 def _put_title(canvas: np.ndarray, title: str, x0: int, width: int, bar_height: int) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medrefine.errors import ConfigError, InputError
+from medrefine.errors import InputError
 
 # --mask-from NAME: (segmentation preset, margin added around its mask as a share of the
 # image's larger side: a device is covered with a few pixels to spare, as a user would)
@@ -51,23 +51,38 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from medrefine.commands.outputs import prepare_out_dir, write_json
-    from medrefine.inpaint.pipeline import SYNTHETIC_NOTE, InpaintingPipeline
-    from medrefine.io import read_image, stem_of
+    from medrefine.commands.guard import (
+        ReadFiles,
+        check_writable,
+        option_files,
+        out_lock,
+        refuse_replacing_reads,
+    )
+    from medrefine.io import stem_of
 
     t0 = time.perf_counter()
+    out_dir: Path = args.out
+    stem = stem_of(args.image)
+    check_writable(out_dir)
+    # the image, the mask (it may sit in OUT under the image's stem) and the weights are
+    # never written over; <stem>.dcm counts whether or not the input turns out to be DICOM
+    reads = ReadFiles([args.image, *option_files(args, "mask", "weights")])
+    names = [f"{stem}.png", f"{stem}_compare.png", f"{stem}.dcm", "report.json"]
+    refuse_replacing_reads([out_dir / n for n in names], reads, out_dir)
+    with out_lock(out_dir):
+        return _inpaint(args, out_dir, stem, t0)
+
+
+def _inpaint(args, out_dir: Path, stem: str, t0: float) -> int:
+    from medrefine.commands.outputs import write_json
+    from medrefine.inpaint.pipeline import SYNTHETIC_NOTE, InpaintingPipeline
+    from medrefine.io import read_image
+
     image_path: Path = args.image
     loaded = read_image(image_path)
     if loaded.is_volume:
         raise InputError(f"{image_path}: is a volume; inpainting takes a 2D X-ray")
-    out_dir = prepare_out_dir(args.out)
-    stem = stem_of(image_path)
     is_dicom = loaded.meta.get("format") == "dicom"
-    names = [f"{stem}.png", f"{stem}_compare.png"] + ([f"{stem}.dcm"] if is_dicom else [])
-    for name in names:
-        if (out_dir / name).resolve() == image_path.resolve():
-            raise ConfigError(f"-o {out_dir}: would overwrite the input {image_path}; choose "
-                              "another output folder")
     mask = mask_for(args, loaded)
     pipe = InpaintingPipeline(args.preset, weights=args.weights, steps=args.steps,
                               samples=args.samples, blend=args.blend, seed=args.seed)

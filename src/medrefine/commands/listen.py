@@ -27,6 +27,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 
+from medrefine.commands.guard import check_writable, out_lock
 from medrefine.commands.options import (
     add_mask_options,
     add_model_options,
@@ -35,7 +36,6 @@ from medrefine.commands.options import (
     parse_formats,
     provenance,
 )
-from medrefine.commands.outputs import prepare_out_dir
 from medrefine.errors import ConfigError
 
 DEFAULT_FORMATS = "dicom-seg,json"
@@ -79,7 +79,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from medrefine.pacs.config import Destination, ListenConfig
-    from medrefine.pacs.listen import Listener
 
     send_to = Destination.parse(args.send_to) if args.send_to else None
     config = ListenConfig(
@@ -98,7 +97,15 @@ def run(args: argparse.Namespace) -> int:
             "are volumes; use dicom-seg, nifti, json (and uncertainty)"
         )
     _service_logging(args)
-    prepare_out_dir(args.out)
+    check_writable(args.out)
+    with out_lock(args.out):  # one receiver per OUT
+        return _serve(args, config, send_to, formats)
+
+
+def _serve(args: argparse.Namespace, config, send_to, formats: list[str]) -> int:
+    """Receive and segment into OUT (held by this process) until Ctrl-C or SIGTERM."""
+    from medrefine.pacs.listen import Listener
+
     pipe = build_pipeline(args)
     prov = provenance(pipe, args)
     head = {

@@ -102,28 +102,58 @@ def parse_formats(text: str | None) -> list[str]:
 
 
 def run(args) -> int:
+    from medrefine.commands.guard import check_writable, earlier_outputs, out_lock
     from medrefine.commands.inputs import expand_inputs, unique_stems
-    from medrefine.commands.outputs import (
-        echo_above_bar,
-        failure_record,
-        prepare_out_dir,
-        report_failure,
-        write_csv,
-        write_json,
-    )
-    from medrefine.commands.segment import SKIPPED, finish_report
-    from medrefine.lungpath.pipeline import LungPathologyPipeline
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t_start = time.perf_counter()
     formats = parse_formats(args.format)
     if args.lung_masks is not None and not args.lung_masks.is_dir():
         raise ConfigError(f"--lung-masks {args.lung_masks}: not a folder")
-    prepare_out_dir(args.out)
-    pipe = LungPathologyPipeline(args.weights, args.config, args.intensity)
+    check_writable(args.out)
     ignored: list[tuple[str, str]] = []
     inputs, problems = expand_inputs([str(s) for s in args.inputs], ignored)
     inputs = sorted(inputs, key=str)
+    jobs = list(zip(inputs, unique_stems(inputs), strict=True))
+    refuse_replacing_inputs(jobs, formats, args)
+    earlier = earlier_outputs(args.out)  # before the first write of this run
+    with out_lock(args.out):
+        return _run(args, formats, jobs, problems, ignored, earlier, started, t_start)
+
+
+def refuse_replacing_inputs(jobs: list[tuple[Path, str]], formats: list[str], args) -> None:
+    """Refuse (``OutputError``) outputs that would replace an input CT, a member of an
+    input series, a lung mask, the weights or the config, before the model is loaded."""
+    from medrefine.commands.guard import (
+        REPORTS,
+        ReadFiles,
+        option_files,
+        refuse_replacing_reads,
+    )
+    from medrefine.lungpath.outputs import output_name
+
+    reads = ReadFiles([path for path, _ in jobs])
+    for path in option_files(args, "lung_masks", "weights", "config"):
+        reads.add(path)
+    outputs = [args.out / n for n in REPORTS]
+    for _path, stem in jobs:  # every format's name: DICOM-SEG too, whatever the input is
+        outputs.extend(args.out / output_name(stem, fmt) for fmt in formats)
+    refuse_replacing_reads(outputs, reads, args.out)
+
+
+def _run(args, formats, jobs, problems, ignored, earlier, started, t_start) -> int:
+    from medrefine.commands.guard import SKIPPED
+    from medrefine.commands.outputs import (
+        echo_above_bar,
+        failure_record,
+        report_failure,
+        write_csv,
+        write_json,
+    )
+    from medrefine.commands.segment import finish_report
+    from medrefine.lungpath.pipeline import LungPathologyPipeline
+
+    pipe = LungPathologyPipeline(args.weights, args.config, args.intensity)
     records: list[dict[str, Any]] = []
     for spec, reason in problems:
         report_failure(spec, reason)
@@ -138,21 +168,31 @@ def run(args) -> int:
         "provenance": {**pipe.provenance(), "seed": pipe.cfg.cluster.seed},
     }
     extra = {"weights_sha256": pipe.provenance()["weights"]["lungpath"]["sha256"]}
-    jobs = list(zip(inputs, unique_stems(inputs), strict=True))
     try:
         for path, stem in tqdm(
             jobs, desc="lung-pathology", unit="input", disable=True if args.quiet else None
         ):
             records.append(
                 process_one(
-                    pipe, path, stem, args, formats, extra, echo_above_bar, failure_record, SKIPPED
+                    pipe,
+                    path,
+                    stem,
+                    args,
+                    formats,
+                    extra,
+                    echo_above_bar,
+                    failure_record,
+                    SKIPPED,
+                    earlier,
                 )
             )
     except KeyboardInterrupt:
-        report = finish_report(head, records, t_start, interrupted=True, left=len(jobs))
+        report = finish_report(
+            head, records, t_start, interrupted=True, left=len(jobs), earlier=earlier
+        )
         write_json(args.out / "report.json", report)
         raise
-    report = finish_report(head, records, t_start)
+    report = finish_report(head, records, t_start, earlier=earlier)
     write_json(args.out / "report.json", report)
     write_csv(args.out / "report.csv", report["files"], CSV_COLUMNS)
     line = f"lung-pathology: {report['n_ok']} of {report['n_inputs']} inputs into {args.out}"
@@ -178,8 +218,20 @@ def expected_names(path: Path, stem: str, formats: list[str]) -> list[str]:
 
 
 def process_one(
-    pipe, path: Path, stem: str, args, formats, extra, echo, failure_record, skipped: str
+    pipe,
+    path: Path,
+    stem: str,
+    args,
+    formats,
+    extra,
+    echo,
+    failure_record,
+    skipped: str,
+    earlier: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """One input: skipped when an earlier run (``earlier``, from OUT/report.json) wrote all
+    its outputs from it, else analysed and written; a failure is reported, not raised."""
+    from medrefine.commands.guard import is_done
     from medrefine.errors import MedrefineError
     from medrefine.io import read_image, read_mask
     from medrefine.lungpath.outputs import write_result
@@ -189,7 +241,7 @@ def process_one(
     if not args.overwrite:
         try:
             names = expected_names(path, stem, formats)
-            if names and all((args.out / n).is_file() for n in names):
+            if is_done(names, path, args.out, earlier or {}):
                 return {"input": str(path), "status": skipped, "outputs": names, "seconds": 0.0}
         except MedrefineError:
             pass  # unreadable: run it so the failure is reported

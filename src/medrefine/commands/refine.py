@@ -30,6 +30,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from medrefine.commands.guard import (
+    REPORTS,
+    ReadFiles,
+    check_writable,
+    option_files,
+    out_lock,
+    planned_names,
+    refuse_replacing_reads,
+)
 from medrefine.commands.inputs import folder_inputs, unique_stems
 from medrefine.commands.options import (
     DEFAULT_PRESET,
@@ -44,7 +53,6 @@ from medrefine.commands.outputs import (
     check_formats_fit,
     echo_above_bar,
     failure_record,
-    prepare_out_dir,
     report_failure,
     result_record,
     write_json,
@@ -125,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                           "(use --boxes BOXES.json)")
     if not args.image.exists():
         raise InputError(f"{args.image}: no such file or folder; check --image")
-    prepare_out_dir(args.out)
+    check_writable(args.out)
     boxes_of: dict[Path, list] = {}
     if args.box is not None:
         pairs, problems = [(args.image, None)], []
@@ -134,6 +142,27 @@ def run(args: argparse.Namespace) -> int:
         pairs, problems, boxes_of = box_prompts(args.image, args.boxes)
     else:
         pairs, problems = find_mask_pairs(args.image, args.mask)
+    stems = unique_stems([image for image, _ in pairs])
+    refuse_replacing_inputs(pairs, stems, formats, args)
+    with out_lock(args.out):
+        return _refine_pairs(args, formats, pairs, stems, problems, boxes_of, started, t_start)
+
+
+def refuse_replacing_inputs(
+    pairs: list[tuple[Path, Path | None]], stems: list[str], formats: list[str], args
+) -> None:
+    """Refuse (``OutputError``) outputs that would replace an image, a mask (``-o`` the
+    image or the mask folder, masks named like the images), the boxes file or the weights,
+    before the refiner is loaded."""
+    reads = ReadFiles([args.image, args.mask, *option_files(args, "boxes", "weights")])
+    outputs = [args.out / n for n in REPORTS]
+    for (image, _), stem in zip(pairs, stems, strict=True):
+        outputs.extend(args.out / n for n in planned_names(image, stem, formats))
+    refuse_replacing_reads(outputs, reads, args.out)
+
+
+def _refine_pairs(args, formats, pairs, stems, problems, boxes_of, started, t_start) -> int:
+    """Refine each (image, mask or boxes) pair into OUT and write the report."""
     preset = args.preset or DEFAULT_PRESET
     refiner_path = args.weights or get_preset(preset).fixer_weights
     base_post = get_preset(preset).postprocess if args.weights is None else PostprocessConfig()
@@ -157,7 +186,6 @@ def run(args: argparse.Namespace) -> int:
         report_failure(name, reason)
         records.append({"input": name, "status": "failed", "error": reason})
 
-    stems = unique_stems([image for image, _ in pairs])
     bar = tqdm(
         list(zip(pairs, stems, strict=True)),
         desc="refine",

@@ -43,7 +43,20 @@ from typing import Any
 
 from tqdm import tqdm
 
-from medrefine.commands.inputs import InputKind, expand_inputs, probe_kind, unique_stems
+from medrefine.commands.guard import (
+    REPORTS,
+    SKIPPED,
+    ReadFiles,
+    check_writable,
+    earlier_outputs,
+    is_done,
+    option_files,
+    out_lock,
+    planned_names,
+    refuse_replacing_reads,
+    written_outputs,
+)
+from medrefine.commands.inputs import expand_inputs, unique_stems
 from medrefine.commands.options import (
     add_mask_options,
     add_model_options,
@@ -56,8 +69,6 @@ from medrefine.commands.outputs import (
     check_formats_fit,
     echo_above_bar,
     failure_record,
-    output_names,
-    prepare_out_dir,
     report_failure,
     result_record,
     skipped_formats,
@@ -65,7 +76,7 @@ from medrefine.commands.outputs import (
     write_json,
     write_outputs,
 )
-from medrefine.errors import ConfigError, MedrefineError
+from medrefine.errors import ConfigError, MedrefineError, OutputError
 from medrefine.io import read_image
 from medrefine.pacs.options import add_dicomweb_options
 from medrefine.pipeline import SegmentationPipeline
@@ -73,7 +84,6 @@ from medrefine.training.distributed import DistInfo
 
 logger = logging.getLogger(__name__)
 
-SKIPPED = "skipped (done)"
 CSV_COLUMNS = ["input", "status", "outputs", "seconds", "error", "rank"]
 CSV_PROVENANCE = ["medrefine_version", "coarse_sha256", "refiner_sha256", "seed"]
 # A rank that finishes early waits at the barrier for the slowest one; gloo's default of
@@ -127,57 +137,72 @@ def run(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format or "png", refining=not args.no_refine)
     if args.slice_batch < 1:
         raise ConfigError(f"--slice-batch {args.slice_batch}: give at least 1 slice")
-    prepare_out_dir(args.out)
+    check_writable(args.out)
+    ignored: list[tuple[str, str]] = []  # entries that are not images: listed, not failed
+    inputs, problems = expand_inputs(args.inputs, ignored)
+    inputs = sorted(inputs, key=str)  # the same order (and stems) on every rank and re-run
+    all_jobs = list(zip(inputs, unique_stems(inputs), strict=True))
+    refuse_replacing_inputs(all_jobs, formats, args)
+    earlier = earlier_outputs(args.out)  # before the first write of this run
     info = start_distributed(args)
     try:
-        pipe = build_pipeline(args)
-        pipe.slice_batch = args.slice_batch
-        prov = provenance(pipe, args)
-        warn_if_settings_changed(args.out, prov, formats, args.overwrite)
-        ignored: list[tuple[str, str]] = []  # entries that are not images: listed, not failed
-        inputs, problems = expand_inputs(args.inputs, ignored)
-        inputs = sorted(inputs, key=str)  # the same order (and stems) on every rank and re-run
-        jobs = list(zip(inputs, unique_stems(inputs), strict=True))[info.rank :: info.world_size]
-        records: list[dict[str, Any]] = []
-        if info.is_main:
-            for spec, reason in problems:
-                report_failure(spec, reason)
-                records.append({"input": spec, "status": "failed", "error": reason})
-        head = {
-            "command": "segment",
-            "started": started,
-            "inputs": args.inputs,
-            "out": str(args.out),
-            "formats": formats,
-            "ignored": [{"input": entry, "why": why} for entry, why in ignored],
-            "world_size": info.world_size,
-            "provenance": prov,
-        }
-        file_extra = {"weights": {k: v["sha256"] for k, v in prov["weights"].items()}}
-        try:
-            with _sigterm_as_interrupt():
-                for path, stem in _progress(jobs, args, info):
-                    records.append(
-                        process_one(pipe, path, stem, args.out, formats, args.overwrite, file_extra)
-                    )
-                    records[-1]["rank"] = info.rank
-        except KeyboardInterrupt:
-            report = finish_report(head, records, t_start, interrupted=True, left=len(jobs))
-            if info.enabled:  # the other ranks may be gone: no barrier, this rank's part only
-                write_json(args.out / f"report.rank{info.rank}.json", report)
-            else:
+        with lock_for_run(args.out, info):
+            pipe = build_pipeline(args)
+            pipe.slice_batch = args.slice_batch
+            prov = provenance(pipe, args)
+            warn_if_settings_changed(args.out, prov, formats, args.overwrite)
+            jobs = all_jobs[info.rank :: info.world_size]
+            records: list[dict[str, Any]] = []
+            if info.is_main:
+                for spec, reason in problems:
+                    report_failure(spec, reason)
+                    records.append({"input": spec, "status": "failed", "error": reason})
+            head = {
+                "command": "segment",
+                "started": started,
+                "inputs": args.inputs,
+                "out": str(args.out),
+                "formats": formats,
+                "ignored": [{"input": entry, "why": why} for entry, why in ignored],
+                "world_size": info.world_size,
+                "provenance": prov,
+            }
+            file_extra = {"weights": {k: v["sha256"] for k, v in prov["weights"].items()}}
+            try:
+                with _sigterm_as_interrupt():
+                    for path, stem in _progress(jobs, args, info):
+                        records.append(
+                            process_one(
+                                pipe,
+                                path,
+                                stem,
+                                args.out,
+                                formats,
+                                args.overwrite,
+                                file_extra,
+                                earlier,
+                            )
+                        )
+                        records[-1]["rank"] = info.rank
+            except KeyboardInterrupt:
+                report = finish_report(
+                    head, records, t_start, interrupted=True, left=len(jobs), earlier=earlier
+                )
+                if info.enabled:  # the other ranks may be gone: no barrier, this rank's part only
+                    write_json(args.out / f"report.rank{info.rank}.json", report)
+                else:
+                    write_reports(args.out, report)
+                raise
+            report = finish_report(head, records, t_start, earlier=earlier)
+            if info.enabled:
+                report = merge_ranks(args.out, report, info, t_start)
+            if info.is_main:
                 write_reports(args.out, report)
-            raise
-        report = finish_report(head, records, t_start)
-        if info.enabled:
-            report = merge_ranks(args.out, report, info, t_start)
-        if info.is_main:
-            write_reports(args.out, report)
-            for rank in range(info.world_size if info.enabled else 0):
-                (args.out / f"report.rank{rank}.json").unlink(missing_ok=True)
-            print(summary_line(report, args.out))
-        n_failed = all_ranks_sum(report["n_failed"] if info.is_main else 0, info)
-        return 2 if n_failed else 0
+                for rank in range(info.world_size if info.enabled else 0):
+                    (args.out / f"report.rank{rank}.json").unlink(missing_ok=True)
+                print(summary_line(report, args.out))
+            n_failed = all_ranks_sum(report["n_failed"] if info.is_main else 0, info)
+            return 2 if n_failed else 0
     finally:
         stop_distributed(info)
 
@@ -190,28 +215,64 @@ def process_one(
     formats: list[str],
     overwrite: bool = False,
     file_extra: dict[str, Any] | None = None,
+    earlier: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One input: skip it when its outputs are all there, else segment it and write them.
+    """One input: skip it when its outputs are all there, written from it by an earlier run
+    (``earlier``, from OUT/report.json), else segment it and write them.
     A failure is reported on stderr and in the returned record, never raised."""
     if not overwrite:
-        done = completed_outputs(path, stem, formats, out_dir)
+        done = completed_outputs(path, stem, formats, out_dir, earlier or {})
         if done is not None:
             logger.info("%s: outputs already in %s; skipped", path, out_dir)
             return {"input": str(path), "status": SKIPPED, "outputs": done, "seconds": 0.0}
     return segment_one(pipe, path, stem, out_dir, formats, echo_above_bar, file_extra)
 
 
-def completed_outputs(path: Path, stem: str, formats: list[str], out_dir: Path) -> list[str] | None:
-    """The output names of ``path`` when every one of them exists in ``out_dir``, else None.
+def completed_outputs(
+    path: Path, stem: str, formats: list[str], out_dir: Path, earlier: dict[str, str]
+) -> list[str] | None:
+    """The output names of ``path`` when every one of them is in ``out_dir`` and ``earlier``
+    (the previous report) says this tool wrote it from ``path``, else None: a file of that
+    name that medrefine did not write is not a finished output.
 
     Outputs are renamed into place only once complete, so a file that exists is whole."""
-    try:
-        probe = "uncertainty" in formats or "dicom-seg" in formats
-        kind = probe_kind(path) if probe else InputKind(False)
-    except MedrefineError:
-        return None  # unreadable: segment it, so the failure is reported again
-    names = output_names(stem, formats, kind)
-    return names if names and all((out_dir / n).is_file() for n in names) else None
+    names = planned_names(path, stem, formats)
+    return names if is_done(names, path, out_dir, earlier) else None
+
+
+def refuse_replacing_inputs(
+    jobs: list[tuple[Path, str]], formats: list[str], args: argparse.Namespace
+) -> None:
+    """Refuse (``OutputError``) a run whose outputs would replace an input, a member of an
+    input series, or the weights: checked before the model is loaded."""
+    reads = ReadFiles([path for path, _ in jobs])
+    for path in option_files(args, "weights", "refiner_weights"):
+        reads.add(path)
+    outputs = [args.out / n for path, stem in jobs for n in planned_names(path, stem, formats)]
+    refuse_replacing_reads([*outputs, *(args.out / n for n in REPORTS)], reads, args.out)
+
+
+@contextlib.contextmanager
+def lock_for_run(out_dir: Path, info: DistInfo) -> Iterator[None]:
+    """Hold OUT's lock for the run. Under torchrun rank 0 holds it for its group (the ranks
+    share OUT) and a refusal stops every rank."""
+    if not info.enabled:
+        with out_lock(out_dir):
+            yield
+        return
+    with contextlib.ExitStack() as stack:
+        refused: MedrefineError | None = None
+        if info.is_main:
+            try:
+                stack.enter_context(out_lock(out_dir))
+            except MedrefineError as err:
+                refused = err
+        if all_ranks_sum(int(refused is not None), info):
+            raise refused or OutputError(
+                f"-o {out_dir}: another medrefine run is writing into this folder; wait for "
+                "it to end or choose another folder"
+            )
+        yield
 
 
 def segment_one(
@@ -250,7 +311,10 @@ def finish_report(
     *,
     interrupted: bool = False,
     left: int = 0,
+    earlier: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """The run report; ``written`` maps every output in OUT that medrefine wrote (this run's
+    and ``earlier``'s) to its input, which is how a re-run knows what is done."""
     counts = {s: sum(r["status"] == s for r in records) for s in ("ok", SKIPPED, "failed")}
     report = {
         **head,
@@ -260,6 +324,7 @@ def finish_report(
         "n_skipped": counts[SKIPPED],
         "n_failed": counts["failed"],
         "files": records,
+        "written": written_outputs(earlier or {}, records),
     }
     if interrupted:
         report["interrupted"] = True
@@ -365,8 +430,9 @@ def merge_ranks(
         path = out_dir / f"report.rank{rank}.json"
         records.extend(json.loads(path.read_text())["files"])
     records.sort(key=lambda r: ("rank" in r, r["input"]))  # problems first, then input order
-    head = {k: v for k, v in report.items() if k not in ("files", "seconds") and k[:2] != "n_"}
-    return finish_report(head, records, t_start)
+    skip = ("files", "seconds", "written")
+    head = {k: v for k, v in report.items() if k not in skip and k[:2] != "n_"}
+    return finish_report(head, records, t_start, earlier=report["written"])
 
 
 def all_ranks_sum(value: int, info: DistInfo) -> int:

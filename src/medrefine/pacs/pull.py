@@ -24,13 +24,13 @@ from typing import Any
 
 from tqdm import tqdm
 
+from medrefine.commands.guard import check_writable, earlier_outputs, is_done, out_lock
 from medrefine.commands.inputs import InputKind
 from medrefine.commands.options import build_pipeline, parse_formats, provenance
 from medrefine.commands.outputs import (
     echo_above_bar,
     failure_reason,
     output_names,
-    prepare_out_dir,
     report_failure,
 )
 from medrefine.commands.segment import (
@@ -86,7 +86,13 @@ def run(args: argparse.Namespace) -> int:
         for line in plan_lines(server, config, targets):
             print(line)
         return 0
-    prepare_out_dir(args.out)
+    check_writable(args.out)
+    with out_lock(args.out):
+        return _pull(args, server, config, targets, formats, started, t_start)
+
+
+def _pull(args, server, config, targets, formats, started, t_start) -> int:
+    """Segment (and push) the ``targets`` into OUT, which this run holds."""
     pipe = build_pipeline(args)
     pipe.slice_batch = args.slice_batch
     prov = provenance(pipe, args)
@@ -116,10 +122,12 @@ def run(args: argparse.Namespace) -> int:
             for series in tqdm(targets, desc="segment", unit="series", disable=quiet or None):
                 records.append(runner.process(series))
     except KeyboardInterrupt:
-        report = finish_report(head, records, t_start, interrupted=True, left=len(targets))
+        report = finish_report(
+            head, records, t_start, interrupted=True, left=len(targets), earlier=runner.earlier
+        )
         write_reports(args.out, report)
         raise
-    report = finish_report(head, records, t_start)
+    report = finish_report(head, records, t_start, earlier=runner.earlier)
     report["n_not_image"] = sum(r["status"] == NOT_AN_IMAGE for r in records)
     report["n_pushed"] = sum(bool(r.get("pushed")) for r in records)
     write_reports(args.out, report)
@@ -198,6 +206,7 @@ class SeriesRunner:
         self.server, self.config, self.pipe = server, config, pipe
         self.out_dir, self.formats, self.file_extra = out_dir, formats, file_extra
         self._done_on_server: dict[str, set[str]] = {}
+        self.earlier = earlier_outputs(out_dir)  # what earlier runs wrote into OUT
 
     def process(self, series: RemoteSeries) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -208,6 +217,7 @@ class SeriesRunner:
             reason = f"{series.modality} series holds no image to segment"
             logger.info("series %s: %s; skipped", series.series, reason)
             return {**base, "status": NOT_AN_IMAGE, "error": reason, "seconds": 0.0}
+        record: dict[str, Any] = {}
         try:
             if self.config.push and not self.config.overwrite and self._seg_on_server(series):
                 logger.info("series %s: a medrefine SEG is on the server; skipped", series.series)
@@ -227,7 +237,10 @@ class SeriesRunner:
         except MedrefineError as err:
             reason = failure_reason(err)
             report_failure(f"series {series.series}", reason, echo_above_bar)
-            return {**base, "status": "failed", "error": reason, "seconds": _since(t0)}
+            failed = {**base, "status": "failed", "error": reason, "seconds": _since(t0)}
+            if record.get("outputs"):  # written but not pushed: the next run pushes them
+                failed["outputs"] = record["outputs"]
+            return failed
         record["seconds"] = _since(t0)
         return record
 
@@ -239,7 +252,7 @@ class SeriesRunner:
     def _local_outputs(self, series: RemoteSeries) -> list[str] | None:
         kind = InputKind(volume=series.n_instances != 1, dicom=True)
         names = output_names(series.series, self.formats, kind)
-        return names if names and all((self.out_dir / n).is_file() for n in names) else None
+        return names if is_done(names, series.series, self.out_dir, self.earlier) else None
 
     def _segment(self, series: RemoteSeries) -> dict[str, Any]:
         folder = self.out_dir / FETCH_DIR / series.series
