@@ -240,7 +240,8 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(
         assert "another medrefine run" in line
         assert not (out / "report.json").exists()
     assert main(argv) == 0, capsys.readouterr().err  # released: the run goes ahead
-    with open(out / LOCK_NAME, "a+") as after:  # ...and let go of the lock when it ended
+    assert not (out / LOCK_NAME).exists()  # ...and let go of the lock when it ended
+    with open(out / LOCK_NAME, "a+") as after:
         fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert _snapshot(images) == before
 

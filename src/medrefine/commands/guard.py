@@ -64,49 +64,64 @@ def check_writable(out_dir: Path) -> None:
 @contextlib.contextmanager
 def out_lock(out_dir: Path) -> Iterator[None]:
     """Hold ``OUT/.medrefine.lock`` (``flock``, not waiting) for the block: a second run on
-    the same OUT is refused while the first writes. The kernel drops the lock when the
-    process ends, however it ends; the file (holding the pid) stays, as lock files must."""
+    the same OUT is refused while the first writes. The file (the holder's pid) is removed
+    when the block ends; the kernel drops the lock of a process that ends however it ends,
+    so a file a killed run left behind does not stop the next one."""
     lock_path = out_dir / LOCK_NAME
+    fd = _locked_fd(lock_path, out_dir)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:
-        raise OutputError(
-            f"-o {out_dir}: cannot write in this folder ({err.strerror or err}); choose a "
-            "folder you can write to"
-        ) from err
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as err:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-                pid = f" (pid {holder})" if holder.isdigit() else ""
-                raise OutputError(
-                    f"-o {out_dir}: another medrefine run{pid} is writing into this folder "
-                    f"(it holds {lock_path}); wait for it to end or choose another folder"
-                ) from err
-            except OSError as err:  # e.g. ENOLCK on a file system without locks
-                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                logger.warning(
-                    "%s: cannot lock (%s); not guarding against a second run",
-                    lock_path,
-                    err.strerror,
-                )
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()  # still held: whoever opens the old file next sees it gone
         os.close(fd)  # closing the only descriptor releases the lock
 
 
-@contextlib.contextmanager
-def claim_out_dir(out_dir: Path) -> Iterator[Path]:
-    """``check_writable`` then ``out_lock``: what a one-process command does before work."""
-    check_writable(out_dir)
-    with out_lock(out_dir):
-        yield out_dir
+def _locked_fd(lock_path: Path, out_dir: Path) -> int:
+    """A descriptor of ``lock_path`` holding its lock; the file is opened again when the run
+    holding it removed it between our open and our lock (its lock would guard nothing)."""
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise OutputError(
+                f"-o {out_dir}: cannot write in this folder ({err.strerror or err}); choose a "
+                "folder you can write to"
+            ) from err
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise OutputError(
+                f"-o {out_dir}: another medrefine run{pid} is writing into this folder (it "
+                f"holds {lock_path}); wait for it to end or choose another folder"
+            ) from err
+        except OSError as err:  # e.g. ENOLCK on a file system without locks
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(fd)
+                raise OutputError(
+                    f"-o {out_dir}: cannot lock {lock_path} ({err.strerror or err}); choose "
+                    "another output folder"
+                ) from err
+            logger.warning(
+                "%s: cannot lock (%s); not guarding against a second run",
+                lock_path,
+                err.strerror,
+            )
+            return fd
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- files the run reads
