@@ -166,6 +166,16 @@ def test_inpaint_with_the_mask_in_out_under_the_image_stem_is_refused(tmp_path, 
     assert _snapshot(image.parent, out) == before
 
 
+def test_evaluate_into_the_data_folder_is_refused(tiny_weights, tiny_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    before = _snapshot(data)
+    argv = ["evaluate", "--data", str(data), "-o", str(data), "--split", "all"]
+    line = _refused([*argv, *_tiny(tiny_weights)], capsys, "case0.png")
+    assert str(data / "masks" / "case0.png") in line  # the reference mask
+    assert _snapshot(data) == before
+
+
 # ---------------------------------------------------------------- what is "done"
 def test_only_outputs_medrefine_wrote_are_skipped_as_done(tiny_weights, images, tmp_path, capsys):
     out = tmp_path / "out"

@@ -43,6 +43,13 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
+from medrefine.commands.guard import (
+    ReadFiles,
+    check_writable,
+    option_files,
+    out_lock,
+    refuse_replacing_reads,
+)
 from medrefine.commands.options import (
     add_model_options,
     add_out_option,
@@ -54,7 +61,6 @@ from medrefine.commands.options import (
 from medrefine.commands.outputs import (
     display_image01,
     failure_reason,
-    prepare_out_dir,
     report_failure,
     write_json,
 )
@@ -149,7 +155,20 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--pred scores existing masks; leave out --preset/--weights")
         if not args.pred.is_dir():
             raise InputError(f"{args.pred}: --pred needs a folder of masks named by case stem")
-    prepare_out_dir(args.out)
+    check_writable(args.out)
+    # -o the data folder would write the predicted masks over the reference masks
+    reads = ReadFiles([p for c in cases for p in (c.image, c.mask)])
+    for path in option_files(args, "pred", "weights", "refiner_weights"):
+        reads.add(path)
+    outputs = [args.out / "metrics.csv", args.out / "summary.json"]
+    outputs += [args.out / sub / f"{c.stem}.png" for c in cases for sub in ("masks", "panels")]
+    refuse_replacing_reads(outputs, reads, args.out)
+    with out_lock(args.out):
+        return _evaluate(args, cases, started, t_start)
+
+
+def _evaluate(args: argparse.Namespace, cases: list[Pair], started: str, t_start: float) -> int:
+    """Score ``cases`` into OUT (held by this run): metrics.csv, summary.json, masks, panels."""
     pipe = None if args.pred is not None else build_pipeline(args)
     predicted = mask_index(args.pred) if args.pred is not None else {}
     refining = pipe is not None and pipe.refiner is not None
