@@ -13,9 +13,11 @@ error; report.json adds the provenance of the run (medrefine version, weights wi
 SHA-256, every setting, the seed).
 
 Every output is written under a temporary name and renamed into place. Running the same
-command again skips the inputs whose outputs are all there (``skipped (done)``; ``--overwrite``
-redoes them), so an interrupted batch (Ctrl-C writes the report so far) resumes where it
-stopped. Under ``torchrun --nproc_per_node=N`` the sorted inputs are shared out (rank r takes
+command again skips the inputs whose outputs are all there, written from them by medrefine
+(``skipped (done)``, as report.json's ``written`` map says; ``--overwrite`` redoes them), so an
+interrupted batch (Ctrl-C writes the report so far) resumes where it stopped. An OUT where an
+output would replace an input (or a file of an input series, or the weights) is refused before
+the model is loaded, as is one that cannot be written or that another run is writing into. Under ``torchrun --nproc_per_node=N`` the sorted inputs are shared out (rank r takes
 inputs r, r+N, ...) and rank 0 merges the ranks' reports.
 
 examples:
