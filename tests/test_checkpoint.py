@@ -111,3 +111,16 @@ def test_weights_that_do_not_fit_their_config_give_input_error(tmp_path):
     path = save_weights(tmp_path / "w.safetensors", build_seg_model(small), {"kind": "coarse"})
     with pytest.raises(InputError, match="do not fit"):
         load_into(build_seg_model(other), path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_weights_get_the_umask_mode_like_every_output(tmp_path, umask):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path = save_weights(tmp_path / "w.safetensors", nn.Linear(2, 2), {"kind": "test"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from medrefine import __version__
 from medrefine.errors import InputError
+from medrefine.io.base import atomic_output
 
 META_KEY = "medrefine"
 
@@ -26,15 +25,11 @@ def save_weights(path: str | Path, model: torch.nn.Module, info: dict[str, Any])
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
     meta = {META_KEY: json.dumps({**info, "medrefine_version": __version__})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; weights are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path) as tmp:
+        tmp.touch()  # the mode the umask gives every output...
+        mode = tmp.stat().st_mode
+        save_file(state, str(tmp), metadata=meta)
+        tmp.chmod(mode)  # ...which safetensors' own 0600 would replace
     return path
 
 

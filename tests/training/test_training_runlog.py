@@ -68,3 +68,20 @@ def test_single_process_distributed_helpers(monkeypatch):
     info = init_distributed(torch.device("cpu"))
     assert info == DistInfo() and info.is_main and not info.enabled
     assert all_reduce_sum([1.5, 2.0], info) == [1.5, 2.0]
+
+
+def test_run_files_get_the_umask_mode_like_every_output(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        run = RunLog(tmp_path / "run")
+        run.write_config({"a": 1})
+        run.log({"epoch": 1, "train_loss": 1.0}, curve_keys=("train_loss",))
+        save_resume_state(tmp_path / "run" / "resume.pt", {"step": torch.tensor(1)})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "resume.pt"} <= set(modes)
+    assert set(modes.values()) == {0o644}, modes  # mkstemp made config and resume 0600

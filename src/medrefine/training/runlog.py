@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from medrefine.io.base import atomic_output
 
 
 class RunLog:
@@ -52,14 +52,8 @@ class RunLog:
 def save_resume_state(path: Path, state: dict[str, Any]) -> None:
     """Optimizer/scheduler state for --resume (plain tensors and numbers; loads with
     ``weights_only=True``)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_resume_state(path: Path) -> dict[str, Any]:
@@ -67,14 +61,9 @@ def load_resume_state(path: Path) -> dict[str, Any]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write ``text`` atomically, with the umask's mode as every output (mkstemp: 0600)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.01) -> float:
