@@ -3,9 +3,9 @@ other run is writing into it (a lock), and that no output is, or would replace, 
 reads (an input, a mask, a member of a DICOM series, weights). Also which outputs already in
 OUT are this tool's own, so a re-run may skip them as done.
 
-Every command that writes files (segment, refine, lung-pathology, inpaint, the PACS pull and
-the DICOM listener) goes through here before it loads a model; each refusal is one line, exit
-code 2 (``OutputError``).
+Every command that writes files (segment, refine, evaluate, lung-pathology, inpaint, the PACS
+pull and the DICOM listener) goes through here before it loads a model; each refusal is one
+line, exit code 2 (``OutputError``).
 """
 
 from __future__ import annotations
