@@ -247,9 +247,11 @@ def test_leave_alone_returns_the_input_where_the_refiner_is_in_doubt(inputs):
     refiner.auto = AutoStrength(max_doubt=-1.0)  # every result counts as in doubt
     kept = refiner.refine_grid(image01, coarse, RefineParams(steps=2))
     assert kept.left_alone and np.array_equal(kept.probs, coarse)
+    assert kept.decision == "kept: refiner in doubt" == kept.summary()["decision"]
     assert kept.doubt >= 0 and kept.uncertainty.shape == coarse.shape
     free = refiner.refine_grid(image01, coarse, RefineParams(steps=2, leave_alone=False))
     assert not free.left_alone and not np.array_equal(free.probs, coarse)
+    assert free.decision == "refined"
     refiner.auto = replace(refiner.auto, max_doubt=float("inf"))
     assert not refiner.refine_grid(image01, coarse, RefineParams(steps=2)).left_alone
 
@@ -265,6 +267,7 @@ def test_own_coarse_masks_use_their_own_calibration(inputs):
     own = refiner.refine_grid(*inputs, params, own=True)
     assert given.strength == 0.6 and not given.left_alone
     assert own.strength == 0.0 and own.left_alone and np.array_equal(own.probs, inputs[1])
+    assert own.decision == "kept: good as it is" and given.decision == "refined"
     assert own.uncertainty.max() > 0  # refined at the probe strength for its uncertainty
     box = refiner.refine_grid(*inputs, RefineParams(steps=2, strength="auto", leave_alone=False),
                               own=True)

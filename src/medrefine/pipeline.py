@@ -612,8 +612,12 @@ def _refinement_summary(log: list[dict]) -> dict[str, Any]:
     if len(log) == 1:
         return log[0]
     strengths = [e["strength"] for e in log]
+    decisions: dict[str, int] = {}
+    for e in log:
+        decisions[e["decision"]] = decisions.get(e["decision"], 0) + 1
     return {"slices": len(log), "strength_min": min(strengths), "strength_max": max(strengths),
-            "left_alone_slices": int(sum(e["left_alone"] for e in log))}
+            "left_alone_slices": int(sum(e["left_alone"] for e in log)),
+            "decisions": decisions}
 
 
 def _add_time(timings: dict[str, float], key: str, since: float) -> None:

@@ -142,10 +142,14 @@ class RefineOutput:
     disagreement: float | None = None
     left_alone: bool = False
     doubt: float = 0.0
+    # why: "refined", "kept: good as it is" (the calibrated table keeps masks the probe
+    # barely disagrees with) or "kept: refiner in doubt" (review score above max_doubt)
+    decision: str = "refined"
 
     def summary(self) -> dict:
-        return {"strength": self.strength, "disagreement": self.disagreement,
-                "left_alone": self.left_alone, "doubt": self.doubt}
+        return {"decision": self.decision, "strength": self.strength,
+                "disagreement": self.disagreement, "left_alone": self.left_alone,
+                "doubt": self.doubt}
 
 
 class Refiner:
@@ -269,5 +273,8 @@ class Refiner:
                                   and doubt > auto.max_doubt)
         if left_alone:  # a good mask, or unsure of its own correction: the input stands
             fused = coarse_probs.astype(np.float32)
+        decision = ("kept: good as it is" if keep else
+                    "kept: refiner in doubt" if left_alone else "refined")
         return RefineOutput(fused.astype(np.float32), uncertainty, samples, timesteps,
-                            0.0 if keep else float(strength), disagreement, left_alone, doubt)
+                            0.0 if keep else float(strength), disagreement, left_alone, doubt,
+                            decision)

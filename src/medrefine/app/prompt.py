@@ -137,11 +137,11 @@ def refine_prompt(
     status = (
         f"Refined {what} (orange) into the blue mask: strength {info.get('strength', 0):.2f}"
         + (" (auto)" if params.strength == "auto" else "")
-        + (
-            ". The refiner was unsure of its correction here, so the mask is kept as given."
-            if info.get("left_alone")
-            else "."
-        )
+        + {
+            "kept: refiner in doubt": ". The refiner was unsure of its correction here, so the "
+            "mask is kept as given.",
+            "kept: good as it is": ". The refiner found the mask good as it is and kept it.",
+        }.get(info.get("decision", ""), ".")
         + _second_opinion_text(result.params.get("review"))
         + "".join(f" {n}" for n in notes)
         + f" {1000 * (time.perf_counter() - t_start):.0f} ms."
