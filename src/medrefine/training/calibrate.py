@@ -14,7 +14,8 @@ val says it pays clearly (a refiner that never makes a good mask worse):
    disagreements are cut at their quartiles and each bin takes the fixed strength with the best
    loss-averse utility in it, or 0 (keep the input) where the inputs in the bin are better as
    they are (a bin keeps the strength best over all inputs unless its own gains ``MIN_GAIN``);
-2. ``max_doubt``: refined masks whose review score exceeds it are left as the input was. Chosen
+2. ``max_doubt``: refined masks whose review score exceeds it are left as the input was (any
+   quantile of the val doubts, from leaving nearly all alone to none). Chosen
    to maximise the loss-averse utility over the non-box inputs on the val images and on the
    same images with
    their colour, contrast and sharpness shifted (the look of another hospital's device), where
@@ -200,7 +201,7 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
                 gate_rows.append((out.doubt, val.dice_of(case, out.probs),
                                   val.dice_of(case, probs)))
     doubts = np.array([g[0] for g in gate_rows])
-    candidates = [float("inf"), *np.unique(np.quantile(doubts, np.linspace(0.5, 0.99, 25)))]
+    candidates = [float("inf"), *np.unique(np.quantile(doubts, np.linspace(0.0, 0.99, 34)))]
 
     def gated_mean(tau: float) -> float:
         return float(np.mean([r if d <= tau else i for d, r, i in gate_rows]))
