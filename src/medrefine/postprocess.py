@@ -299,8 +299,8 @@ def _check_probs(probs: np.ndarray) -> np.ndarray:
     low, high = float(probs.min()), float(probs.max())
     if low < 0.0 or high > 1.0:
         raise InputError(
-            f"probs must lie in [0, 1], got values in [{low:g}, {high:g}]; apply sigmoid/softmax "
-            "to logits first"
+            f"probs must lie in [0, 1], got values in [{low:.9g}, {high:.9g}]; apply "
+            "sigmoid/softmax to logits first"
         )
     return probs
 

@@ -222,8 +222,11 @@ def _resize_chw(image: np.ndarray, size: tuple[int, int], interpolation: int) ->
     # INTER_AREA is for shrinking; when enlarging it behaves like nearest, so use linear.
     if interpolation == cv2.INTER_AREA and (h > image.shape[1] or w > image.shape[2]):
         interpolation = cv2.INTER_LINEAR
-    out = [cv2.resize(np.ascontiguousarray(c, np.float32), (w, h), interpolation=interpolation)
-           for c in image]
+    # Resizing only averages neighbours, so its result stays within each channel's range; the
+    # clip removes the float rounding (a 0/1 mask's area resize gives 1.0000001 at many sizes),
+    # which a [0, 1] probability check downstream would take for the user's error.
+    out = [np.clip(cv2.resize(c, (w, h), interpolation=interpolation), c.min(), c.max())
+           for c in (np.ascontiguousarray(ch, np.float32) for ch in image)]
     return np.stack(out).astype(np.float32)
 
 

@@ -203,3 +203,30 @@ def test_the_presets_doubt_weight_adds_the_coarse_models_doubt(tiny_weights, tin
     other = SegmentationPipeline(tiny_weights["coarse"], tiny_weights["refiner"], device="cpu",
                                  preset="lung", refine=params)
     assert other.run(image, coarse_mask=given).params["review"]["coarse_doubt_weight"] == 0.0
+
+
+def test_a_mask_whose_grid_resize_overshoots_is_refined_not_refused(tmp_path, capsys):
+    """A 0/1 mask at 256 x 343 resizes to the 256 grid with values of 1.0000001 (float
+    rounding of the area resize); kept as it is, that reached the [0, 1] check of user input
+    and exited 2. Resizing now stays within the input's range."""
+    import cv2
+
+    from medrefine.preprocess import to_grid
+
+    h, w = 256, 343
+    mask = np.zeros((h, w), np.uint8)
+    mask[h // 3:2 * h // 3, w // 4:3 * w // 4] = 1
+    raw = cv2.resize(mask.astype(np.float32), (256, 256), interpolation=cv2.INTER_AREA)
+    assert raw.max() > 1.0  # the overshoot is real at this size
+    grid, _ = to_grid(mask[None].astype(np.float32), (256, 256))
+    assert grid.min() >= 0.0 and grid.max() <= 1.0
+    rng = np.random.default_rng(0)
+    image = (rng.random((h, w, 3)) * 60 + 100).astype(np.uint8)
+    image[mask == 1] = (200, 90, 80)
+    Image.fromarray(image).save(tmp_path / "case.png")
+    Image.fromarray(mask * 255).save(tmp_path / "case_mask.png")
+    out = tmp_path / "out"
+    code = main(["refine", "--image", str(tmp_path / "case.png"), "--mask",
+                 str(tmp_path / "case_mask.png"), "--preset", "polyp", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert (out / "case.png").is_file()
