@@ -230,3 +230,18 @@ def test_a_mask_whose_grid_resize_overshoots_is_refined_not_refused(tmp_path, ca
                  str(tmp_path / "case_mask.png"), "--preset", "polyp", "-o", str(out)])
     assert code == 0, capsys.readouterr().err
     assert (out / "case.png").is_file()
+
+
+@pytest.mark.parametrize("fill", [0, 255], ids=["empty", "all_foreground"])
+def test_an_empty_or_full_mask_is_refused_not_invented(tiny_weights, tiny_data, tmp_path,
+                                                         capsys, fill):
+    image = next((tiny_data / "images").glob("case3.*"))
+    shape = np.asarray(Image.open(image)).shape[:2]
+    Image.fromarray(np.full(shape, fill, np.uint8)).save(tmp_path / "m.png")
+    out = tmp_path / "out"
+    code = main(["refine", "--image", str(image), "--mask", str(tmp_path / "m.png"),
+                 "--weights", str(tiny_weights["refiner"]), "-o", str(out), "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "m.png" in err and ("empty" in err or "all foreground" in err)
+    assert "Traceback" not in err and not (out / "case3.png").exists()

@@ -62,3 +62,20 @@ def test_image_dicom_is_not_a_mask(dicom_dir: Path) -> None:
         read_mask(dicom_dir / "CT_small.dcm")
     with pytest.raises(UnsupportedFormatError, match="not a DICOM-SEG"):
         read_mask(dicom_dir / "rtstruct.dcm")
+
+
+def test_mask_drawn_in_the_alpha_channel_alone(tmp_path: Path) -> None:
+    """Some annotation tools export RGB all 0 with the mask in alpha: alpha is the mask then;
+    otherwise alpha is transparency and the colour is the mask."""
+    fg = LABELS > 1
+    rgba = np.zeros((*LABELS.shape, 4), np.uint8)
+    rgba[..., 3] = fg * 255
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "alpha.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "alpha.png"), fg)
+    la = np.stack([np.zeros_like(LABELS), (fg * 255).astype(np.uint8)], -1)
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "la.png"), fg)
+    opaque = np.concatenate([np.repeat((fg * 255).astype(np.uint8)[..., None], 3, -1),
+                             np.full((*LABELS.shape, 1), 255, np.uint8)], -1)
+    Image.fromarray(opaque, mode="RGBA").save(tmp_path / "opaque.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "opaque.png"), fg)

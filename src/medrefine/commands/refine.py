@@ -331,6 +331,11 @@ def refine_one(
                                   "refinement": result.params.get("refinement"),
                                   "review": result.params.get("review")})
         labels = read_mask(mask_path, like=loaded)
+        if not labels.any() or labels.all():
+            raise InputError(
+                f"{mask_path}: the mask is {'empty' if not labels.any() else 'all foreground'}"
+                "; the refiner corrects a mask's outline and would invent one here: give a "
+                "mask that marks the object, or prompt with --box")
         if int(labels.max(initial=0)) > 1:
             logger.warning(
                 "%s: labels %s; refining their union as one foreground",

@@ -104,8 +104,12 @@ def _read_palette_indices(path: Path) -> LoadedImage | None:
 def _to_labels(image: LoadedImage, path: Path) -> LoadedMask:
     """(C, ...) float image -> uint8 label map without channel axis."""
     array = image.array
-    if array.shape[0] in (2, 4):  # drop alpha
-        array = array[:-1]
+    if array.shape[0] in (2, 4):
+        # Some annotation tools draw the mask in the alpha channel alone (colour all 0): then
+        # the alpha is the mask; otherwise alpha is only transparency and is dropped.
+        colour, alpha = array[:-1], array[-1:]
+        drawn_in_alpha = not colour.any() and alpha.any() and alpha.min() != alpha.max()
+        array = alpha if drawn_in_alpha else colour
     if array.shape[0] == 3:
         if not (np.array_equal(array[0], array[1]) and np.array_equal(array[1], array[2])):
             raise UnsupportedFormatError(
