@@ -35,8 +35,8 @@ from medrefine.inference import CoarseSegmenter, as_one, coarse_from_weights
 from medrefine.io import LoadedImage, read_image
 from medrefine.postprocess import PostprocessConfig, postprocess, postprocess_labels
 from medrefine.preprocess import from_grid, preprocess, to_grid
-from medrefine.presets import get_preset
-from medrefine.prompts import boxes_to_mask
+from medrefine.presets import BOX_ENGINES, get_preset
+from medrefine.prompts import boxes_to_mask, check_boxes
 from medrefine.refine import RefineParams, Refiner
 
 logger = logging.getLogger(__name__)
@@ -409,13 +409,20 @@ class SegmentationPipeline:
         coarse_mask: np.ndarray | None = None,
         boxes: Sequence[Sequence[float]] | None = None,
         refine: RefineParams | None = None,
+        box_engine: str = "auto",
     ) -> SegmentationResult:
         """Segment one image or volume (``coarse_mask``: refine this mask instead of the
         coarse model's, values 0/1, 0/255 or probabilities, same spatial size; ``boxes``:
-        ``(x0, y0, x1, y1)`` pixel boxes around the objects of a 2D image: with a coarse model,
-        its mask inside the boxes where every box holds some of it, refined as ``segment``
-        refines it; else the boxes themselves, refined into a mask and never kept as they are;
-        ``refine``: settings for this run only).
+        ``(x0, y0, x1, y1)`` pixel boxes around the objects of a 2D image, turned into a mask
+        by ``box_engine``; ``refine``: settings for this run only).
+
+        Box engines: ``refiner``: with a coarse model, its mask inside the boxes where every
+        box holds some of it, refined as ``segment`` refines it; else the boxes themselves,
+        refined into a mask and never kept as they are. ``litemedsam``: LiteMedSAM's mask of
+        the boxes (``medrefine.litemedsam``), refined and reviewed as a given mask (where
+        LiteMedSAM finds nothing in a box, the refiner engine runs instead). ``auto``: the
+        preset's ``box_engine`` (``refiner`` without a preset). ``params["box_engine"]`` says
+        which one ran.
 
         Volumes (C, D, H, W) go slice by slice through the models in batches of
         ``slice_batch`` and are post-processed in 3D; the mask is (D, H, W) on the input grid.
@@ -425,7 +432,62 @@ class SegmentationPipeline:
         that model's own mask of the image (``fusion.second_opinion_score``; both parts in
         ``params["review"]``).
         """
-        return self._run(image, coarse_mask, boxes, refine)
+        engine = self.box_engine(box_engine)
+        if boxes is None:
+            return self._run(image, coarse_mask, boxes, refine)
+        if engine == "litemedsam":
+            return self._run_litemedsam(image, coarse_mask, boxes, refine)
+        result = self._run(image, coarse_mask, boxes, refine)
+        result.params["box_engine"] = "refiner"
+        return result
+
+    def box_engine(self, engine: str = "auto") -> str:
+        """The box engine ``engine`` stands for (``auto``: the preset's, else ``refiner``)."""
+        if engine == "auto":
+            return self.preset.box_engine if self.preset is not None else "refiner"
+        if engine not in BOX_ENGINES:
+            raise ConfigError(f"unknown box engine {engine!r}; choose auto or one of "
+                              f"{list(BOX_ENGINES)}")
+        return engine
+
+    def _run_litemedsam(self, image, coarse_mask, boxes, refine) -> SegmentationResult:
+        """LiteMedSAM's mask of ``boxes``, then ``_run`` on it as on a given mask."""
+        from medrefine.litemedsam import load_litemedsam
+
+        loaded = as_loaded(image)
+        if coarse_mask is not None or loaded.is_volume:
+            raise InputError("boxes prompt a 2D image instead of a mask: pass one or the "
+                             "other, on a 2D image")
+        if self.refiner is None:
+            raise ConfigError("the litemedsam box engine hands LiteMedSAM's mask to the "
+                              "diffusion refiner; this pipeline has none")
+        boxes = check_boxes(boxes, loaded.spatial_shape)
+        t = time.perf_counter()
+        lite = load_litemedsam(self._device)
+        t_load = time.perf_counter() - t
+        t = time.perf_counter()
+        mask = lite.predict(loaded.array, boxes, loaded.meta.get("source_dtype", "float32")) > 0.5
+        t_lite = time.perf_counter() - t
+        empty = [b for b in boxes if not mask[int(round(b[1])):int(round(b[3])),
+                                              int(round(b[0])):int(round(b[2]))].any()]
+        if empty:  # a box LiteMedSAM sees nothing in would be lost: the refiner has it
+            logger.warning("LiteMedSAM found no object in box %s; the refiner engine turns the "
+                           "boxes into the mask", ",".join(f"{v:g}" for v in empty[0]))
+            result = self._run(loaded, None, boxes, refine)
+            result.params["box_engine"] = "refiner"
+            result.params["box_engine_note"] = (f"LiteMedSAM found no object in {len(empty)} "
+                                                f"of {len(boxes)} boxes")
+        else:
+            result = self._run(loaded, mask.astype(np.uint8), None, refine)
+            result.params["boxes"] = [list(map(float, b)) for b in boxes]
+            result.params["boxes_from"] = "litemedsam"
+            result.params["box_engine"] = "litemedsam"
+        result.params["litemedsam"] = lite.provenance()
+        if t_load > 0.05:  # the first call loads the model (cached after it)
+            result.timings["litemedsam_load"] = t_load
+        result.timings["litemedsam"] = t_lite
+        result.timings["total"] = sum(v for k, v in result.timings.items() if k != "total")
+        return result
 
     def _run(self, image, coarse_mask, boxes, refine, own_probs: np.ndarray | None = None
              ) -> SegmentationResult:
@@ -546,17 +608,22 @@ class SegmentationPipeline:
         mask: str | Path | np.ndarray | None = None,
         return_intermediate: bool = False,
         box: Sequence[float] | Sequence[Sequence[float]] | None = None,
+        box_engine: str = "auto",
     ):
         """Refine a mask made by any segmenter (nnU-Net, SAM, your own), or turn ``box``
-        (``(x0, y0, x1, y1)`` in pixels, or a list of them, one per object) into a mask."""
+        (``(x0, y0, x1, y1)`` in pixels, or a list of them, one per object) into a mask with
+        ``box_engine`` (``run``: ``refiner``, ``litemedsam`` or ``auto``, the preset's)."""
         if self.refiner is None:
             raise ConfigError("this pipeline has no diffusion refiner (use_diffusion=False); "
                               "pass diffusion_weights= to refine")
         if (mask is None) == (box is None):
             raise InputError("refine needs a mask or a box (one of them)")
+        if mask is not None and box_engine != "auto":
+            raise ConfigError("box_engine turns boxes into a mask; with a mask there are no "
+                              "boxes: leave box_engine out or pass box=")
         if box is not None:
             boxes = [box] if np.ndim(box) == 1 else list(box)
-            result = self.run(image, boxes=boxes)
+            result = self.run(image, boxes=boxes, box_engine=box_engine)
             return result.as_dict() if return_intermediate else result.mask
         if isinstance(mask, (str, Path)):
             from medrefine.io import read_mask

@@ -11,6 +11,12 @@ from pathlib import Path
 from medrefine.errors import ConfigError
 from medrefine.postprocess import PostprocessConfig
 
+# What turns box prompts into a mask (``refine --box-engine``): ``refiner``: the preset's coarse
+# model inside the boxes where it holds the object, else the refiner from the boxes themselves;
+# ``litemedsam``: LiteMedSAM's mask of the boxes (``medrefine.litemedsam``), then refined and
+# reviewed as any given mask.
+BOX_ENGINES = ("refiner", "litemedsam")
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -24,6 +30,14 @@ class Preset:
     # another weight beats it by more than 0.01), then kept only where, on the test sources
     # of ``scripts/mask_fixer_eval.py``, its worst source is no lower than with 0.
     review_doubt_weight: float = 0.0
+    # The box engine of ``--box-engine auto`` (``BOX_ENGINES``), the one with the best val Dice
+    # on jittered ground-truth boxes in ``scripts/litemedsam_boxes.py``.
+    box_engine: str = "refiner"
+
+    def __post_init__(self):
+        if self.box_engine not in BOX_ENGINES:
+            raise ConfigError(f"preset {self.name!r}: box_engine {self.box_engine!r}; choose "
+                              f"from {BOX_ENGINES}")
 
     @property
     def folder(self) -> Path:

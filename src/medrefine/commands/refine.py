@@ -3,7 +3,9 @@ a manual outline) with the diffusion refiner, conditioned on the image.
 
 The mask (PNG, NIfTI or DICOM-SEG; any non-zero label counts as foreground) must have the
 image's size. Instead of a mask, ``--box x0,y0,x1,y1`` (pixels, x to the right, y down; once per
-object) prompts the refiner with boxes, as a detector or a quick drag gives them. The strength
+object) prompts the refiner with boxes, as a detector or a quick drag gives them; with
+``--box-engine litemedsam`` LiteMedSAM turns them into a mask first, which is then refined and
+reviewed as a given mask (``auto``, the default, takes the preset's engine). The strength
 is ``auto`` unless given: picked per image from how far the refiner would move the mask, and
 where the refiner is unsure of its own correction the mask is returned as it came. The refined
 mask is written to OUT/<image stem>.png (0/255). ``--image`` and
@@ -14,6 +16,7 @@ examples:
   medrefine refine --image case1.png --mask nnunet/case1.png -o refined/ --preset polyp
   medrefine refine --image images/ --mask sam_masks/ -o refined/ --weights refiner.safetensors
   medrefine refine --image case1.png --box 120,80,260,210 -o refined/ --preset polyp
+  medrefine refine --image case1.png --box 120,80,260,210 -o refined/ --box-engine litemedsam
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from medrefine.io.base import full_suffix
 from medrefine.io.sniff import SUFFIX_FORMATS
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import PostprocessConfig
-from medrefine.presets import PRESETS, get_preset
+from medrefine.presets import BOX_ENGINES, PRESETS, get_preset
 from medrefine.prompts import parse_box
 
 logger = logging.getLogger(__name__)
@@ -102,6 +105,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help='instead of --mask: boxes for a folder of images, {"<image stem>": [[x0, y0, x1, '
         'y1], ...], ...} (a detector\'s output); images without an entry are reported',
     )
+    parser.add_argument(
+        "--box-engine",
+        choices=["auto", *BOX_ENGINES],
+        help="what turns the boxes into a mask: litemedsam (LiteMedSAM's mask, then refined and "
+        "reviewed as a given mask), refiner (the preset's coarse model inside the boxes, else "
+        "the refiner from the boxes) or auto (default: the preset's engine, chosen on val)",
+    )
     add_out_option(parser)
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -128,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
     if sum(x is not None for x in (args.mask, args.box, args.boxes)) != 1:
         raise ConfigError("refine needs one of --mask M (a mask or a folder of masks), --box "
                           "x0,y0,x1,y1 (one per object) or --boxes BOXES.json")
+    if args.box_engine is not None and args.mask is not None:
+        raise ConfigError("--box-engine turns boxes into a mask; --mask gives the mask: drop "
+                          "--box-engine, or prompt with --box/--boxes instead of --mask")
     if args.box is not None and args.image.is_dir() and not _is_series(args.image):
         raise ConfigError(f"--box prompts one image; {args.image} is a folder of images "
                           "(use --boxes BOXES.json)")
@@ -181,6 +194,12 @@ def _refine_pairs(args, formats, pairs, stems, problems, boxes_of, started, t_st
     overrides = {"strength": "auto", **refine_overrides(args)}
     for run_pipe in {id(p): p for p in (pipe, pipe.fixer())}.values():
         run_pipe.refine_params = replace(run_pipe.refine_params, **overrides)
+    box_engine = None if args.mask is not None else pipe.box_engine(args.box_engine or "auto")
+    lite = None
+    if box_engine == "litemedsam":  # loaded before the images: a missing package is one line
+        from medrefine.litemedsam import load_litemedsam
+
+        lite = load_litemedsam(args.device)
     records: list[dict[str, Any]] = []
     for name, reason in problems:
         report_failure(name, reason)
@@ -194,10 +213,13 @@ def _refine_pairs(args, formats, pairs, stems, problems, boxes_of, started, t_st
     )
     for (image_path, mask_path), stem in bar:
         records.append(refine_one(pipe, image_path, mask_path, stem, args.out, formats,
-                                  echo_above_bar, boxes_of.get(image_path)))
+                                  echo_above_bar, boxes_of.get(image_path),
+                                  box_engine=args.box_engine or "auto"))
     n_failed = sum(r["status"] != "ok" for r in records)
     prov = pipe.provenance()
     prov["coarse"] = "given masks (--mask)" if args.mask is not None else "boxes"
+    if lite is not None:
+        prov["litemedsam"] = lite.provenance()
     write_json(
         args.out / "report.json",
         {
@@ -207,6 +229,7 @@ def _refine_pairs(args, formats, pairs, stems, problems, boxes_of, started, t_st
             "image": str(args.image),
             "mask": None if args.mask is None else str(args.mask),
             "boxes": str(args.boxes) if args.boxes else args.box,
+            "box_engine": box_engine,
             "out": str(args.out),
             "formats": formats,
             "n_inputs": len(records),
@@ -316,6 +339,7 @@ def refine_one(
     formats: list[str],
     echo,
     boxes: list | None = None,
+    box_engine: str = "auto",
 ) -> dict[str, Any]:
     """Refine one mask (or turn ``boxes`` into one) and write the outputs; a failure is
     reported, not raised."""
@@ -324,10 +348,11 @@ def refine_one(
         loaded = read_image(image_path)
         check_formats_fit(loaded, formats)
         if boxes is not None:
-            result = pipe.run(loaded, boxes=boxes)
+            result = pipe.run(loaded, boxes=boxes, box_engine=box_engine)
             written = write_outputs(result, out_dir, stem, formats)
             return result_record(image_path, result, written, t0, time.perf_counter(),
                                  {"boxes": [list(b) for b in boxes],
+                                  "box_engine": result.params.get("box_engine"),
                                   "refinement": result.params.get("refinement"),
                                   "review": result.params.get("review")})
         labels = read_mask(mask_path, like=loaded)

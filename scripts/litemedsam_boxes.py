@@ -1,0 +1,152 @@
+"""LiteMedSAM beside the refiner on the same box prompts (the box engines of ``refine --box``).
+
+One ground-truth box per object, each side jittered by up to 5% of the box's size (seeded; the
+boxes of ``scripts/mask_fixer_eval.py``'s box bar for the same split and seed), on the first N
+images of a split, turned into masks three ways in one run:
+
+1. LiteMedSAM alone (``medrefine.litemedsam``, the official recipe, probability > 0.5);
+2. ``refine --box`` with the refiner engine (``--box-engine refiner``);
+3. LiteMedSAM + refiner: LiteMedSAM's mask refined and reviewed as a given mask, which is what
+   ``--box-engine litemedsam`` runs (where LiteMedSAM finds nothing in a box, that engine hands
+   the image to the refiner engine, and so does this row).
+
+Each row: Dice and HD95 (pixels) means against the reference masks (as ``medrefine evaluate
+--pred`` scores them) and milliseconds per image (after one warm-up image; the torch threads
+are printed). LiteMedSAM's masks are written as 0/255 PNGs to OUT/<stem>.png, with the boxes in
+OUT/boxes.json (``medrefine refine --boxes``), so they can be scored again with ``medrefine
+evaluate --pred OUT`` or refined as any other tool's masks.
+
+usage:
+  OMP_NUM_THREADS=2 python scripts/litemedsam_boxes.py --preset polyp \\
+      --data ../shared/data/kvasir_seg --split val -n 40 --out eval/litemedsam/polyp_val \\
+      | tee eval/litemedsam/polyp_val.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medrefine.commands.evaluate import reference
+from medrefine.io import read_image, stem_of, write_mask
+from medrefine.litemedsam import load_litemedsam
+from medrefine.metrics import segmentation_metrics, summarize
+from medrefine.pipeline import SegmentationPipeline
+from medrefine.presets import PRESETS
+from medrefine.prompts import jitter_box, mask_boxes
+from medrefine.training.data import find_pairs, read_label_map, split_pairs
+
+ROWS = {
+    "litemedsam": "LiteMedSAM alone",
+    "refiner": "refine --box (refiner engine)",
+    "litemedsam+refiner": "LiteMedSAM + refiner (litemedsam engine)",
+}
+
+
+def box_cases(data: str, split: str, n: int, seed: int) -> list[tuple[object, list]]:
+    """(pair, jittered boxes) for the first ``n`` images of the split that hold an object;
+    the boxes are drawn in the split's order, as ``mask_fixer_eval.py`` draws them."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for pair in split_pairs(data, find_pairs(data))[split]:
+        gt = read_label_map(pair.mask, 1) == 1
+        boxes = [list(jitter_box(b, 0.05, rng)) for b in mask_boxes(gt)]
+        if boxes:
+            cases.append((pair, boxes))
+        if len(cases) == n:
+            break
+    return cases
+
+
+def run_case(pipe: SegmentationPipeline, lite, pair, boxes: list) -> dict[str, tuple]:
+    """{row: (mask, seconds)} for one image; the LiteMedSAM mask is the first."""
+    loaded = read_image(pair.image)
+    dtype = loaded.meta.get("source_dtype", "float32")
+    t = time.perf_counter()
+    lite_mask = lite.predict(loaded.array, boxes, dtype) > 0.5
+    t_lite = time.perf_counter() - t
+    t = time.perf_counter()
+    by_refiner = pipe.run(loaded, boxes=boxes, box_engine="refiner").mask
+    t_refiner = time.perf_counter() - t
+    t = time.perf_counter()
+    if all(lite_mask[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))].any()
+           for x0, y0, x1, y1 in boxes):
+        combined = pipe.run(loaded, coarse_mask=lite_mask.astype(np.uint8)).mask
+    else:  # the litemedsam engine's fallback
+        combined = by_refiner
+    t_combined = t_lite + time.perf_counter() - t
+    return {"litemedsam": (lite_mask, t_lite), "refiner": (by_refiner, t_refiner),
+            "litemedsam+refiner": (combined, t_combined)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    ap.add_argument("--data", required=True, help="data folder (images/, masks/, manifest)")
+    ap.add_argument("--split", default="val", choices=["val", "test"])
+    ap.add_argument("-n", type=int, default=40, help="first N images of the split (default 40)")
+    ap.add_argument("--seed", type=int, default=0, help="box jitter seed")
+    ap.add_argument("--out", type=Path, required=True, help="folder for LiteMedSAM's masks")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    cases = box_cases(args.data, args.split, args.n, args.seed)
+    if not cases:
+        sys.exit(f"{args.data}: no {args.split} image with an object")
+    args.out.mkdir(parents=True, exist_ok=True)
+    pipe = SegmentationPipeline(preset=args.preset, device=args.device)
+    for p in {id(q): q for q in (pipe, pipe.fixer())}.values():  # refine's default strength
+        p.refine_params = replace(p.refine_params, strength="auto")
+    lite = load_litemedsam(args.device)
+    run_case(pipe, lite, *cases[0])  # warm-up: the first call of each path is not timed
+
+    rows: dict[str, list[dict]] = {k: [] for k in ROWS}
+    fallbacks = 0
+    for pair, boxes in cases:
+        out = run_case(pipe, lite, pair, boxes)
+        stem = stem_of(pair.image)
+        image = read_image(pair.image)
+        gt = reference(pair, image)
+        write_mask(out["litemedsam"][0].astype(np.uint8), args.out / f"{stem}.png", like=image)
+        fallbacks += out["litemedsam+refiner"][0] is out["refiner"][0]
+        for key, (mask, seconds) in out.items():
+            rows[key].append({**segmentation_metrics(mask > 0, gt), "ms": 1000 * seconds})
+        print(f"{stem}: " + "  ".join(f"{k} {rows[k][-1]['dice']:.3f}" for k in ROWS),
+              file=sys.stderr, flush=True)
+    (args.out / "boxes.json").write_text(
+        json.dumps({stem_of(pair.image): boxes for pair, boxes in cases}))
+
+    print(f"box prompts, preset {args.preset}, {Path(args.data).name} {args.split}: first "
+          f"{len(cases)} images with an object, one box per object, sides jittered up to 5% "
+          f"(seed {args.seed}); torch threads {torch.get_num_threads()}, device {args.device}")
+    print(f"{'':42s} {'Dice':>6s} {'HD95 px':>8s} {'ms/image':>9s}")
+    table = {}
+    for key, label in ROWS.items():
+        s = summarize(rows[key])
+        undefined = s["hd95"]["n_undefined"]
+        table[key] = {"dice": s["dice"]["mean"], "hd95": s["hd95"]["mean"],
+                      "ms": s["ms"]["mean"], "n": s["dice"]["n"], "hd95_undefined": undefined}
+        print(f"{label:42s} {s['dice']['mean']:6.3f} {s['hd95']['mean']:8.1f} "
+              f"{s['ms']['mean']:9.0f}" + (f"  (HD95 undefined on {undefined})"
+                                            if undefined else ""))
+    if fallbacks:
+        print(f"LiteMedSAM found nothing in a box on {fallbacks} images: the litemedsam row "
+              "has the refiner engine's mask there, as the engine does")
+    if args.split == "val":
+        best = max(table, key=lambda k: table[k]["dice"])
+        print(f"best val Dice: {ROWS[best]}")
+    print(json.dumps({"preset": args.preset, "split": args.split, "n": len(cases),
+                      "seed": args.seed, "fallbacks": fallbacks, "rows": table}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

