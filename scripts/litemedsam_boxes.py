@@ -36,7 +36,7 @@ import torch
 
 from medrefine.commands.evaluate import reference
 from medrefine.io import read_image, stem_of, write_mask
-from medrefine.litemedsam import load_litemedsam
+from medrefine.litemedsam import empty_boxes, load_litemedsam
 from medrefine.metrics import segmentation_metrics, summarize
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.presets import PRESETS
@@ -76,8 +76,7 @@ def run_case(pipe: SegmentationPipeline, lite, pair, boxes: list) -> dict[str, t
     by_refiner = pipe.run(loaded, boxes=boxes, box_engine="refiner").mask
     t_refiner = time.perf_counter() - t
     t = time.perf_counter()
-    if all(lite_mask[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))].any()
-           for x0, y0, x1, y1 in boxes):
+    if not empty_boxes(lite_mask, boxes):
         combined = pipe.run(loaded, coarse_mask=lite_mask.astype(np.uint8)).mask
     else:  # the litemedsam engine's fallback
         combined = by_refiner

@@ -179,3 +179,12 @@ def test_auto_takes_the_presets_box_engine(tiny_weights, monkeypatch):
                                                device="cpu")
     assert pipe.box_engine("auto") == "litemedsam"
     assert pipe.box_engine("refiner") == "refiner"
+
+
+def test_empty_boxes_clips_a_box_that_starts_outside_the_image():
+    """A jittered box may start above the image (y0 < 0); sliced as it is, [-4:315] is an empty
+    slice and the box looked empty, handing a good LiteMedSAM mask to the refiner engine."""
+    mask = np.zeros((20, 30), bool)
+    mask[0:5, 3:8] = True
+    assert litemedsam.empty_boxes(mask, [(-4.4, -4.4, 10.0, 12.0)]) == []
+    assert litemedsam.empty_boxes(mask, [(20.0, 10.0, 29.0, 19.0)]) == [(20.0, 10.0, 29.0, 19.0)]

@@ -123,6 +123,15 @@ class LiteMedSAM:
         return probs
 
 
+def empty_boxes(mask: np.ndarray, boxes: Iterable[Sequence[float]]) -> list[tuple]:
+    """The boxes (clipped to the (H, W) ``mask``) that hold no foreground pixel of it."""
+    out = []
+    for x0, y0, x1, y1 in check_boxes(boxes, mask.shape):
+        if not mask[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))].any():
+            out.append((x0, y0, x1, y1))
+    return out
+
+
 def _as_rgb(image: np.ndarray, source_dtype: str) -> np.ndarray:
     """(C, H, W) or (H, W) -> (H, W, 3), uint8 for 8-bit sources, else float32."""
     arr = np.asarray(image)

@@ -452,7 +452,7 @@ class SegmentationPipeline:
 
     def _run_litemedsam(self, image, coarse_mask, boxes, refine) -> SegmentationResult:
         """LiteMedSAM's mask of ``boxes``, then ``_run`` on it as on a given mask."""
-        from medrefine.litemedsam import load_litemedsam
+        from medrefine.litemedsam import empty_boxes, load_litemedsam
 
         loaded = as_loaded(image)
         if coarse_mask is not None or loaded.is_volume:
@@ -468,8 +468,7 @@ class SegmentationPipeline:
         t = time.perf_counter()
         mask = lite.predict(loaded.array, boxes, loaded.meta.get("source_dtype", "float32")) > 0.5
         t_lite = time.perf_counter() - t
-        empty = [b for b in boxes if not mask[int(round(b[1])):int(round(b[3])),
-                                              int(round(b[0])):int(round(b[2]))].any()]
+        empty = empty_boxes(mask, boxes)
         if empty:  # a box LiteMedSAM sees nothing in would be lost: the refiner has it
             logger.warning("LiteMedSAM found no object in box %s; the refiner engine turns the "
                            "boxes into the mask", ",".join(f"{v:g}" for v in empty[0]))
