@@ -138,6 +138,7 @@ class _FakeLite:
 
 def test_the_litemedsam_engine_refines_its_mask_as_a_given_mask(tiny_weights, monkeypatch):
     from medrefine.pipeline import SegmentationPipeline
+    from medrefine.postprocess import postprocess
     from medrefine.refine import RefineParams
 
     h, w = 40, 48
@@ -160,6 +161,15 @@ def test_the_litemedsam_engine_refines_its_mask_as_a_given_mask(tiny_weights, mo
     given = pipe.run(image, coarse_mask=(probs > 0.5).astype(np.uint8))
     assert np.array_equal(by_lite.mask, given.mask)  # the --mask path on LiteMedSAM's mask
     assert pipe.run(image, boxes=[box], box_engine="refiner").params["box_engine"] == "refiner"
+    # litemedsam-only: LiteMedSAM's mask kept (post-processed), judged by the refiner
+    kept = pipe.run(image, boxes=[box], box_engine="litemedsam-only")
+    assert kept.params["box_engine"] == "litemedsam-only"
+    assert kept.params["refinement"]["decision"] == "kept: as asked"
+    assert np.array_equal(kept.mask, postprocess(probs, pipe.post))
+    assert kept.uncertainty is not None and kept.review_score is not None
+    same = pipe.run(image, coarse_mask=(probs > 0.5).astype(np.uint8),
+                    refine=dataclasses.replace(pipe.refine_params, keep_input=True))
+    assert np.array_equal(same.mask, kept.mask) and same.review_score == kept.review_score
     # nothing found in a box: the refiner engine has the boxes, and says so
     fake.probs = np.zeros((h, w), np.float32)
     fell_back = pipe.run(image, boxes=[box], box_engine="litemedsam")

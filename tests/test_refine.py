@@ -256,6 +256,24 @@ def test_leave_alone_returns_the_input_where_the_refiner_is_in_doubt(inputs):
     assert not refiner.refine_grid(image01, coarse, RefineParams(steps=2)).left_alone
 
 
+def test_keep_input_returns_the_input_with_the_refiners_uncertainty_at_the_probe(inputs):
+    """``keep_input`` (the litemedsam-only box engine): the mask comes back as it came, the
+    refiner ran at the probe strength for its uncertainty, whatever the strength asked."""
+    from medrefine.refine import AutoStrength
+
+    refiner = _refiner()
+    image01, coarse = inputs
+    refiner.auto = AutoStrength(probe=0.4, edges=(0.5,), strengths=(0.2, 0.6))
+    kept = refiner.refine_grid(image01, coarse, RefineParams(steps=2, strength=0.9,
+                                                             keep_input=True))
+    assert kept.left_alone and np.array_equal(kept.probs, coarse)
+    assert kept.decision == "kept: as asked" and kept.strength == 0.0
+    assert kept.timesteps[0] == round(0.4 * 999)  # sampled at the probe
+    assert kept.uncertainty.shape == coarse.shape and kept.uncertainty.max() > 0
+    refined = refiner.refine_grid(image01, coarse, RefineParams(steps=2, strength=0.9))
+    assert not np.array_equal(refined.probs, coarse)
+
+
 def test_own_coarse_masks_use_their_own_calibration(inputs):
     from medrefine.refine import AutoStrength
 

@@ -420,7 +420,9 @@ class SegmentationPipeline:
         box holds some of it, refined as ``segment`` refines it; else the boxes themselves,
         refined into a mask and never kept as they are. ``litemedsam``: LiteMedSAM's mask of
         the boxes (``medrefine.litemedsam``), refined and reviewed as a given mask (where
-        LiteMedSAM finds nothing in a box, the refiner engine runs instead). ``auto``: the
+        LiteMedSAM finds nothing in a box, the refiner engine runs instead).
+        ``litemedsam-only``: the same, but LiteMedSAM's mask is kept (post-processed as every
+        mask is); the refiner gives only its uncertainty and the review score. ``auto``: the
         preset's ``box_engine`` (``refiner`` without a preset). ``params["box_engine"]`` says
         which one ran.
 
@@ -435,8 +437,9 @@ class SegmentationPipeline:
         engine = self.box_engine(box_engine)
         if boxes is None:
             return self._run(image, coarse_mask, boxes, refine)
-        if engine == "litemedsam":
-            return self._run_litemedsam(image, coarse_mask, boxes, refine)
+        if engine != "refiner":
+            return self._run_litemedsam(image, coarse_mask, boxes, refine,
+                                        keep=engine == "litemedsam-only")
         result = self._run(image, coarse_mask, boxes, refine)
         result.params["box_engine"] = "refiner"
         return result
@@ -450,8 +453,10 @@ class SegmentationPipeline:
                               f"{list(BOX_ENGINES)}")
         return engine
 
-    def _run_litemedsam(self, image, coarse_mask, boxes, refine) -> SegmentationResult:
-        """LiteMedSAM's mask of ``boxes``, then ``_run`` on it as on a given mask."""
+    def _run_litemedsam(self, image, coarse_mask, boxes, refine, keep: bool = False
+                        ) -> SegmentationResult:
+        """LiteMedSAM's mask of ``boxes``, then ``_run`` on it as on a given mask (``keep``:
+        the mask stays LiteMedSAM's; the refiner runs for its uncertainty only)."""
         from medrefine.litemedsam import empty_boxes, load_litemedsam
 
         loaded = as_loaded(image)
@@ -477,10 +482,13 @@ class SegmentationPipeline:
             result.params["box_engine_note"] = (f"LiteMedSAM found no object in {len(empty)} "
                                                 f"of {len(boxes)} boxes")
         else:
+            if keep:
+                base = refine or self.fixer().refine_params
+                refine = replace(base, keep_input=True)
             result = self._run(loaded, mask.astype(np.uint8), None, refine)
             result.params["boxes"] = [list(map(float, b)) for b in boxes]
             result.params["boxes_from"] = "litemedsam"
-            result.params["box_engine"] = "litemedsam"
+            result.params["box_engine"] = "litemedsam-only" if keep else "litemedsam"
         result.params["litemedsam"] = lite.provenance()
         if t_load > 0.05:  # the first call loads the model (cached after it)
             result.timings["litemedsam_load"] = t_load

@@ -14,8 +14,9 @@ from medrefine.postprocess import PostprocessConfig
 # What turns box prompts into a mask (``refine --box-engine``): ``refiner``: the preset's coarse
 # model inside the boxes where it holds the object, else the refiner from the boxes themselves;
 # ``litemedsam``: LiteMedSAM's mask of the boxes (``medrefine.litemedsam``), then refined and
-# reviewed as any given mask.
-BOX_ENGINES = ("refiner", "litemedsam")
+# reviewed as any given mask; ``litemedsam-only``: LiteMedSAM's mask as it is, the refiner run on
+# it only for its uncertainty and the review score (``RefineParams.keep_input``).
+BOX_ENGINES = ("refiner", "litemedsam", "litemedsam-only")
 
 
 @dataclass(frozen=True)

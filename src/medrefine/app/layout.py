@@ -34,7 +34,7 @@ from medrefine.app.models import (
 )
 from medrefine.app.session import close_session
 from medrefine.io.limits import current_limits
-from medrefine.presets import PRESETS, sample_path
+from medrefine.presets import BOX_ENGINES, PRESETS, sample_path
 from medrefine.refine import RefineParams
 
 MAX_FILE_SIZE = "200mb"
@@ -204,6 +204,13 @@ def build_app(idle_s: float = 4 * 3600, notice: str = "") -> gr.Blocks:
                                     lines=2,
                                     elem_id="prompt-boxes",
                                 )
+                                box_engine = gr.Dropdown(
+                                    ["auto", *BOX_ENGINES],
+                                    value="auto",
+                                    label="Boxes become a mask by (auto: the preset's engine; "
+                                    "litemedsam: LiteMedSAM, then the refiner)",
+                                    elem_id="prompt-box-engine",
+                                )
                                 prompt_mask = gr.File(
                                     label="Or a mask from another tool", elem_id="prompt-mask"
                                 )
@@ -260,7 +267,8 @@ def build_app(idle_s: float = 4 * 3600, notice: str = "") -> gr.Blocks:
         slice_index.release(prompt.prompt_canvas, [image_file, slice_index], [editor])
         prompt_run.click(
             prompt.refine_prompt,
-            [session, image_file, slice_index, editor, prompt_mask, boxes, *settings],
+            [session, image_file, slice_index, editor, prompt_mask, boxes, *settings,
+             box_engine],
             [session, prompt_img, prompt_heat, prompt_review, prompt_status, prompt_dl],
         )
         batch_run.click(

@@ -80,9 +80,11 @@ def refine_prompt(
     fill_holes: bool,
     keep_largest: bool,
     min_object_size: float | None,
+    box_engine: str = "auto",
     progress=gr.Progress(),  # noqa: B008 (how Gradio asks for a progress tracker)
 ):
-    """Refine the prompt (boxes, else an uploaded mask, else the painted region) on the image."""
+    """Refine the prompt (boxes, else an uploaded mask, else the painted region) on the image;
+    ``box_engine`` turns boxes into a mask (``SegmentationPipeline.run``)."""
     t_start = time.perf_counter()
     session = session or Session()
     refine, post = request_settings(
@@ -121,7 +123,7 @@ def refine_prompt(
     fixer = pipe.fixer()
     params = replace(fixer.refiner.defaults, samples=refine["samples"], seed=refine["seed"])
     result = (
-        pipe.run(loaded, boxes=boxes, refine=params)  # the coarse mask in the boxes, if it is there
+        pipe.run(loaded, boxes=boxes, refine=params, box_engine=box_engine or "auto")
         if boxes
         else fixer.run(loaded, coarse_mask=mask, refine=params)
     )
@@ -134,6 +136,8 @@ def refine_prompt(
     heat = uncertainty_heatmap(result.uncertainty, image01, vmax=1.0)
     info = result.params.get("refinement", {})
     what = "the boxes" if boxes else ("the uploaded mask" if mask_file else "the painted region")
+    if result.params.get("boxes_from") == "litemedsam":
+        what = "LiteMedSAM's mask of the boxes"
     status = (
         f"Refined {what} (orange) into the blue mask: strength {info.get('strength', 0):.2f}"
         + (" (auto)" if params.strength == "auto" else "")
@@ -141,6 +145,8 @@ def refine_prompt(
             "kept: refiner in doubt": ". The refiner was unsure of its correction here, so the "
             "mask is kept as given.",
             "kept: good as it is": ". The refiner found the mask good as it is and kept it.",
+            "kept: as asked": ". LiteMedSAM's mask is kept as it is (box engine "
+            "litemedsam-only); the refiner gives its uncertainty.",
         }.get(info.get("decision", ""), ".")
         + _second_opinion_text(result.params.get("review"))
         + "".join(f" {n}" for n in notes)

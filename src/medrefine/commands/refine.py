@@ -109,8 +109,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--box-engine",
         choices=["auto", *BOX_ENGINES],
         help="what turns the boxes into a mask: litemedsam (LiteMedSAM's mask, then refined and "
-        "reviewed as a given mask), refiner (the preset's coarse model inside the boxes, else "
-        "the refiner from the boxes) or auto (default: the preset's engine, chosen on val)",
+        "reviewed as a given mask), litemedsam-only (LiteMedSAM's mask kept; the refiner gives "
+        "its uncertainty and review score), refiner (the preset's coarse model inside the "
+        "boxes, else the refiner from the boxes) or auto (default: the preset's engine, "
+        "chosen on val)",
     )
     add_out_option(parser)
     group = parser.add_mutually_exclusive_group()
@@ -196,7 +198,8 @@ def _refine_pairs(args, formats, pairs, stems, problems, boxes_of, started, t_st
         run_pipe.refine_params = replace(run_pipe.refine_params, **overrides)
     box_engine = None if args.mask is not None else pipe.box_engine(args.box_engine or "auto")
     lite = None
-    if box_engine == "litemedsam":  # loaded before the images: a missing package is one line
+    if box_engine in ("litemedsam", "litemedsam-only"):
+        # loaded before the images: a missing package is one line, not one per image
         from medrefine.litemedsam import load_litemedsam
 
         lite = load_litemedsam(args.device)
