@@ -9,6 +9,7 @@ import subprocess
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 from medrefine.cli import main
@@ -95,6 +96,16 @@ def test_dicom_series_gives_a_valid_dicom_seg(tmp_path, capsys, ct_hu):
     assert seg.mask.shape == series.spatial_shape
     assert int((seg.mask > 0).sum()) == int((labels > 0).sum()) > 0
     assert _dciodvfy_errors(tmp_path / "dicom_series.dcm") == []
+    # a sliver of lung base (0.9 mL): reported, and said to be partial everywhere it goes
+    summary = json.loads((tmp_path / "dicom_series.json").read_text())
+    assert summary["partial_coverage"] is True
+    assert "mL of lung, under the 1000 mL" in summary["coverage"]["reasons"][0]
+    description = pydicom.dcmread(tmp_path / "dicom_series.dcm").SeriesDescription
+    assert "partial lung coverage" in description
+    warnings = [line for line in stderr.splitlines() if "partial lung coverage" in line]
+    assert len(warnings) == 1 and "dicom_series" in warnings[0]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["files"][0]["partial_coverage"] is True
 
 
 def test_one_bad_input_is_one_line(tmp_path, capsys, data_root):

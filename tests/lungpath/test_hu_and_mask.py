@@ -13,6 +13,7 @@ from medrefine.lungpath.lungmask import (
     check_has_lung,
     hu_lung_mask,
     intensity_lung_mask,
+    lung_coverage,
     lung_volume_ml,
 )
 from medrefine.metrics import dice
@@ -103,3 +104,31 @@ def test_intensity_lung_mask_on_8bit_slices(data_root):
     scores = [dice(intensity_lung_mask(s.image8), s.lung) for s in slices if s.lung.sum() > 2000]
     assert len(scores) >= 3
     assert np.median(scores) > 0.8
+
+
+def _lungs(depth: int, radius_mm: float, spacing=(2.5, 1.0, 1.0)) -> np.ndarray:
+    """Two ellipsoid 'lungs' in a volume of ``depth`` slices, centred in z."""
+    dz, dy, dx = spacing
+    z, y, x = np.ogrid[:depth, :256, :256]
+    zc = (depth - 1) / 2
+    mask = np.zeros((depth, 256, 256), bool)
+    for xc in (70, 186):
+        mask |= (((z - zc) * dz / (2 * radius_mm)) ** 2 + ((y - 128) * dy / radius_mm) ** 2
+                 + ((x - xc) * dx / (radius_mm / 1.6)) ** 2) <= 1
+    return mask
+
+
+def test_coverage_of_whole_lungs_cut_lungs_and_slivers():
+    cfg, spacing = MaskConfig(), (2.5, 1.0, 1.0)
+    whole = _lungs(160, 90.0)  # 2 x 3.8 L, the apex and base inside the scan range
+    assert lung_volume_ml(whole, spacing) > cfg.full_lung_ml
+    assert lung_coverage(whole, spacing, cfg)["partial"] is False
+    cut = whole[40:100]  # the middle of the chest only: over 1 L, but cut off at both ends
+    report = lung_coverage(cut, spacing, cfg)
+    assert report["partial"] and len(report["reasons"]) == 2
+    assert "first slice" in report["reasons"][0] and "last slice" in report["reasons"][1]
+    sliver = _lungs(40, 12.0)  # 2 x 9 mL, inside the range but far from whole lungs
+    report = lung_coverage(sliver, spacing, cfg)
+    assert report["partial"] and report["reasons"] == [
+        f"{lung_volume_ml(sliver, spacing):.1f} mL of lung, under the 1000 mL of whole lungs"]
+    assert lung_coverage(whole[80], spacing[1:], cfg)["scope"] == "single slice"

@@ -42,6 +42,7 @@ CSV_COLUMNS = [
     "error",
     "lung_ml",
     "abnormal_fraction_of_lung",
+    "partial_coverage",
 ]
 
 
@@ -234,7 +235,7 @@ def process_one(
     from medrefine.commands.guard import is_done
     from medrefine.errors import MedrefineError
     from medrefine.io import read_image, read_mask
-    from medrefine.lungpath.outputs import write_result
+    from medrefine.lungpath.outputs import coverage_warning, write_result
     from medrefine.lungpath.pipeline import check_lung_mask_shape
 
     t0 = time.perf_counter()
@@ -257,6 +258,9 @@ def process_one(
         written = write_result(result, args.out, stem, formats, extra)
     except Exception as err:  # the batch goes on past a bad input
         return failure_record(path, err, t0, echo)
+    warning = coverage_warning(result, str(path))
+    if warning is not None:
+        echo(warning)
     out = {
         "input": str(path),
         "status": "ok",
@@ -264,6 +268,7 @@ def process_one(
         "shape": list(result.labels.shape),
         "lung_ml": result.lung_ml,
         "abnormal_fraction_of_lung": 1.0 - result.classes["healthy"]["fraction_of_lung"],
+        "partial_coverage": result.partial_coverage,
         "classes": {k: v["fraction_of_lung"] for k, v in result.classes.items()},
         "timings": result.timings,
         "seconds": time.perf_counter() - t0,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -43,6 +44,12 @@ class MaskConfig:
     gas_fraction: float = 0.1
     large_component_ml: float = 30.0
     min_lung_ml: float = 0.5  # a volume whose lung mask is smaller has "no lung"
+    # a volume whose lung is smaller is reported with partial_coverage: both lungs of an adult
+    # hold 3-6 L at CT inspiration (a small child's about 1 L), so under 1 L the scan shows a
+    # part of them and the percentages describe only that part
+    full_lung_ml: float = 1000.0
+    # lung on the first or last slice over this area: the scan range cuts the lung off
+    cut_lung_mm2: float = 100.0
     min_lung_fraction_2d: float = 0.005  # the same for a single slice (share of the slice)
 
     def __post_init__(self):
@@ -203,6 +210,27 @@ def lung_volume_ml(mask: np.ndarray, spacing: tuple[float, ...] | None) -> float
     if spacing is None:
         return None
     return float(mask.sum()) * math.prod(spacing) / 1000.0
+
+
+def lung_coverage(mask: np.ndarray, spacing, cfg: MaskConfig) -> dict[str, Any]:
+    """How much of the lungs a volume shows: ``partial`` (and the ``reasons``) when its lung is
+    under ``full_lung_ml`` or the scan range cuts it off (lung on the first or last slice over
+    ``cut_lung_mm2``). A single slice is reported as that slice (``scope``)."""
+    if mask.ndim != 3 or mask.shape[0] == 1:
+        return {"scope": "single slice", "partial": False, "reasons": []}
+    reasons = []
+    ml = lung_volume_ml(mask, spacing)
+    if ml is not None and ml < cfg.full_lung_ml:
+        reasons.append(f"{ml:.1f} mL of lung, under the {cfg.full_lung_ml:g} mL of whole lungs")
+    pixel_mm2 = float(spacing[-1]) * float(spacing[-2]) if spacing is not None else 1.0
+    for end, z in (("first", 0), ("last", -1)):
+        area = float(mask[z].sum()) * pixel_mm2
+        if area > cfg.cut_lung_mm2:
+            reasons.append(f"lung on the {end} slice ({area / 100:.1f} cm2): the scan cuts "
+                           "it off")
+    return {"scope": "volume", "partial": bool(reasons), "reasons": reasons,
+            "rule": f"partial when under {cfg.full_lung_ml:g} mL of lung or lung on the "
+                    f"first/last slice over {cfg.cut_lung_mm2:g} mm2"}
 
 
 def check_has_lung(mask: np.ndarray, spacing, cfg: MaskConfig, name: str) -> None:

@@ -86,6 +86,21 @@ def montage(result, tiles: int = MONTAGE_TILES) -> np.ndarray:
     return np.concatenate([grid, legend[:, : grid.shape[1]]], axis=0)
 
 
+def series_description(result) -> str:
+    """The DICOM-SEG's SeriesDescription (64 characters at most): says partial coverage."""
+    if result.partial_coverage:
+        return "medrefine lung pathology (unsupervised; partial lung coverage)"
+    return "medrefine lung pathology (unsupervised)"
+
+
+def coverage_warning(result, name: str) -> str | None:
+    """One line for stderr when the input shows only part of the lungs, else None."""
+    if not result.partial_coverage:
+        return None
+    return (f"{name}: warning: partial lung coverage ({'; '.join(result.coverage['reasons'])}); "
+            "the percentages describe only the lung in the scan")
+
+
 def summary(result, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """``<stem>.json``: the classes read like a CT severity report."""
     image = result.image
@@ -102,6 +117,9 @@ def summary(result, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "lung_ml": result.lung_ml,
         "classes": result.classes,
         "abnormal_fraction_of_lung": 1.0 - healthy if result.lung_ml != 0 else 0.0,
+        # the percentages describe the lung in the scan: with partial coverage, only a part
+        "partial_coverage": result.partial_coverage,
+        "coverage": result.coverage,
         "clusters": [
             {
                 "label": CLASS_NAMES[v - 1],
@@ -144,7 +162,7 @@ def write_result(
                     format="dicom-seg",
                     label_names=[DISPLAY_NAMES[n] for n in CLASS_NAMES],
                     algorithm_name="medrefine-lungpath",
-                    series_description="medrefine lung pathology (unsupervised)",
+                    series_description=series_description(result),
                 )
             )
         elif fmt == "overlay":

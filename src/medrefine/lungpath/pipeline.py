@@ -1,7 +1,8 @@
 """LungPathologyPipeline: unsupervised lung pathology on CT (DiffSegLung).
 
 LoadedImage (HU, or 8-bit in rank mode)
- -> lung mask (``lungmask``) -> no lung: InputError
+ -> lung mask (``lungmask``) -> no lung: InputError; part of the lungs only (under 1 L, or
+    cut off by the scan range): ``coverage["partial"]``, reported with every output
  -> normalised (``hu``), in-plane resampled to ``features.grid_mm`` (HU volumes), cropped
     to the lung's box and padded to the net's stride
  -> multi-timestep bottleneck features (``features``) -> GMM K=5 (``cluster``)
@@ -45,6 +46,7 @@ from medrefine.lungpath.lungmask import (
     check_has_lung,
     hu_lung_mask,
     intensity_lung_mask,
+    lung_coverage,
 )
 from medrefine.lungpath.naming import NamingConfig, emphysema_pixels
 from medrefine.lungpath.segment import cluster_slices, name_map
@@ -95,6 +97,12 @@ class LungPathologyResult:
     cluster_stats: list[list[float]]
     timings: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    # how much of the lungs the input shows (lungmask.lung_coverage): partial, reasons
+    coverage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def partial_coverage(self) -> bool:
+        return bool(self.coverage.get("partial"))
 
     @property
     def mask(self) -> np.ndarray:  # the name batch writers use
@@ -187,6 +195,7 @@ class LungPathologyPipeline:
         if lung_mask is not None:
             lung = np.asarray(lung_mask).reshape(value.shape) > 0
         check_has_lung(lung, image.spacing, cfg.mask, name)
+        coverage = lung_coverage(lung, image.spacing, cfg.mask)
         timings["lung_mask"] = time.perf_counter() - t0
         volume = value.ndim == 3
         v3, x3, l3 = (a if volume else a[None] for a in (value, x_full, lung))
@@ -272,6 +281,7 @@ class LungPathologyPipeline:
                 "lung_cells": clustering.n_cells,
                 **({"net_dims": 3, "z_halo": halo} if dims == 3 else {}),
             },
+            coverage=coverage,
         )
 
     def provenance(self) -> dict[str, Any]:
