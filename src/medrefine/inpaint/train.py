@@ -233,6 +233,7 @@ def train_inpaint(cfg: InpaintTrainConfig) -> Path:
         D.barrier(dist_info)
         if time_is_up(cfg.max_minutes, minutes, dist_info):
             break
+    del train_model  # DDP's reducer goes before the group it uses
     D.shutdown(dist_info)
     return run.dir
 

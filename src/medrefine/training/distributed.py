@@ -61,5 +61,9 @@ def barrier(info: DistInfo) -> None:
 
 
 def shutdown(info: DistInfo) -> None:
+    """Leave the group together: a rank that destroys its gloo group while another still has a
+    collective in flight can abort the other ("terminate called without an active exception",
+    seen once in CI at the end of a two-process inpainting run)."""
     if info.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
