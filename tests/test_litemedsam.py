@@ -177,6 +177,9 @@ def test_the_litemedsam_engine_refines_its_mask_as_a_given_mask(tiny_weights, mo
     assert "found no object" in fell_back.params["box_engine_note"]
     with pytest.raises(ConfigError, match="box engine"):
         pipe.run(image, boxes=[box], box_engine="sam")
+    with pytest.raises(ConfigError, match="box_engine"):  # a mask has no boxes to turn
+        pipe.refine(image, mask=probs > 0.5, box_engine="litemedsam")
+    assert pipe.refine(image, box=box, box_engine="litemedsam").shape == (h, w)
 
 
 def test_auto_takes_the_presets_box_engine(tiny_weights, monkeypatch):

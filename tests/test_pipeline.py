@@ -158,7 +158,7 @@ def test_preset_with_a_separate_fixer_routes_prompts_to_it(tiny_weights, tmp_pat
     assert refine_only.refiner_path == folder / "fixer.safetensors"
     only_fixer = SegmentationPipeline.for_refinement(folder / "fixer.safetensors",
                                                      postprocess=pipe.post)
-    boxes = refine_only.run(image, boxes=[(12, 10, 36, 30)])
+    boxes = refine_only.run(image, boxes=[(12, 10, 36, 30)], box_engine="refiner")
     np.testing.assert_array_equal(boxes.mask,
                                   only_fixer.run(image, boxes=[(12, 10, 36, 30)]).mask)
     assert boxes.params["boxes_from"] == "refiner"

@@ -79,6 +79,9 @@ PRESETS: dict[str, Preset] = {
         # val: worst source 0.532 at 0, 0.583 at 1; test (confirmation): boxes 0.518 -> 0.589,
         # held-out segmenters 0.853 -> 0.882, 0.815 -> 0.840
         review_doubt_weight=1.0,
+        # val (first 40, jittered boxes): LiteMedSAM kept 0.944, LiteMedSAM + refiner 0.931,
+        # the refiner engine 0.895 (eval/litemedsam/polyp_val.txt)
+        box_engine="litemedsam-only",
     ),
     "skin": Preset(
         "skin", "dermoscopy skin lesions (trained on PH2)",
@@ -86,6 +89,8 @@ PRESETS: dict[str, Preset] = {
         # (external val) it dropped a second lesion the annotators count (0.637 -> 0.681 off)
         PostprocessConfig(fill_holes=True),
         sample="ph2_lesion.jpg",
+        # val (20 images): the refiner engine 0.951, LiteMedSAM + refiner 0.946, LiteMedSAM 0.939
+        box_engine="refiner",
     ),
     "lung": Preset(
         "lung", "lung fields on chest X-rays (trained on COVID CXR with V7 masks)",
@@ -94,6 +99,8 @@ PRESETS: dict[str, Preset] = {
         # review_doubt_weight stays 0: val chose 2 (worst source 0.499 -> 0.731), but on test
         # it lowered the two held-out segmenters' Spearman (0.513 -> 0.453, 0.535 -> 0.444;
         # boxes 0.476 -> 0.482), so the confirmation on test vetoed it (README)
+        # val (first 40): the refiner engine 0.956, LiteMedSAM + refiner 0.952, LiteMedSAM 0.840
+        box_engine="refiner",
     ),
     "chest": Preset(
         "chest", "right lung, left lung and heart on chest X-rays, a label map 1/2/3 "
