@@ -160,6 +160,22 @@ def test_bad_masks_are_one_clear_error():
         check_mask(np.zeros((10, 10)), (10, 10))
     with pytest.raises(InputError, match="whole image"):
         check_mask(np.full((10, 10), 255), (10, 10))
+    most = np.full((10, 10), 255)
+    most[0, :9] = 0  # 9% known: too little to fill from
+    with pytest.raises(InputError, match=r"leaves 9.0% of the image known; .* at least 10%"):
+        check_mask(most, (10, 10), "m.png")
+    most[1, :2] = 0  # 11% known
+    assert check_mask(most, (10, 10)).sum() == 89
+
+
+def test_too_little_context_on_the_model_grid_is_refused(tiny_inpaint_weights):
+    """Known pixels scattered in a fine grid pass at full size, but on the model's grid
+    every pixel touches the hole: refused there, in one line, not a crash inside sampling."""
+    image = (np.random.default_rng(0).random((256, 256)) * 4000).astype(np.uint16)
+    hole = np.ones((256, 256), np.uint8)
+    hole[::3, ::3] = 0  # 11% known, none of it a whole grid pixel of the 32-px model
+    with pytest.raises(InputError, match="on the model's"):
+        InpaintingPipeline(weights=tiny_inpaint_weights).run(image, hole)
 
 
 def test_pipeline_refuses_bad_settings(tiny_inpaint_weights, tmp_path):

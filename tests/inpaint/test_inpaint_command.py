@@ -48,19 +48,22 @@ def test_png16_in_png16_out_with_report(case16, tiny_inpaint_weights, tmp_path, 
     assert "not for diagnosis" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("bad", ["size", "empty", "full"])
+@pytest.mark.parametrize("bad", ["size", "empty", "full", "top-row"])
 def test_bad_masks_exit_2_with_one_line(case16, tiny_inpaint_weights, tmp_path, capsys, bad):
     image_path, _, image, _ = case16
     shape = (image.shape[0] + 4, image.shape[1]) if bad == "size" else image.shape
-    mask = np.full(shape, 255 if bad == "full" else 0, np.uint8)
+    mask = np.full(shape, 255 if bad in ("full", "top-row") else 0, np.uint8)
     if bad == "size":
         mask[5:10, 5:10] = 255
+    if bad == "top-row":  # only the top row known (it crashed inside scikit-image, exit 1)
+        mask[0] = 0
     Image.fromarray(mask).save(tmp_path / "bad.png")
     rc = main(["inpaint", "--image", str(image_path), "--mask", str(tmp_path / "bad.png"),
                "-o", str(tmp_path / "o"), "--weights", str(tiny_inpaint_weights)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "bad.png" in err
-    assert {"size": "64x52", "empty": "empty", "full": "whole image"}[bad] in err
+    assert {"size": "64x52", "empty": "empty", "full": "whole image",
+            "top-row": "leaves 1.7% of the image known"}[bad] in err
     assert not (tmp_path / "o" / "cxr.png").exists()
 
 

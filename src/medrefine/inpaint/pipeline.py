@@ -53,8 +53,8 @@ class InpaintResult:
 
 
 def check_mask(mask: np.ndarray, shape: tuple[int, ...], name: str = "mask") -> np.ndarray:
-    """A hole mask as uint8 0/1 of ``shape``; a wrong size, an empty mask or one that covers
-    the whole image is an InputError (one line)."""
+    """A hole mask as uint8 0/1 of ``shape``; a wrong size, an empty mask or one that leaves
+    under ``MIN_KNOWN_FRACTION`` of the image known is an InputError (one line)."""
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[0] == 1:
         mask = mask[0]
@@ -68,7 +68,25 @@ def check_mask(mask: np.ndarray, shape: tuple[int, ...], name: str = "mask") -> 
     if hole.all():
         raise InputError(f"{name}: mask covers the whole image; there is nothing to fill "
                          "from; mark only the region to fill")
+    check_known_context(hole, name)
     return hole
+
+
+# The fill is drawn from what the model sees around the hole: with less of the image known
+# there is no anatomy to continue (the hole of a device covers a few percent of an X-ray).
+MIN_KNOWN_FRACTION = 0.1
+
+
+def check_known_context(hole: np.ndarray, name: str = "mask", where: str = "") -> None:
+    """InputError (one line) when the hole leaves under ``MIN_KNOWN_FRACTION`` of the image
+    known; ``where`` names the grid the check ran on (the model's grid, where a known pixel
+    touching the hole counts as hole)."""
+    known = 1.0 - float(hole.mean())
+    if known < MIN_KNOWN_FRACTION:
+        raise InputError(
+            f"{name}: the mask leaves {100 * known:.1f}% of the image known{where}; "
+            f"inpainting needs at least {100 * MIN_KNOWN_FRACTION:g}% of it outside the hole "
+            "to fill from; mark only the region to fill")
 
 
 class InpaintingPipeline:
@@ -147,6 +165,7 @@ class InpaintingPipeline:
         grid01 = cv2.resize(image01, (size, size), interpolation=cv2.INTER_AREA)
         hole_grid = (cv2.resize(hole.astype(np.float32), (size, size),
                                 interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
+        check_known_context(hole_grid, name, f" on the model's {size}x{size} grid")
         pre01 = prefill(grid01, hole_grid, self.cfg.prefill)
         timings["prepare"] = time.perf_counter() - t
 
