@@ -7,8 +7,11 @@ The tests skip (with the reason) only where Orthanc or its DICOMweb plugin canno
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,40 @@ def credentials(monkeypatch) -> None:
     monkeypatch.setenv("MEDREFINE_DICOMWEB_PASSWORD", PASSWORD)
     monkeypatch.delenv("MEDREFINE_DICOMWEB_TOKEN", raising=False)
     monkeypatch.setenv("NETRC", os.devnull)
+
+
+@dataclass
+class SilentServer:
+    """A TCP server on loopback that accepts every connection and never answers (a hung PACS)."""
+
+    port: int = 0
+    accepted: int = 0
+    _connections: list[socket.socket] = field(default_factory=list)
+
+
+@pytest.fixture()
+def silent_server() -> Iterator[SilentServer]:
+    listening = socket.create_server(("127.0.0.1", 0))
+    listening.settimeout(0.1)
+    server = SilentServer(port=listening.getsockname()[1])
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listening.accept()
+            except TimeoutError:
+                continue
+            server._connections.append(conn)  # held open, never read from or written to
+            server.accepted += 1
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in server._connections:
+            conn.close()
+        listening.close()

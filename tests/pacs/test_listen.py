@@ -1,10 +1,12 @@
 """``medrefine listen``: a real Orthanc sends a study by C-STORE and gets the DICOM-SEG back;
 a series cut off by an aborted association is not segmented until it is sent whole; C-ECHO;
-SIGTERM stops the service cleanly."""
+SIGTERM stops the service cleanly. What it lets in: loopback by default, only its own called AE
+title, at most --max-store-gb (0xA700 past it); a hung peer fails a send after the timeout."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -22,8 +24,11 @@ from orthanc_server import CT_SERIES, SAMPLES, clone_series, free_port
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from medrefine.pacs.config import ListenConfig
+from medrefine.errors import ConfigError, InputError
+from medrefine.pacs.config import Destination, ListenConfig
 from medrefine.pacs.listen import Listener
+from medrefine.pacs.receiver import ASSOCIATION_LOG, StorageSCP
+from medrefine.pacs.sender import send_file
 from medrefine.pipeline import SegmentationPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,3 +162,94 @@ def test_half_received_series_is_not_segmented(listener, data_dir, tmp_path):
     assert [(e["released"], e["stored"], e["refused"]) for e in log if e["peer"].startswith(
         "SCANNER")] == [(False, 2, 0), (True, 4, 1)]  # fmt: skip
     assert len(listener.records) == 1 and listener.records[0]["status"] == "ok"
+
+
+# ---------------------------------------------------------------- what the receiver lets in
+@pytest.fixture()
+def start_scp(tmp_path):
+    """Start a StorageSCP alone (no segmenting) into tmp_path/out: the defaults but a free
+    port, and the ListenConfig fields given; stopped after the test."""
+    started = []
+
+    def start(**fields) -> StorageSCP:
+        out = tmp_path / "out"
+        out.mkdir(exist_ok=True)
+        server = StorageSCP(ListenConfig(port=free_port(), **fields), out)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def associations(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / ASSOCIATION_LOG).read_text().splitlines()]
+
+
+def test_listen_defaults_bind_loopback_with_a_quota_and_a_timeout():
+    from medrefine.cli import build_parser
+
+    args = build_parser().parse_args(["listen", "-o", "out"])
+    assert (args.bind, args.max_store_gb, args.pacs_timeout) == ("127.0.0.1", 20.0, 30.0)
+    config = ListenConfig()
+    assert (config.bind, config.max_store_gb, config.timeout) == ("127.0.0.1", 20.0, 30.0)
+    for bad in ({"max_store_gb": 0}, {"timeout": -1}, {"timeout": float("nan")}):
+        with pytest.raises(ConfigError):
+            ListenConfig(**bad)
+
+
+def test_an_association_calling_another_ae_title_is_rejected(start_scp, caplog):
+    caplog.set_level(logging.INFO, logger="medrefine.pacs")
+    scp = start_scp()
+    assert scp._server.server_address[0] == "127.0.0.1"  # loopback unless --bind says otherwise
+    port = scp.config.port
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SOMEONE_ELSE")
+    assert assoc.is_rejected and not assoc.is_established
+    assoc = ae.associate("127.0.0.1", port, ae_title="MEDREFINE")
+    assert assoc.is_established and assoc.send_c_echo().Status == 0
+    assoc.release()
+    (rejected,) = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert re.fullmatch(
+        r"association from SCANNER@127\.0\.0\.1:\d+ rejected: it called AE title "
+        r"'SOMEONE_ELSE', this receiver is 'MEDREFINE'",
+        rejected,
+    ), rejected
+    log = wait_for(lambda: len(associations(scp.out_dir)) == 2 and associations(scp.out_dir), 10,
+                   "the association log")  # fmt: skip
+    assert [e.get("rejected") for e in log] == [
+        "it called AE title 'SOMEONE_ELSE', this receiver is 'MEDREFINE'",
+        None,
+    ]
+
+
+def test_a_c_store_past_the_quota_is_refused_out_of_resources(start_scp, data_dir, tmp_path,
+                                                               caplog):  # fmt: skip
+    caplog.set_level(logging.INFO, logger="medrefine.pacs")
+    source = data_dir / SAMPLES / "CT_small.dcm"
+    scp = start_scp(max_store_gb=1.5 * source.stat().st_size / 1e9)  # room for one instance
+    study, (series,), (files,) = clone_series([source] * 3, tmp_path / "src", patient_id="FULL")
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(CTImageStorage, pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", scp.config.port, ae_title="MEDREFINE")
+    statuses = [assoc.send_c_store(pydicom.dcmread(path)).Status for path in files]
+    resent = assoc.send_c_store(pydicom.dcmread(files[0])).Status  # replaces its own file
+    assoc.release()
+    assert statuses == [0x0000, 0xA700, 0xA700] and resent == 0x0000
+    stored = list((scp.out_dir / "received" / study / series).glob("*.dcm"))
+    assert [p.name for p in stored] == [f"{pydicom.dcmread(files[0]).SOPInstanceUID}.dcm"]
+    refusals = [r for r in caplog.records if "0xA700" in r.getMessage()]
+    assert len(refusals) == 1 and "--max-store-gb" in refusals[0].getMessage()
+    (entry,) = wait_for(lambda: associations(scp.out_dir), 10, "the association log")
+    assert (entry["stored"], entry["refused"]) == (2, 2)
+
+
+def test_a_hung_peer_fails_the_send_after_the_timeout(silent_server, data_dir):
+    destination = Destination("127.0.0.1", silent_server.port, "PACS")
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match="no answer within 1 s"):
+        send_file(data_dir / SAMPLES / "CT_small.dcm", destination, "MEDREFINE", timeout=1)
+    assert time.monotonic() - t0 < 10 and silent_server.accepted == 1

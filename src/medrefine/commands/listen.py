@@ -10,11 +10,18 @@ not segmented until it is sent again). Outputs are named after the Series Instan
 OUT/<SeriesUID>.json); with --send-to the SEG is sent on by C-STORE. OUT/report.json lists every
 series, OUT/associations.jsonl every association. Nothing is written outside OUT.
 
+What it lets in: it listens on 127.0.0.1 unless --bind says otherwise (--bind 0.0.0.0 for
+scanners on the network); it takes only associations that call its --ae-title (others are
+rejected and logged); OUT/received holds at most --max-store-gb (default 20): a C-STORE past
+that is refused with status 0xA700 (out of resources) and logged. --pacs-timeout (default 30 s)
+bounds the DIMSE timeouts, receiving and sending.
+
 Ctrl-C or SIGTERM stops it cleanly: the series being segmented is finished, the report written;
 series still arriving are left unsegmented (and listed in the report).
 
 examples:
   medrefine listen -o received_out --port 11112 --ae-title MEDREFINE --preset polyp --no-refine
+  medrefine listen -o out --bind 0.0.0.0 --max-store-gb 100 --preset polyp
   medrefine listen -o out --send-to pacs.example.org:104:PACS --quiet-seconds 30
 """
 
@@ -37,6 +44,8 @@ from medrefine.commands.options import (
     provenance,
 )
 from medrefine.errors import ConfigError
+from medrefine.pacs.config import DEFAULT_MAX_STORE_GB
+from medrefine.pacs.options import add_pacs_timeout_option
 
 DEFAULT_FORMATS = "dicom-seg,json"
 
@@ -51,14 +60,27 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_out_option(parser)
     parser.add_argument("--port", type=int, default=11112, help="TCP port (default 11112)")
     parser.add_argument(
-        "--ae-title", default="MEDREFINE", help="this receiver's AE title (default MEDREFINE)"
+        "--ae-title",
+        default="MEDREFINE",
+        help="this receiver's AE title; associations that call another one are rejected "
+        "(default MEDREFINE)",
     )
     parser.add_argument(
         "--bind",
-        default="0.0.0.0",
+        default="127.0.0.1",
         metavar="ADDRESS",
-        help="interface to listen on (default 0.0.0.0, all: scanners send over the network)",
+        help="interface to listen on (default 127.0.0.1, this machine only; give 0.0.0.0 or "
+        "the hospital-side address for scanners on the network)",
     )
+    parser.add_argument(
+        "--max-store-gb",
+        type=float,
+        default=DEFAULT_MAX_STORE_GB,
+        metavar="GB",
+        help="what OUT/received may hold; a C-STORE past it is refused with 0xA700 (out of "
+        f"resources) (default {DEFAULT_MAX_STORE_GB:g}, 1 GB = 10^9 bytes)",
+    )
+    add_pacs_timeout_option(parser)
     parser.add_argument(
         "--quiet-seconds",
         type=float,
@@ -87,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         bind=args.bind,
         quiet_seconds=args.quiet_seconds,
         send_to=send_to,
+        timeout=args.pacs_timeout,
+        max_store_gb=args.max_store_gb,
     )
     formats = parse_formats(args.format or DEFAULT_FORMATS, refining=not args.no_refine)
     if "dicom-seg" not in formats and send_to is not None:
@@ -118,6 +142,8 @@ def _serve(args: argparse.Namespace, config, send_to, formats: list[str]) -> int
             "bind": config.bind,
             "quiet_seconds": config.quiet_seconds,
             "send_to": str(send_to) if send_to else None,
+            "timeout": config.timeout,
+            "max_store_gb": config.max_store_gb,
         },
         "out": str(args.out),
         "formats": formats,

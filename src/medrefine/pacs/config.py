@@ -14,6 +14,12 @@ from medrefine.errors import ConfigError
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _AE_TITLE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]{0,14}[\x21-\x7e])?$")
 
+# Seconds to connect and to wait for each reply of a peer (--pacs-timeout): a hung PACS fails
+# after this long instead of holding the run for minutes per series.
+DEFAULT_TIMEOUT = 30.0
+# What ``listen`` keeps under OUT/received at most (--max-store-gb; 1 GB = 10^9 bytes).
+DEFAULT_MAX_STORE_GB = 20.0
+
 # Modalities whose series hold no image to segment (structured reports, segmentations,
 # presentation states, key objects, RT plans and structures, documents, registrations).
 NON_IMAGE_MODALITIES = frozenset(
@@ -40,7 +46,8 @@ class DicomwebConfig:
     url: the DICOMweb root (QIDO, WADO and STOW share it), e.g. http://host:8042/dicom-web.
     study, series: UIDs; query: QIDO-RS series-level filters (keyword -> value).
     ca_bundle: a PEM file of the CA certificates to trust (default: the system's).
-    timeout: seconds to connect and to wait for each reply.
+    timeout: seconds to connect and to wait for each reply (``--pacs-timeout``); a request
+    that times out is not retried.
     """
 
     url: str
@@ -50,7 +57,7 @@ class DicomwebConfig:
     push: bool = False
     overwrite: bool = False
     ca_bundle: Path | None = None
-    timeout: float = 60.0
+    timeout: float = DEFAULT_TIMEOUT
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -77,8 +84,7 @@ class DicomwebConfig:
             )
         if self.ca_bundle is not None and not Path(self.ca_bundle).is_file():
             raise ConfigError(f"--ca-bundle {self.ca_bundle}: no such file; give a PEM file")
-        if self.timeout <= 0:
-            raise ConfigError(f"timeout {self.timeout}: give a positive number of seconds")
+        check_timeout(self.timeout)
 
     @property
     def host(self) -> str:
@@ -137,6 +143,15 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+def check_timeout(seconds: float) -> float:
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(
+            f"--pacs-timeout {seconds}: give a positive number of seconds (default "
+            f"{DEFAULT_TIMEOUT:g})"
+        )
+    return seconds
+
+
 def check_ae_title(text: str) -> str:
     if not _AE_TITLE.match(text) or "\\" in text:
         raise ConfigError(
@@ -150,15 +165,22 @@ def check_ae_title(text: str) -> str:
 class ListenConfig:
     """One ``listen`` run.
 
+    ae_title: the called AE title an association must name; others are rejected.
+    bind: the interface to listen on; loopback unless told otherwise (``--bind 0.0.0.0``).
     quiet_seconds: a series counts as complete once no instance of it arrived for this long
     and every association that sent it was released normally.
+    timeout: seconds of the DIMSE timeouts (ACSE, DIMSE, network), receiving and sending.
+    max_store_gb: what OUT/received may hold (10^9 bytes); a C-STORE that would pass it is
+    refused with 0xA700 (out of resources).
     """
 
     port: int = 11112
     ae_title: str = "MEDREFINE"
-    bind: str = "0.0.0.0"
+    bind: str = "127.0.0.1"
     quiet_seconds: float = 10.0
     send_to: Destination | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    max_store_gb: float = DEFAULT_MAX_STORE_GB
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -166,3 +188,13 @@ class ListenConfig:
         check_ae_title(self.ae_title)
         if self.quiet_seconds < 0:
             raise ConfigError(f"--quiet-seconds {self.quiet_seconds}: give 0 or more seconds")
+        check_timeout(self.timeout)
+        if not self.max_store_gb > 0 or self.max_store_gb == float("inf"):
+            raise ConfigError(
+                f"--max-store-gb {self.max_store_gb}: give a positive number of GB (default "
+                f"{DEFAULT_MAX_STORE_GB:g})"
+            )
+
+    @property
+    def max_store_bytes(self) -> int:
+        return int(self.max_store_gb * 1e9)

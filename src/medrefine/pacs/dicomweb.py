@@ -3,7 +3,12 @@ DICOM-SEG (STOW-RS) and find the SEGs medrefine stored before.
 
 Every failure of the network or the server becomes an ``InputError`` of one line that says what
 was asked, what the server answered and what to check (``_call``), so the CLI prints it and
-exits with code 2.
+exits with code 2. A server that cannot be reached (refused, timed out, connection lost) raises
+``ServerUnreachable``, so a batch can stop instead of failing each remaining series alike.
+
+Each request waits at most ``config.timeout`` to connect and for each reply, once: a timeout or
+a refused connection is never retried (a hung server costs one timeout, not several). Only the
+"busy" answers 429 and 503 are retried, twice, briefly.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any, TypeVar
 import pydicom
 import requests
 from pydicom.dataset import Dataset
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from medrefine.errors import InputError
 from medrefine.io import atomic_output
@@ -42,6 +49,16 @@ _REFERENCED_SERIES = "00081115"
 _FAILED_SOP = "00081198"
 
 
+class ServerUnreachable(InputError):
+    """The server refused the connection, did not answer within the timeout, or dropped it.
+
+    ``why`` is the short reason ("connection refused", "no answer within 30 s ...")."""
+
+    def __init__(self, url: str, why: str, hint: str) -> None:
+        super().__init__(f"{url}: cannot reach the DICOMweb server ({why}); {hint}")
+        self.url, self.why = url, why
+
+
 @dataclass(frozen=True)
 class RemoteSeries:
     """A series as QIDO-RS lists it."""
@@ -62,14 +79,41 @@ class DicomwebServer:
         self.config = config
         self.url = config.url.rstrip("/")
         self.session = build_session(config)
+        # Busy servers answer 429/503 for a moment: retry those twice, briefly (0.25 s, 0.5 s;
+        # a Retry-After header is not obeyed, a server cannot park the run for an hour). Never
+        # retry a refused connection or a timeout: dicomweb-client's own retry (``retrying``)
+        # retries every exception, so a hung server cost three timeouts per request.
+        busy = Retry(
+            total=2,
+            connect=0,
+            read=False,
+            other=0,
+            status=2,
+            status_forcelist=(429, 503),
+            allowed_methods=None,  # STOW-RS's POST too: a 503 stored nothing
+            backoff_factor=0.25,
+            respect_retry_after_header=False,
+            raise_on_status=False,  # the last reply goes to raise_for_status: "HTTP 503: ..."
+        )
+        for prefix in ("http://", "https://"):
+            self.session.mount(prefix, HTTPAdapter(max_retries=busy))
         self.client = DICOMwebClient(self.url, session=self.session, timeout=config.timeout)
-        # Busy servers answer 429/503 for a moment: retry a few times, briefly.
-        self.client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=250)
+        self.client.set_http_retry_params(retry=False)
 
     # ------------------------------------------------------------ look-ups
     def check(self) -> None:
         """Reach the server and check the credentials before any work starts."""
         self._call("list studies", lambda: self.client.search_for_studies(limit=1))
+
+    def reachable(self) -> bool:
+        """Whether the server answers at all now (after a request failed to reach it)."""
+        try:
+            self.check()
+        except ServerUnreachable:
+            return False
+        except InputError:  # it answered, if only to refuse
+            return True
+        return True
 
     def study_series(self, study: str) -> list[RemoteSeries]:
         """Every series of ``study``; an unknown study raises ``InputError``."""
@@ -200,10 +244,19 @@ class DicomwebServer:
                 f"{self.url}: TLS certificate check failed ({_short(err)}); pass the hospital's "
                 "CA certificates with --ca-bundle FILE.pem"
             ) from err
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
-            raise InputError(
-                f"{self.url}: cannot reach the DICOMweb server ({_short(err)}); check the URL, "
-                "the network and that the server is running"
+        except (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError,  # the connection broke mid-reply
+        ) as err:
+            if _timed_out(err):
+                raise ServerUnreachable(
+                    self.url,
+                    f"no answer within {self.config.timeout:g} s while trying to {what}",
+                    "check that the server is running, or raise --pacs-timeout",
+                ) from err
+            raise ServerUnreachable(
+                self.url, _short(err), "check the URL, the network and that the server is running"
             ) from err
         except requests.exceptions.HTTPError as err:
             status = err.response.status_code if err.response is not None else None
@@ -264,10 +317,23 @@ def _save(ds: Dataset, folder: Path) -> Path:
 def _short(err: Exception) -> str:
     text = str(err.__context__ or err) if isinstance(err, requests.ConnectionError) else str(err)
     text = " ".join(text.split())
-    for marker in ("Connection refused", "Name or service not known", "timed out"):
+    markers = (
+        "Connection refused",
+        "Name or service not known",
+        "timed out",
+        "Connection reset by peer",
+        "Connection broken",
+        "Connection aborted",
+    )
+    for marker in markers:
         if marker in text:
             return marker.lower()
     return text[:160]
+
+
+def _timed_out(err: Exception) -> bool:
+    # A read timeout while streaming a reply comes as a ConnectionError that says so.
+    return isinstance(err, requests.exceptions.Timeout) or "timed out" in str(err)
 
 
 def _reply_text(response: requests.Response | None) -> str:

@@ -100,7 +100,7 @@ class Listener:
         if record["status"] == "ok" and destination is not None:
             seg_path = self.out_dir / f"{state.series}.dcm"
             try:
-                send_file(seg_path, destination, self.config.ae_title)
+                send_file(seg_path, destination, self.config.ae_title, self.config.timeout)
                 record["sent_to"] = str(destination)
             except MedrefineError as err:
                 reason = failure_reason(err)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medrefine.pacs.config import DEFAULT_TIMEOUT
+
 
 def add_dicomweb_options(parser: argparse.ArgumentParser) -> None:
     """``segment``'s options for a DICOMweb server instead of INPUT files."""
@@ -42,5 +44,19 @@ def add_dicomweb_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.pem",
         help="CA certificates to trust for https (TLS is always verified; default: the system's)",
     )
+    add_pacs_timeout_option(g)
     # Without --format a DICOMweb run writes dicom-seg,json (file inputs keep png).
     parser.set_defaults(format=None)
+
+
+def add_pacs_timeout_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--pacs-timeout``: how long a peer may take to connect and to answer each request."""
+    parser.add_argument(
+        "--pacs-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="give up on a PACS that does not connect or answer a request within SECONDS "
+        f"(DICOMweb connect/read; DIMSE ACSE, DIMSE and network timeouts; default "
+        f"{DEFAULT_TIMEOUT:g}); a request that timed out is not retried",
+    )

@@ -10,6 +10,10 @@ Resuming: with ``push`` a series that a medrefine SEG on the server already refe
 skipped; without it, a series whose outputs are all in OUT is skipped (``overwrite`` redoes
 both). A series whose SEG was written but not pushed (the server refused it) is pushed from OUT
 on the next run without segmenting it again.
+
+A server that stops answering mid-batch (refused, timed out, connection lost, and still so when
+asked again) ends the run: the remaining series are not tried, report.json marks them
+``failed`` with ``not_fetched``, and one line says how many; a rerun resumes with them.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from medrefine.commands.segment import (
 )
 from medrefine.errors import ConfigError, InputError, MedrefineError
 from medrefine.pacs.config import NON_IMAGE_MODALITIES, DicomwebConfig, parse_query
-from medrefine.pacs.dicomweb import DicomwebServer, RemoteSeries, iter_unique
+from medrefine.pacs.dicomweb import DicomwebServer, RemoteSeries, ServerUnreachable, iter_unique
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> DicomwebConfig:
         push=args.push,
         overwrite=args.overwrite,
         ca_bundle=args.ca_bundle,
+        timeout=args.pacs_timeout,
     )
 
 
@@ -74,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
             f"give INPUT files or --dicomweb, not both (got {len(args.inputs)} INPUT(s))"
         )
     config = config_from_args(args)
+    if getattr(args, "verbose", 0) < 2:
+        # dicomweb-client's retry decorator logs every failed request with its traceback;
+        # medrefine says what failed in one line (the traceback with -vv).
+        logging.getLogger("retrying").setLevel(logging.ERROR)
     formats = parse_formats(args.format or DEFAULT_FORMATS, refining=not args.no_refine)
     if config.push and "dicom-seg" not in formats:
         raise ConfigError("--push stores the DICOM-SEG: add dicom-seg to --format")
@@ -120,7 +129,10 @@ def _pull(args, server, config, targets, formats, started, t_start) -> int:
     try:
         with _sigterm_as_interrupt():
             for series in tqdm(targets, desc="segment", unit="series", disable=quiet or None):
-                records.append(runner.process(series))
+                if runner.lost is None:
+                    records.append(runner.process(series))
+                else:  # the server is gone: no request for the rest
+                    records.append(runner.not_reached(series))
     except KeyboardInterrupt:
         report = finish_report(
             head, records, t_start, interrupted=True, left=len(targets), earlier=runner.earlier
@@ -130,7 +142,16 @@ def _pull(args, server, config, targets, formats, started, t_start) -> int:
     report = finish_report(head, records, t_start, earlier=runner.earlier)
     report["n_not_image"] = sum(r["status"] == NOT_AN_IMAGE for r in records)
     report["n_pushed"] = sum(bool(r.get("pushed")) for r in records)
+    report["n_not_fetched"] = sum(bool(r.get("not_fetched")) for r in records)
+    if runner.lost is not None:
+        report["unreachable"] = runner.lost.why
     write_reports(args.out, report)
+    if runner.lost is not None:
+        raise ServerUnreachable(
+            config.url.rstrip("/"),
+            runner.lost.why,
+            lost_summary(records, args.out),
+        )
     line = summary_line(report, args.out)
     if report["n_not_image"]:
         line += f"; {report['n_not_image']} not image series (SEG, SR, ...) skipped"
@@ -138,6 +159,16 @@ def _pull(args, server, config, targets, formats, started, t_start) -> int:
         line += f"; {report['n_pushed']} SEG(s) stored on {config.url}"
     print(line)
     return 2 if report["n_failed"] else 0
+
+
+def lost_summary(records: list[dict[str, Any]], out_dir: Path) -> str:
+    """The rest of the one line that ends a run whose server went away."""
+    n_not_fetched = sum(bool(r.get("not_fetched")) for r in records)
+    not_pushed = sum(bool(r.get("not_pushed")) for r in records)
+    text = f"{n_not_fetched} of {len(records)} series not fetched"
+    if not_pushed:
+        text += f", {not_pushed} SEG(s) written but not pushed"
+    return f"{text} (failed in {out_dir / 'report.json'}); rerun to resume"
 
 
 def select_series(server: DicomwebServer, config: DicomwebConfig) -> list[RemoteSeries]:
@@ -207,6 +238,7 @@ class SeriesRunner:
         self.out_dir, self.formats, self.file_extra = out_dir, formats, file_extra
         self._done_on_server: dict[str, set[str]] = {}
         self.earlier = earlier_outputs(out_dir)  # what earlier runs wrote into OUT
+        self.lost: ServerUnreachable | None = None  # set once the server stopped answering
 
     def process(self, series: RemoteSeries) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -236,13 +268,39 @@ class SeriesRunner:
                 self._done_on_server.setdefault(series.study, set()).add(series.series)
         except MedrefineError as err:
             reason = failure_reason(err)
-            report_failure(f"series {series.series}", reason, echo_above_bar)
             failed = {**base, "status": "failed", "error": reason, "seconds": _since(t0)}
             if record.get("outputs"):  # written but not pushed: the next run pushes them
                 failed["outputs"] = record["outputs"]
+            if isinstance(err, ServerUnreachable) and not self.server.reachable():
+                # Gone, not just this request: one line for the whole run (``_pull``), not
+                # one per remaining series.
+                self.lost = err
+                failed["not_pushed" if record.get("outputs") else "not_fetched"] = True
+                return failed
+            report_failure(f"series {series.series}", reason, echo_above_bar)
             return failed
         record["seconds"] = _since(t0)
         return record
+
+    def not_reached(self, series: RemoteSeries) -> dict[str, Any]:
+        """The record of a series after the server went away, without asking the server."""
+        base = {"input": series.series, "study": series.study, "modality": series.modality}
+        if series.modality.upper() in NON_IMAGE_MODALITIES:
+            return self.process(series)  # needs no request
+        if not self.config.overwrite:  # done, as far as is known without asking
+            if series.series in self._done_on_server.get(series.study, ()):
+                return {**base, "status": SKIPPED, "seg_on_server": True, "seconds": 0.0}
+            local = None if self.config.push else self._local_outputs(series)
+            if local is not None:
+                return {**base, "status": SKIPPED, "outputs": local, "seconds": 0.0}
+        why = self.lost.why if self.lost is not None else "the server went away"
+        return {
+            **base,
+            "status": "failed",
+            "error": f"not fetched: cannot reach {self.config.url} ({why})",
+            "not_fetched": True,
+            "seconds": 0.0,
+        }
 
     def _seg_on_server(self, series: RemoteSeries) -> bool:
         if series.study not in self._done_on_server:

@@ -12,6 +12,11 @@ as complete when
   again and is released.
 
 A series that is still growing, or was cut off, is never handed out for segmenting.
+
+What it lets in: only associations that call its own AE title (others are rejected, "called AE
+title not recognised", and logged), and at most ``max_store_gb`` under OUT/received (counted
+from what is there at start): a C-STORE that would pass it is refused with 0xA700 (out of
+resources), logged once per association.
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ class Association:
     stored: int = 0
     failed: int = 0
     released: bool = False
+    over_quota: bool = False  # the quota refusal was logged for this association
 
 
 class SeriesTracker:
@@ -154,6 +160,49 @@ class SeriesTracker:
             return [s for s in self._series.values() if s.received > s.segmented_at]
 
 
+class StoreQuota:
+    """Bytes under OUT/received against ``limit`` (thread-safe: associations run in parallel)."""
+
+    def __init__(self, folder: Path, limit: int) -> None:
+        self.limit = limit
+        self.used = folder_bytes(folder)
+        self._lock = threading.Lock()
+
+    def reserve(self, path: Path, size: int) -> int | None:
+        """Room for ``size`` bytes written to ``path`` (a resent instance replaces its file):
+        the change in bytes to ``release`` if the write fails, or None past the limit."""
+        try:
+            old = path.stat().st_size
+        except OSError:
+            old = 0
+        with self._lock:
+            delta = size - old
+            if delta > 0 and self.used + delta > self.limit:
+                return None
+            self.used += delta
+            return delta
+
+    def release(self, delta: int) -> None:
+        with self._lock:
+            self.used -= delta
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under ``folder`` (0 if there is none)."""
+    total = 0
+    for path in folder.rglob("*") if folder.is_dir() else ():
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def _gb(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.3g} GB"
+
+
 class StorageSCP:
     """The pynetdicom server: C-ECHO, C-STORE of images into OUT, per-association logging."""
 
@@ -165,22 +214,33 @@ class StorageSCP:
         self._lock = threading.Lock()
         self._count = 0
         self._server = None
+        self.quota: StoreQuota | None = None
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import Verification
 
+        self.quota = StoreQuota(self.out_dir / RECEIVED_DIR, self.config.max_store_bytes)
+        if self.quota.used >= self.quota.limit:
+            logger.warning(
+                "%s already holds %s, the --max-store-gb %g quota: every C-STORE will be "
+                "refused; remove segmented series from it or raise --max-store-gb",
+                self.out_dir / RECEIVED_DIR,
+                _gb(self.quota.used),
+                self.config.max_store_gb,
+            )
         ae = AE(ae_title=self.config.ae_title)
-        ae.network_timeout = 60
-        ae.acse_timeout = 30
-        ae.dimse_timeout = 60
+        ae.require_called_aet = True  # a peer that calls another AE title is rejected
+        # A peer that connects and goes silent holds an association thread only this long.
+        ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = self.config.timeout
         syntaxes = transfer_syntaxes()
         for uid in storage_sop_classes():
             ae.add_supported_context(uid, syntaxes)
         ae.add_supported_context(Verification)
         handlers = [
             (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_released),
@@ -210,6 +270,17 @@ class StorageSCP:
             self._associations[id(event.assoc)] = Association(number, peer)
         logger.info("association %d from %s accepted", number, peer)
 
+    def _on_rejected(self, event) -> None:
+        requestor = event.assoc.requestor
+        peer = f"{requestor.ae_title}@{requestor.address}:{requestor.port}"
+        called = str(getattr(requestor.primitive, "called_ae_title", "") or "").strip()
+        if called != self.config.ae_title:
+            why = f"it called AE title {called!r}, this receiver is {self.config.ae_title!r}"
+        else:  # pynetdicom's other rejection: more associations than it takes at once
+            why = "too many associations at once"
+        logger.warning("association from %s rejected: %s", peer, why)
+        self._log_association(Association(0, peer), rejected=why)
+
     def _on_echo(self, event) -> int:
         info = self._associations.get(id(event.assoc))
         logger.info("association %d: C-ECHO answered", info.number if info else 0)
@@ -225,8 +296,18 @@ class StorageSCP:
                 logger.warning("C-STORE refused: instance without valid Study/Series/SOP UIDs")
                 return self._failed(info, CANNOT_UNDERSTAND)
             folder = self.out_dir / RECEIVED_DIR / uids[0] / uids[1]
-            with atomic_output(folder / f"{sop}.dcm") as tmp:
-                tmp.write_bytes(event.encoded_dataset(include_meta=True))
+            data = event.encoded_dataset(include_meta=True)
+            path = folder / f"{sop}.dcm"
+            delta = self.quota.reserve(path, len(data)) if self.quota else 0
+            if delta is None:
+                return self._over_quota(info, len(data))
+            try:
+                with atomic_output(path) as tmp:
+                    tmp.write_bytes(data)
+            except BaseException:
+                if self.quota:
+                    self.quota.release(delta)
+                raise
         except MedrefineError as err:  # the disk is full or not writable
             logger.error("C-STORE refused: cannot store the instance (%s)", err)
             return self._failed(info, OUT_OF_RESOURCES)
@@ -239,6 +320,23 @@ class StorageSCP:
         peer = info.peer if info else "?"
         self.tracker.stored(id(event.assoc), peer, uids[0], uids[1], sop, folder, time.monotonic())
         return SUCCESS
+
+    def _over_quota(self, info: Association | None, size: int) -> int:
+        if info is None or not info.over_quota:
+            logger.error(
+                "association %d: C-STORE refused (0xA700, out of resources): %s holds %s and "
+                "this instance (%s) would pass the --max-store-gb %g quota; remove segmented "
+                "series from it or raise --max-store-gb (further refusals of this association "
+                "are counted, not logged)",
+                info.number if info else 0,
+                self.out_dir / RECEIVED_DIR,
+                _gb(self.quota.used if self.quota else 0),
+                _gb(size),
+                self.config.max_store_gb,
+            )
+            if info is not None:
+                info.over_quota = True
+        return self._failed(info, OUT_OF_RESOURCES)
 
     def _failed(self, info: Association | None, status: int) -> int:
         if info is not None:
@@ -269,16 +367,18 @@ class StorageSCP:
         )
         self._log_association(info)
 
-    def _log_association(self, info: Association) -> None:
+    def _log_association(self, info: Association, rejected: str | None = None) -> None:
         entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "association": info.number,
+            "association": info.number or None,
             "peer": info.peer,
             "released": info.released,
             "stored": info.stored,
             "refused": info.failed,
             "series": sorted(info.series),
         }
+        if rejected:
+            entry["rejected"] = rejected
         try:
             with (self.out_dir / ASSOCIATION_LOG).open("a") as fh:
                 fh.write(json.dumps(entry) + "\n")
