@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from medrefine.commands.options import add_series_option
 from medrefine.errors import MedrefineError
 
 # Meta keys shown for DICOM inputs, in this order.
@@ -25,6 +26,7 @@ _DICOM_KEYS = (
     "rescale_slope",
     "rescale_intercept",
     "inverted",
+    "filled_slices",
 )
 _SEG_KEYS = (
     "segment_labels",
@@ -56,6 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--slice", type=int, default=None, help="describe only this slice (D index) of a volume"
     )
+    add_series_option(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     reports, failures = [], []
     for path in args.files:
         try:
-            reports.append(describe(path, slice_index=args.slice))
+            reports.append(describe(path, slice_index=args.slice, allow_gaps=args.allow_gaps))
         except MedrefineError as err:
             failures.append(err)
             continue
@@ -85,8 +88,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(path: Path, *, slice_index: int | None = None) -> dict[str, Any]:
-    """A JSON-ready description of one input (image or DICOM-SEG mask)."""
+def describe(
+    path: Path, *, slice_index: int | None = None, allow_gaps: bool = False
+) -> dict[str, Any]:
+    """A JSON-ready description of one input (image or DICOM-SEG mask); ``allow_gaps`` as in
+    ``read_image``."""
     from medrefine.io import load_mask, read_image, sniff_format
     from medrefine.io.dicom import SEG_SOP_CLASS, open_dicom, sop_class_uid
 
@@ -96,7 +102,7 @@ def describe(path: Path, *, slice_index: int | None = None) -> dict[str, Any]:
         report = _common(path, loaded.meta, loaded.mask, loaded.spacing, channels=False)
         report.update({k: _jsonable(loaded.meta.get(k)) for k in _SEG_KEYS})
         return report
-    image = read_image(path, slice=slice_index)
+    image = read_image(path, slice=slice_index, allow_gaps=allow_gaps)
     report = _common(path, image.meta, image.array, image.spacing, channels=True)
     if image.meta.get("format") == "dicom":
         report.update({k: _jsonable(image.meta.get(k)) for k in _DICOM_KEYS})

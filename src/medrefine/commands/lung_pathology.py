@@ -32,6 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from medrefine.commands.options import add_series_option
 from medrefine.errors import ConfigError
 
 CSV_COLUMNS = [
@@ -89,6 +90,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="redo inputs whose outputs are all in OUT already"
     )
+    add_series_option(p)
     p.set_defaults(func=run)
 
 
@@ -247,7 +249,7 @@ def process_one(
         except MedrefineError:
             pass  # unreadable: run it so the failure is reported
     try:
-        image = read_image(path)
+        image = read_image(path, allow_gaps=getattr(args, "allow_gaps", False))
         lung = None
         if args.lung_masks is not None:
             found = sorted(args.lung_masks.glob(f"{stem}.*"))

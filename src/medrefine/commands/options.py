@@ -77,6 +77,18 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = False
     add_device_option(parser)
 
 
+def add_series_option(parser: argparse.ArgumentParser) -> None:
+    """``--allow-gaps``: how a command that reads DICOM series takes one with a missing slice."""
+    parser.add_argument(
+        "--allow-gaps",
+        action="store_true",
+        help="read a DICOM series whose slices are not evenly spaced (a missing slice) on the "
+        "regular grid of its smallest spacing: every slice at its true position, each plane "
+        "with no slice filled by linear interpolation and listed (a warning, and "
+        "filled_slices in the report); default: refuse such a series",
+    )
+
+
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",

@@ -63,6 +63,7 @@ from medrefine.commands.options import (
     add_mask_options,
     add_model_options,
     add_out_option,
+    add_series_option,
     build_pipeline,
     parse_formats,
     provenance,
@@ -122,6 +123,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_model_options(parser)
     add_mask_options(parser)
+    add_series_option(parser)
     add_dicomweb_options(parser)
     parser.set_defaults(func=run)
     return parser
@@ -183,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
                                 args.overwrite,
                                 file_extra,
                                 earlier,
+                                allow_gaps=args.allow_gaps,
                             )
                         )
                         records[-1]["rank"] = info.rank
@@ -218,16 +221,20 @@ def process_one(
     overwrite: bool = False,
     file_extra: dict[str, Any] | None = None,
     earlier: dict[str, str] | None = None,
+    *,
+    allow_gaps: bool = False,
 ) -> dict[str, Any]:
     """One input: skip it when its outputs are all there, written from it by an earlier run
-    (``earlier``, from OUT/report.json), else segment it and write them.
-    A failure is reported on stderr and in the returned record, never raised."""
+    (``earlier``, from OUT/report.json), else segment it and write them (``allow_gaps``: see
+    ``read_image``). A failure is reported on stderr and in the returned record, never raised."""
     if not overwrite:
         done = completed_outputs(path, stem, formats, out_dir, earlier or {})
         if done is not None:
             logger.info("%s: outputs already in %s; skipped", path, out_dir)
             return {"input": str(path), "status": SKIPPED, "outputs": done, "seconds": 0.0}
-    return segment_one(pipe, path, stem, out_dir, formats, echo_above_bar, file_extra)
+    return segment_one(
+        pipe, path, stem, out_dir, formats, echo_above_bar, file_extra, allow_gaps=allow_gaps
+    )
 
 
 def completed_outputs(
@@ -285,11 +292,16 @@ def segment_one(
     formats: list[str],
     echo,
     file_extra: dict[str, Any] | None = None,
+    *,
+    allow_gaps: bool = False,
 ) -> dict[str, Any]:
-    """Segment one input and write its outputs; a failure is reported, not raised."""
+    """Segment one input and write its outputs; a failure is reported, not raised.
+
+    ``allow_gaps``: read a DICOM series with a missing slice on its regular grid (see
+    ``read_image``); the record then lists the filled planes as ``filled_slices``."""
     t0 = time.perf_counter()
     try:
-        loaded = read_image(path)
+        loaded = read_image(path, allow_gaps=allow_gaps)
         check_formats_fit(loaded, formats)
         load_s = time.perf_counter() - t0
         result = pipe.run(loaded)
@@ -300,7 +312,9 @@ def segment_one(
     except Exception as err:  # a batch goes on past a bad file (KeyboardInterrupt still stops)
         return failure_record(path, err, t0, echo)
     fraction = float((result.mask > 0).mean())
-    measures = {"foreground_fraction": fraction}
+    measures: dict[str, Any] = {"foreground_fraction": fraction}
+    if loaded.meta.get("filled_slices"):
+        measures["filled_slices"] = loaded.meta["filled_slices"]
     extra = skipped_formats(result.image, formats)  # DICOM-SEG asked of a non-DICOM input
     return result_record(path, result, written, t0, t_write, measures, **extra)
 

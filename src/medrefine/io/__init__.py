@@ -39,6 +39,7 @@ def read_image(
     slice: int | None = None,  # noqa: A002
     tiff_pages: str = "stack",
     reorient: bool = True,
+    allow_gaps: bool = False,
 ) -> LoadedImage:
     """Read any supported image: PNG, JPEG, BMP, TIFF, DICOM file or series folder, NIfTI.
 
@@ -51,6 +52,10 @@ def read_image(
             and ``meta["volume_shape"]`` record it so writers can put a 2D result back.
         tiff_pages: multi-page TIFF handling, ``"stack"`` (volume) or ``"error"``.
         reorient: NIfTI only; see ``medrefine.io.nifti``.
+        allow_gaps: DICOM series folders only: read a series whose slices are not evenly
+            spaced (a missing slice) on a regular grid, each slice at its true position and the
+            planes without a slice filled and listed in ``meta["filled_slices"]``; without it
+            such a series is an ``InputError`` (see ``medrefine.io.dicom_series``).
 
     Returns:
         LoadedImage: float32 array (C, H, W) or (C, D, H, W) in raw units, spacing in mm in
@@ -76,7 +81,7 @@ def read_image(
         if fmt == "dicom":
             image = read_dicom(path)
         elif fmt == "dicom-folder":
-            image = read_dicom_folder(path)
+            image = read_dicom_folder(path, allow_gaps=allow_gaps)
         else:
             image = read_raster(path, fmt=fmt, tiff_pages=tiff_pages)
     if slice is not None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -274,12 +276,50 @@ def dicom_meta(
 # ---------------------------------------------------------------------------- decoding helpers
 @contextlib.contextmanager
 def _quiet(path: Path) -> Iterator[None]:
-    """Turn pydicom's warnings about odd files into debug log lines (the CLI stays one line)."""
-    with warnings.catch_warnings(record=True) as caught:
+    """Turn pydicom's warnings and log records about odd files into debug log lines (the CLI
+    stays one line): a decoder failure is logged by pydicom with its traceback, once per plugin
+    tried, before the exception that we turn into our own message."""
+    with warnings.catch_warnings(record=True) as caught, _pydicom_logs_to_debug():
         warnings.simplefilter("always")
         yield
     for warning in caught:
         logger.debug("%s: %s", path, warning.message)
+
+
+class _RelayToDebug(logging.Handler):
+    """Hands a record of the "pydicom" logger on as a debug line of ours, without traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger.debug("pydicom (%s): %s", record.levelname.lower(), record.getMessage())
+
+
+_PYDICOM_LOGGER = logging.getLogger("pydicom")
+_RELAY = _RelayToDebug()
+_relay_lock = threading.Lock()
+_relay_users = 0  # nested or concurrent ``_quiet`` blocks; the last one out restores
+_saved_propagate = True
+
+
+@contextlib.contextmanager
+def _pydicom_logs_to_debug() -> Iterator[None]:
+    """While inside, records of the "pydicom" logger stop at it (handlers that someone put on
+    that logger itself, e.g. ``pydicom.config.debug()``, still get them) and reach the root
+    handlers only as our debug lines. Other loggers are untouched."""
+    global _relay_users, _saved_propagate
+    with _relay_lock:
+        if _relay_users == 0:
+            _saved_propagate = _PYDICOM_LOGGER.propagate
+            _PYDICOM_LOGGER.propagate = False
+            _PYDICOM_LOGGER.addHandler(_RELAY)
+        _relay_users += 1
+    try:
+        yield
+    finally:
+        with _relay_lock:
+            _relay_users -= 1
+            if _relay_users == 0:
+                _PYDICOM_LOGGER.removeHandler(_RELAY)
+                _PYDICOM_LOGGER.propagate = _saved_propagate
 
 
 def _pixel_array(ds: Dataset, path: Path) -> np.ndarray:
@@ -289,11 +329,21 @@ def _pixel_array(ds: Dataset, path: Path) -> np.ndarray:
         with _quiet(path):
             return ds.pixel_array
     except (NotImplementedError, RuntimeError) as err:
-        if "decod" in str(err).lower() or "plugin" in str(err).lower():
-            raise UnsupportedFormatError(
-                f"{path}: cannot decode {ts_name} pixel data ({err}); install a decoder "
-                "(pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle or python-gdcm) or "
+        missing = _missing_decoder(ts)
+        if missing is not None:
+            advice = (
                 "decompress the file (gdcmconv --raw)"
+                if missing.startswith("pydicom has no decoder")
+                else "install a decoder (pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle "
+                "or python-gdcm) or decompress the file (gdcmconv --raw)"
+            )
+            raise UnsupportedFormatError(
+                f"{path}: cannot decode {ts_name} pixel data: {missing}; {advice}"
+            ) from err
+        if ts and UID(ts).is_compressed:
+            raise InputError(
+                f"{path}: corrupt pixel data ({ts_name} payload could not be decoded: "
+                f"{_plugin_failures(err)}); re-export the image from its source"
             ) from err
         raise InputError(
             f"{path}: cannot decode {ts_name} pixel data ({err}); the file is "
@@ -304,6 +354,34 @@ def _pixel_array(ds: Dataset, path: Path) -> np.ndarray:
             f"{path}: cannot decode {ts_name} pixel data ({type(err).__name__}: "
             f"{err}); the file is probably truncated or corrupt"
         ) from err
+
+
+def _missing_decoder(ts: str | None) -> str | None:
+    """Why no pydicom decoder plugin can decode ``ts`` (None when one is available, or when the
+    transfer syntax is unknown, so that a failure is not blamed on a missing package)."""
+    if not ts:
+        return None
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        return "pydicom has no decoder for this transfer syntax"
+    except Exception:  # a malformed UID: nothing to say about plugins
+        return None
+    if decoder.is_available:
+        return None
+    missing = "; ".join(decoder.missing_dependencies)
+    return f"no decoder plugin is installed ({missing})" if missing else "no decoder plugin"
+
+
+def _plugin_failures(err: Exception) -> str:
+    """pydicom's "exceptions were raised by all available plugins" message, shortened to
+    ``plugin: reason; ...`` (object reprs such as ``<_io.BytesIO object at 0x..>`` dropped)."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    reasons = [line for line in lines[1:] if line] or lines[:1]
+    text = "; ".join(re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", r) for r in reasons)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _apply_modality(

@@ -119,6 +119,14 @@ def _source_frame_order(mask: np.ndarray, like: LoadedImage, path: Path) -> np.n
         full[int(meta["slice"])] = mask
         mask = full
     n_datasets = len(meta["source_datasets"])
+    planes = meta.get("source_slices")
+    if planes and mask.ndim == 3:  # a series read on a grid (allow_gaps), shape checked
+        logger.info(
+            "%s: planes %s have no source slice (filled by interpolation); not in the SEG",
+            path,
+            meta.get("filled_slices"),
+        )
+        return mask[np.asarray(planes)]  # one frame per source slice, in D order
     if n_datasets > 1:  # a series: datasets are already in D order
         if mask.ndim != 3 or mask.shape[0] != n_datasets:
             raise InputError(
@@ -217,7 +225,14 @@ def _by_source(seg, like: LoadedImage) -> np.ndarray:
             combine_segments=True,
             dtype=np.uint8,
         )
-    return seg.get_pixels_by_source_instance(uids, combine_segments=True, dtype=np.uint8)
+    frames = seg.get_pixels_by_source_instance(uids, combine_segments=True, dtype=np.uint8)
+    planes = like.meta.get("source_slices")
+    if planes:  # a series read on a grid (allow_gaps): filled planes stay 0
+        depth = tuple(like.meta.get("volume_shape") or like.spatial_shape)[0]  # D, also of a slice
+        mask = np.zeros((depth, *frames.shape[1:]), np.uint8)
+        mask[np.asarray(planes)] = frames
+        return mask
+    return frames
 
 
 def _by_geometry(seg, path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:

@@ -3,6 +3,8 @@
 Slices are sorted by ImagePositionPatient projected on the slice normal (the ITK/SimpleITK
 convention), falling back to InstanceNumber when positions are missing. Folders holding several
 image series are refused with a list of them, so the user picks one instead of getting a mix.
+A series whose slices are not evenly spaced (a missing slice) is refused, or with
+``allow_gaps`` put on a regular grid with the gaps filled and listed (``slice_grid.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ from medrefine.io.dicom import (
 )
 from medrefine.io.dicom_geometry import floats, volume_spacing
 from medrefine.io.limits import check_decoded_size
+from medrefine.io.slice_grid import (
+    SliceGrid,
+    describe_gaps,
+    grid_positions,
+    plan_grid,
+    resample,
+    uneven_gaps,
+)
 from medrefine.io.sniff import sniff_format
 
 logger = logging.getLogger(__name__)
@@ -34,14 +44,25 @@ logger = logging.getLogger(__name__)
 _SKIP_NAMES = {"DICOMDIR", "LOCKFILE", "VERSION"}
 
 
-def read_dicom_folder(folder: Path) -> LoadedImage:
+def read_dicom_folder(folder: Path, *, allow_gaps: bool = False) -> LoadedImage:
     """Read the one image series in ``folder`` (not recursive) as (C, D, H, W).
 
     Files that are not DICOM and DICOM objects without pixels (SEG, RTSTRUCT, SR) are skipped.
     A folder whose single image is a multi-frame file is read like that file.
 
+    Args:
+        folder: the series folder.
+        allow_gaps: read a series whose slices are not evenly spaced (a missing slice) on the
+            regular grid of its smallest spacing, each slice on the plane of its true position:
+            D is then the number of planes, ``meta["filled_slices"]`` lists the D indices that
+            no slice lies on (filled by linear interpolation between the slices around them)
+            and ``meta["source_slices"]`` gives the D index of each file (``meta["files"]``,
+            ``sop_instance_uids`` and ``source_datasets`` keep one entry per file). Without it
+            such a series is refused.
+
     Raises:
-        InputError: no DICOM images, several series, mixed image sizes or duplicated slices.
+        InputError: no DICOM images, several series, mixed image sizes, duplicated slices, or
+            slices not evenly spaced without ``allow_gaps``.
     """
     folder = Path(folder)
     headers = _scan(folder)
@@ -69,18 +90,25 @@ def read_dicom_folder(folder: Path) -> LoadedImage:
         image = read_dicom(items[0][0])
         image.path = folder
         return image
+    items, z = _sort(items, folder)
+    paths = [p for p, _ in items]
+    grid = None
+    if z is not None and uneven_gaps(z):
+        if not allow_gaps:
+            raise InputError(describe_gaps(z, paths, folder))
+        grid = plan_grid(z)
     first, first_path = items[0][1], items[0][0]
-    shape = (
-        len(items),
+    plane = (
         header_int(first, "Rows", 0, first_path),
         header_int(first, "Columns", 0, first_path),
         header_int(first, "SamplesPerPixel", 1, first_path) or 1,
     )
-    check_size(folder, shape, MAX_VOXELS)
+    depth = grid.depth if grid is not None else len(items)
+    check_size(folder, (depth, *plane), MAX_VOXELS)
     bits = header_int(first, "BitsAllocated", 16, first_path)
-    check_decoded_size(folder, shape, max(bits, 8) / 8, "pixel values")
-    paths = [p for p, _ in _sort(items, folder)]
-    return _read_sorted(folder, paths)
+    held = len(items) + (depth if grid is not None else 0)  # the slices, then the grid
+    check_decoded_size(folder, (held, *plane), max(bits, 8) / 8, "pixel values")
+    return _read_sorted(folder, paths, grid, z)
 
 
 def _scan(folder: Path) -> list[tuple[Path, Dataset]]:
@@ -106,8 +134,11 @@ def _scan(folder: Path) -> list[tuple[Path, Dataset]]:
     return found
 
 
-def _sort(items: list[tuple[Path, Dataset]], folder: Path) -> list[tuple[Path, Dataset]]:
-    """Along the slice normal if every file has a position, else by InstanceNumber."""
+def _sort(
+    items: list[tuple[Path, Dataset]], folder: Path
+) -> tuple[list[tuple[Path, Dataset]], np.ndarray | None]:
+    """Along the slice normal if every file has a position (returned too, ascending, in mm),
+    else by InstanceNumber (positions None)."""
     sizes = {(header_int(ds, "Rows", 0, p), header_int(ds, "Columns", 0, p)) for p, ds in items}
     if len(sizes) > 1:
         raise InputError(
@@ -128,17 +159,20 @@ def _sort(items: list[tuple[Path, Dataset]], folder: Path) -> list[tuple[Path, D
                 f"{folder}: several files share a slice position (time points, "
                 "echoes or duplicates); keep one image per position in the folder"
             )
-        return [item for _, item in sorted(zip(keys, items, strict=True), key=lambda t: t[0])]
+        order = np.argsort(keys, kind="stable")
+        return [items[i] for i in order], np.asarray(keys)[order]
     numbers = [header_int(ds, "InstanceNumber", -1, p) for p, ds in items]
     if all(n >= 0 for n in numbers):
         logger.warning("%s: slices have no ImagePositionPatient; sorted by InstanceNumber", folder)
         order = sorted(range(len(items)), key=numbers.__getitem__)
-        return [items[i] for i in order]
+        return [items[i] for i in order], None
     logger.warning("%s: slices have no position or instance number; sorted by file name", folder)
-    return items
+    return items, None
 
 
-def _read_sorted(folder: Path, paths: list[Path]) -> LoadedImage:
+def _read_sorted(
+    folder: Path, paths: list[Path], grid: SliceGrid | None, z: np.ndarray | None
+) -> LoadedImage:
     datasets, decoded = [], []
     array = None
     for index, path in enumerate(paths):
@@ -162,6 +196,21 @@ def _read_sorted(folder: Path, paths: list[Path]) -> LoadedImage:
     positions = None
     if all(f.positions is not None for f in decoded):
         positions = np.concatenate([f.positions for f in decoded], axis=0)
+    if grid is not None and z is not None:
+        array = resample(array, grid)  # (C, D, H, W) on the regular grid
+        positions = grid_positions(positions, z, grid) if positions is not None else None
+        filled = grid.filled
+        logger.warning(
+            "%s: %d of %d planes have no slice of their own (D index %s%s); filled by linear "
+            "interpolation between the slices around them, every slice on a %.4g mm grid at "
+            "its true position",
+            folder,
+            len(filled),
+            grid.depth,
+            ", ".join(str(k) for k in filled[:10]),
+            " ..." if len(filled) > 10 else "",
+            grid.step,
+        )
     merged = DecodedFrames(
         array=array,
         source_dtype=first.source_dtype,
@@ -170,7 +219,7 @@ def _read_sorted(folder: Path, paths: list[Path]) -> LoadedImage:
         orientation=first.orientation,
         positions=positions,
         pixel_spacing=first.pixel_spacing,
-        slice_spacing=first.slice_spacing,
+        slice_spacing=grid.step if grid is not None else first.slice_spacing,
         window=first.window,
         rescale=first.rescale,
     )
@@ -179,4 +228,7 @@ def _read_sorted(folder: Path, paths: list[Path]) -> LoadedImage:
     meta["number_of_frames"] = len(paths)
     meta["frame_order"] = None
     meta["files"] = [str(p) for p in paths]
+    if grid is not None:
+        meta["filled_slices"] = grid.filled
+        meta["source_slices"] = [int(k) for k in grid.nearest]
     return LoadedImage(finite_float32(array, folder), spacing, meta, folder)

@@ -123,7 +123,15 @@ def _pull(args, server, config, targets, formats, started, t_start) -> int:
         "provenance": prov,
     }
     file_extra = {"weights": {k: v["sha256"] for k, v in prov["weights"].items()}}
-    runner = SeriesRunner(server, config, pipe, args.out, formats, file_extra)
+    runner = SeriesRunner(
+        server,
+        config,
+        pipe,
+        args.out,
+        formats,
+        file_extra,
+        allow_gaps=getattr(args, "allow_gaps", False),
+    )
     records: list[dict[str, Any]] = []
     quiet = getattr(args, "quiet", False)
     try:
@@ -233,9 +241,12 @@ class SeriesRunner:
         out_dir: Path,
         formats: list[str],
         file_extra: dict[str, Any],
+        *,
+        allow_gaps: bool = False,
     ) -> None:
         self.server, self.config, self.pipe = server, config, pipe
         self.out_dir, self.formats, self.file_extra = out_dir, formats, file_extra
+        self.allow_gaps = allow_gaps  # a series with a missing slice: see read_image
         self._done_on_server: dict[str, set[str]] = {}
         self.earlier = earlier_outputs(out_dir)  # what earlier runs wrote into OUT
         self.lost: ServerUnreachable | None = None  # set once the server stopped answering
@@ -324,7 +335,14 @@ class SeriesRunner:
                 echo_above_bar(line.replace(str(folder), f"series {series.series}"))
 
             record = segment_one(
-                self.pipe, folder, series.series, self.out_dir, self.formats, echo, self.file_extra
+                self.pipe,
+                folder,
+                series.series,
+                self.out_dir,
+                self.formats,
+                echo,
+                self.file_extra,
+                allow_gaps=self.allow_gaps,
             )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
