@@ -227,3 +227,20 @@ def test_inter_area_upscaling_is_smooth_not_blocky():
     small = np.array([[[0.0, 1.0]]], np.float32)
     grid, _ = to_grid(small, (16, 16), "stretch", interpolation=cv2.INTER_AREA)
     assert len(np.unique(grid.round(4))) > 2
+
+
+def test_minmax_clahe_gives_hu_the_recipe_of_8bit_source_slices():
+    """A CT slice in HU gets min-max then CLAHE, exactly as a source that made its slices
+    8-bit that way; the source's own 8-bit slice passes as it is (no second CLAHE)."""
+    rng = np.random.default_rng(0)
+    hu = rng.normal(-700, 300, (1, 64, 64)).clip(-1024, 1500).astype(np.float32)
+    hu[0, :, :4] = -3024  # padding outside the field of view is clipped to air, not stretched
+    cfg = PreprocessConfig(size=(64, 64), channels=1, norm="minmax-clahe", clahe_clip=7.0)
+    got, _ = preprocess(hu, cfg, "int16")
+    clipped = np.maximum(hu[0], -1024)
+    u8 = np.round((clipped - clipped.min()) / (clipped.max() - clipped.min()) * 255)
+    source = cv2.createCLAHE(clipLimit=7.0, tileGridSize=(8, 8)).apply(u8.astype(np.uint8))
+    assert np.abs(got[0] * 255 - source).max() <= 1
+    slice8 = source[None].astype(np.float32)
+    again, _ = preprocess(slice8, cfg, "uint8")
+    np.testing.assert_allclose(again[0] * 255, source, atol=1e-3)

@@ -26,7 +26,7 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "abdomen": (40.0, 400.0),
 }
 
-NormMethod = Literal["auto", "minmax", "percentile", "zscore", "window", "none"]
+NormMethod = Literal["auto", "minmax", "percentile", "zscore", "window", "none", "minmax-clahe"]
 DenoiseMethod = Literal["none", "gaussian", "median", "bilateral", "nlmeans"]
 ResizeMode = Literal["stretch", "pad"]
 
@@ -39,7 +39,11 @@ class PreprocessConfig:
         size: model grid (H, W).
         channels: 1 (gray) or 3 (RGB) channels the model expects.
         norm: intensity normalisation; ``auto`` divides 8-bit data by 255 and uses the
-            0.5/99.5 percentiles for anything else (16-bit, float, HU).
+            0.5/99.5 percentiles for anything else (16-bit, float, HU). ``minmax-clahe``:
+            for models trained on slices another tool already made 8-bit by min-max and CLAHE
+            (covid_ct_lung_infection_ma): 8-bit input is taken as it is (divided by 255),
+            anything else (CT in HU, 16-bit) gets that recipe, min-max of the slice then
+            CLAHE at ``clahe_clip``, so it reaches the model as the training slices did.
         percentiles: low/high percentiles for ``percentile``.
         window: CT window preset name or (level, width) for ``norm="window"``.
         clahe: apply CLAHE (contrast-limited adaptive histogram equalisation).
@@ -63,7 +67,8 @@ class PreprocessConfig:
             raise ConfigError(f"preprocess.size must be (H, W) >= 16, got {self.size}")
         if self.channels not in (1, 3):
             raise ConfigError(f"preprocess.channels must be 1 or 3, got {self.channels}")
-        if self.norm not in ("auto", "minmax", "percentile", "zscore", "window", "none"):
+        if self.norm not in ("auto", "minmax", "percentile", "zscore", "window", "none",
+                             "minmax-clahe"):
             raise ConfigError(f"unknown preprocess.norm {self.norm!r}")
         if self.norm == "window" and self.window is None:
             raise ConfigError("preprocess.norm='window' needs preprocess.window (a preset name "
@@ -237,10 +242,16 @@ def preprocess(image: np.ndarray, cfg: PreprocessConfig, source_dtype: str = "fl
     if image.ndim != 3:
         raise InputError(f"expected a 2D image (C, H, W), got shape {image.shape}; "
                          "volumes are segmented slice by slice")
-    image01 = normalize_intensity(image, cfg.norm, source_dtype=source_dtype,
+    norm, source_made = cfg.norm, False
+    if norm == "minmax-clahe":
+        source_made = source_dtype not in ("uint8", "bool")
+        norm = "minmax" if source_made else "auto"
+        if source_made and float(image.min()) < -1024:  # CT padding outside the scan's field
+            image = np.maximum(image, -1024.0)  # of view is not tissue: air is the minimum
+    image01 = normalize_intensity(image, norm, source_dtype=source_dtype,
                                   percentiles=cfg.percentiles, window=cfg.window)
     image01 = to_channels(image01, cfg.channels)
-    if cfg.clahe:
+    if cfg.clahe or source_made:
         image01 = clahe(image01, cfg.clahe_clip)
     if cfg.denoise != "none":
         image01 = denoise(image01, cfg.denoise)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from itertools import product
 
 import numpy as np
@@ -202,3 +203,29 @@ def test_evaluate_counts_empty_references_apart(tiny_data, tmp_path, capsys):
     assert (e["n"], e["left_empty"], e["fraction_left_empty"]) == (2, 1, 0.5)
     assert e["dice_on_the_others"]["mean"] == 1.0 and e["dice_on_the_others"]["n"] == 1
     assert "empty references: 1/2 left empty (50.0%)" in capsys.readouterr().out
+
+
+def test_evaluate_layered_mask_dir_scores_one_layer(tiny_data, tmp_path):
+    """--mask-dir a+b --mask-labels 2: the reference is the second folder's masks (label 2 of
+    the stacked map), read with the first; -o the data folder is refused."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "inner").mkdir()
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for path in sorted((data / "masks").iterdir()):
+        mask = np.asarray(Image.open(path))
+        inner = np.zeros_like(mask)
+        inner[: mask.shape[0] // 2] = mask[: mask.shape[0] // 2]  # the top half of the object
+        Image.fromarray(inner).save(data / "inner" / path.name)
+        Image.fromarray(inner).save(pred / path.name)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--pred", str(pred), "--data", str(data), "--split", "all",
+            "--mask-dir", "masks+inner"]
+    assert main([*args, "--mask-labels", "2", "--out", str(out)]) == 0
+    _, rows = _rows(out / "metrics.csv")
+    assert rows and all(float(r["dice"]) == 1.0 for r in rows if r["reference_empty"] == "0")
+    assert main([*args, "--out", str(out)]) == 0  # the union (any label) is the whole object
+    _, rows = _rows(out / "metrics.csv")
+    assert any(float(r["dice"]) < 1.0 for r in rows)
+    assert main([*args, "--out", str(data)]) == 2  # OUT/masks/ would replace the references

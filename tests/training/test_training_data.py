@@ -91,6 +91,38 @@ def test_too_few_pairs(tmp_path, make_disks):
         split_pairs(folder, find_pairs(folder))
 
 
+def test_layered_mask_dir_stacks_binary_folders_into_a_label_map(folder):
+    """``masks_lung+masks``: label 1 from the first folder, 2 from the second on top (the CT
+    infection data set keeps lungs and infection in two binary folders)."""
+    inner = folder / "inner"
+    inner.mkdir()
+    for path in sorted((folder / "masks").iterdir()):
+        disk = np.asarray(Image.open(path)) > 0
+        ys, xs = np.nonzero(disk)
+        core = np.zeros_like(disk)
+        core[ys.min() + 3:ys.max() - 2, xs.min() + 3:xs.max() - 2] = True
+        Image.fromarray((core & disk).astype(np.uint8) * 255).save(inner / path.name)
+    (inner / "case_09.png").unlink()  # a case missing from one layer is skipped
+    pairs = find_pairs(folder, "masks+inner")
+    assert len(pairs) == 9
+    pair = pairs["case_03"]
+    assert pair.mask == (folder / "masks" / "case_03.png", folder / "inner" / "case_03.png")
+    assert pair.files == (pair.image, *pair.mask)
+    labels = read_label_map(pair.mask, 2)
+    outer = np.asarray(Image.open(pair.mask[0])) > 0
+    core = np.asarray(Image.open(pair.mask[1])) > 0
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1, 2}
+    np.testing.assert_array_equal(labels == 2, core)
+    np.testing.assert_array_equal(labels == 1, outer & ~core)
+    np.testing.assert_array_equal(read_label_map(pair.mask, 1), outer)  # binary: the union
+    np.testing.assert_array_equal(read_label_map(pair.mask, 1, (2,)), core)
+    for bad in ("masks+masks", "masks+", "+inner"):
+        with pytest.raises(ConfigError, match="mask_dir"):
+            find_pairs(folder, bad)
+    with pytest.raises(InputError, match="nope"):
+        find_pairs(folder, "masks+nope")
+
+
 def test_read_label_map(tmp_path):
     labels = np.zeros((8, 8), np.uint8)
     labels[2:4, 2:4] = 1

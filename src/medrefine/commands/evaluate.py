@@ -69,7 +69,7 @@ from medrefine.io import atomic_output, read_image, read_mask, stem_of, write_ma
 from medrefine.metrics import per_class_metrics, segmentation_metrics, summarize
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import postprocess
-from medrefine.training.data import Pair, find_pairs, split_pairs
+from medrefine.training.data import Pair, find_pairs, read_layers, split_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="which cases (default test; all = every pair in the folder)",
     )
     add_out_option(parser)
-    parser.add_argument("--mask-dir", default="masks", help="mask sub-folder (default masks)")
+    parser.add_argument(
+        "--mask-dir", default="masks",
+        help="mask sub-folder (default masks); a+b stacks binary folders into a label map, "
+        "label 1 from a, 2 from b on top (e.g. masks_lung+masks)",
+    )
     parser.add_argument(
         "--mask-labels", type=int, nargs="+", default=(), metavar="N",
         help="the reference foreground is these label values of the mask files (e.g. "
@@ -157,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{args.pred}: --pred needs a folder of masks named by case stem")
     check_writable(args.out)
     # -o the data folder would write the predicted masks over the reference masks
-    reads = ReadFiles([p for c in cases for p in (c.image, c.mask)])
+    reads = ReadFiles([p for c in cases for p in c.files])
     for path in option_files(args, "pred", "weights", "refiner_weights"):
         reads.add(path)
     outputs = [args.out / "metrics.csv", args.out / "summary.json"]
@@ -272,7 +276,7 @@ def class_rows(result, case: Pair, classes: list[str]) -> dict[str, Any]:
     class c, as in ``--mask-dir masks_multiclass``)."""
     if not classes:
         return {}
-    gt = read_mask(case.mask, like=result.image)
+    gt = reference_labels(case, result.image)
     scores = per_class_metrics(result.mask, gt, range(1, len(classes) + 1))
     return {f"{classes[c - 1]}_{k}": v for c, m in scores.items() for k, v in m.items()}
 
@@ -285,9 +289,16 @@ def mask_index(pred_dir: Path) -> dict[str, Path]:
     return index
 
 
+def reference_labels(case: Pair, like) -> np.ndarray:
+    """The case's mask as it is stored (a label map), or stacked from its layers."""
+    if isinstance(case.mask, tuple):
+        return read_layers(case.mask, like=like)
+    return read_mask(case.mask, like=like)
+
+
 def reference(case: Pair, like, mask_labels: tuple[int, ...] = ()) -> np.ndarray:
     """The case's reference foreground: any non-zero label, or the labels ``mask_labels``."""
-    labels = read_mask(case.mask, like=like)
+    labels = reference_labels(case, like)
     return np.isin(np.rint(labels), mask_labels) if mask_labels else labels > 0
 
 

@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
     p.add_argument("--encoder", choices=list(ENCODERS))
     p.add_argument("--size", type=int, help="model grid side in pixels (default 256)")
     p.add_argument("--num-classes", type=int, help="foreground classes (multi-class masks)")
-    p.add_argument("--mask-dir", help="mask sub-folder name (default masks)")
+    p.add_argument("--mask-dir", help="mask sub-folder name (default masks; a+b: a label map "
+                   "stacked from binary folders, label 1 from a, label 2 from b on top)")
     p.add_argument("--coarse-weights", "--cpunet_weights", dest="coarse_weights",
                    help="coarse weights the refiner learns to correct (stage refiner)")
     p.add_argument("--cv-folds", type=int,

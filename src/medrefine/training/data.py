@@ -27,32 +27,75 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".ni
 
 @dataclass(frozen=True)
 class Pair:
+    """An image and its mask file; with a layered ``mask_dir`` (``a+b``) a tuple of binary
+    mask files, one per label (``read_layers``)."""
+
     stem: str
     image: Path
-    mask: Path
+    mask: Path | tuple[Path, ...]
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file the pair reads."""
+        return (self.image, *(self.mask if isinstance(self.mask, tuple) else (self.mask,)))
+
+
+def mask_layers(mask_dir: str) -> list[str]:
+    """``masks`` -> [masks]; ``masks_lung+masks`` -> [masks_lung, masks]: a label map stacked
+    from binary mask folders, label k where the k-th folder's mask is set (later on top)."""
+    layers = [d.strip() for d in str(mask_dir).split("+")]
+    if not all(layers) or len(set(layers)) != len(layers):
+        raise ConfigError(f"mask_dir {mask_dir!r}: give one folder or distinct folders joined "
+                          "by '+' (e.g. masks_lung+masks)")
+    return layers
 
 
 def find_pairs(data_dir: str | Path, mask_dir: str = "masks") -> dict[str, Pair]:
-    """Pair ``images/<stem>.*`` with ``<mask_dir>/<stem>.*``."""
+    """Pair ``images/<stem>.*`` with ``<mask_dir>/<stem>.*`` (with every layer's
+    ``<layer>/<stem>.*`` for a layered ``mask_dir``, see ``mask_layers``)."""
     root = Path(data_dir)
-    images, masks = root / "images", root / mask_dir
-    for d in (images, masks):
+    layers = mask_layers(mask_dir)
+    images = root / "images"
+    for d in (images, *(root / layer for layer in layers)):
         if not d.is_dir():
-            raise InputError(f"{root}: expected sub-folders images/ and {mask_dir}/; "
+            raise InputError(f"{root}: expected sub-folders images/ and {'/, '.join(layers)}/; "
                              f"{d} is missing")
 
     def index(folder: Path) -> dict[str, Path]:
         return {stem_of(p): p for p in sorted(folder.iterdir())
                 if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)}
 
-    imgs, msks = index(images), index(masks)
-    missing = sorted(set(imgs) - set(msks))
+    imgs = index(images)
+    msks = [index(root / layer) for layer in layers]
+    complete = set(imgs).intersection(*msks)
+    missing = sorted(set(imgs) - complete)
     if missing:
         logger.warning("%d images have no mask and are skipped (e.g. %s)", len(missing), missing[0])
-    pairs = {s: Pair(s, imgs[s], msks[s]) for s in sorted(imgs) if s in msks}
+
+    def mask_of(stem: str) -> Path | tuple[Path, ...]:
+        return msks[0][stem] if len(msks) == 1 else tuple(m[stem] for m in msks)
+
+    pairs = {s: Pair(s, imgs[s], mask_of(s)) for s in sorted(imgs) if s in complete}
     if not pairs:
         raise InputError(f"{root}: no image/mask pairs with matching stems found")
     return pairs
+
+
+def read_layers(paths: tuple[Path, ...], like=None) -> np.ndarray:
+    """A label map (H, W) uint8 stacked from binary mask files: label k where the k-th file's
+    mask is set, later files on top (``like``: the image the masks must fit)."""
+    from medrefine.io import read_mask
+
+    labels = None
+    for k, path in enumerate(paths, start=1):
+        layer = read_mask(path, like=like) > 0
+        if labels is None:
+            labels = np.zeros(layer.shape, np.uint8)
+        elif layer.shape != labels.shape:
+            raise InputError(f"{path}: mask size {layer.shape} differs from {paths[0]}'s "
+                             f"{labels.shape}; the layers of a case must have one size")
+        labels[layer] = k
+    return labels
 
 
 def split_pairs(data_dir: str | Path, pairs: dict[str, Pair], seed: int = 0
@@ -95,12 +138,20 @@ def cases_digest(pairs: list[Pair]) -> str:
     return hashlib.sha256("\n".join(sorted(p.stem for p in pairs)).encode()).hexdigest()[:16]
 
 
-def read_label_map(path: Path, num_classes: int, mask_labels: tuple[int, ...] = ()
-                   ) -> np.ndarray:
+def read_label_map(path: Path | tuple[Path, ...], num_classes: int,
+                   mask_labels: tuple[int, ...] = ()) -> np.ndarray:
     """A mask file as uint8 labels (H, W): binary masks map >127 to 1; multi-class masks keep
     their label values; values above ``num_classes`` become 255 (ignored in the loss).
     ``mask_labels`` (binary models): the foreground is these label values of a label map
     (e.g. one class of ``masks_multiclass``), everything else background."""
+    if isinstance(path, tuple):  # a layered mask: its labels are 1..len(path)
+        labels = read_layers(path)
+        if mask_labels:
+            return np.isin(labels, mask_labels).astype(np.uint8)
+        if num_classes == 1:
+            return (labels > 0).astype(np.uint8)
+        labels[labels > num_classes] = 255
+        return labels
     loaded = read_image(path)
     mask = loaded.array
     if mask.ndim != 3:
