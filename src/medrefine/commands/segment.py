@@ -17,8 +17,9 @@ command again skips the inputs whose outputs are all there, written from them by
 (``skipped (done)``, as report.json's ``written`` map says; ``--overwrite`` redoes them), so an
 interrupted batch (Ctrl-C writes the report so far) resumes where it stopped. An OUT where an
 output would replace an input (or a file of an input series, or the weights) is refused before
-the model is loaded, as is one that cannot be written or that another run is writing into. Under ``torchrun --nproc_per_node=N`` the sorted inputs are shared out (rank r takes
-inputs r, r+N, ...) and rank 0 merges the ranks' reports.
+the model is loaded, as is one that cannot be written or that another run is writing into.
+Under ``torchrun --nproc_per_node=N`` the sorted inputs are shared out (rank r takes inputs r,
+r+N, ...) and rank 0 merges the ranks' reports.
 
 examples:
   medrefine segment scans/ -o masks/ --preset polyp
