@@ -5,7 +5,9 @@ then: N browsers segment the bundled polyp sample at the same moment (latency of
 server's peak resident memory); a file one browser uploaded is fetched by its owner, by
 another browser and by no browser; a 16000 x 16000 PNG bomb is uploaded (seconds until it is
 refused, server still alive and still segmenting); finally ``kill -TERM`` and what is left on
-disk. tests/app/test_server.py runs it small; the README's figures come from
+disk: session folders, and every file under the Gradio folder and the server's TMPDIR but the
+copies of the bundled example pictures (``upload_files_left``, 0 when nothing is left).
+tests/app/test_server.py runs it small; the README's figures come from
 
     python scripts/app_load.py --requests 20
 """
@@ -13,6 +15,7 @@ disk. tests/app/test_server.py runs it small; the README's figures come from
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import secrets
@@ -41,11 +44,28 @@ def free_port() -> int:
 
 
 def start_server(port: int, work: Path, extra: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(work / "gradio"), TMPDIR=str(work))
+    (work / "tmp").mkdir(exist_ok=True)
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(work / "gradio"), TMPDIR=str(work / "tmp"))
     env.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     cmd = [sys.executable, "-m", "medrefine.cli", "app", "--port", str(port), *extra]
     return subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "wb")
+    )
+
+
+def session_folders(gradio: Path) -> list[Path]:
+    """The session folders under the Gradio folder (in the server's own folder)."""
+    return [p for root in gradio.rglob("medrefine-app-*") if root.is_dir() for p in root.iterdir()]
+
+
+def files_left(folder: Path) -> list[Path]:
+    """Every file under ``folder`` except copies of the bundled example pictures (the repo's)."""
+    pictures = [p for p in SAMPLE.parent.iterdir() if p.suffix in (".jpg", ".png")]
+    samples = {hashlib.sha256(p.read_bytes()).digest() for p in pictures}
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and hashlib.sha256(p.read_bytes()).digest() not in samples
     )
 
 
@@ -185,22 +205,23 @@ def main(argv: list[str] | None = None) -> int:
         monitor.running = False
         monitor.join()
         result["server_peak_rss_mb"] = round(monitor.peak_mb)
-        result["sessions_before_sigterm"] = len(list((work / "gradio").glob("medrefine-app-*/*")))
+        result["sessions_before_sigterm"] = len(session_folders(work / "gradio"))
         t0 = time.perf_counter()
         server.send_signal(signal.SIGTERM)
         result["sigterm_exit_code"] = server.wait(timeout=120)
         result["sigterm_exit_s"] = round(time.perf_counter() - t0, 1)
-        left = list((work / "gradio").glob("medrefine-app-*")) + list(work.glob("medrefine-app-*"))
+        left = session_folders(work / "gradio") + list(work.glob("medrefine-app-*"))
         result["session_folders_left"] = [str(p) for p in left]
-        result["upload_files_left"] = sum(
-            1 for p in (work / "gradio").rglob("*") if p.is_file() and p.parent.name != "client"
-        )
+        left_files = files_left(work / "gradio") + files_left(work / "tmp")
+        result["upload_files_left"] = len(left_files)
+        result["files_left"] = [str(p) for p in left_files[:10]]
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
     print(json.dumps(result, indent=2))
-    return 0 if result.get("ok") == args.requests and not result["session_folders_left"] else 1
+    clean = not result.get("session_folders_left") and result.get("upload_files_left") == 0
+    return 0 if result.get("ok") == args.requests and clean else 1
 
 
 if __name__ == "__main__":

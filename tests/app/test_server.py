@@ -16,7 +16,7 @@ gr = pytest.importorskip("gradio", reason="the web interface needs gradio (pip i
 httpx = pytest.importorskip("httpx")
 
 from medrefine import app  # noqa: E402
-from medrefine.app import guard  # noqa: E402
+from medrefine.app import gradio_fixes, guard  # noqa: E402
 from medrefine.commands.app import read_auth  # noqa: E402
 from medrefine.errors import ConfigError  # noqa: E402
 from medrefine.presets import sample_path  # noqa: E402
@@ -88,6 +88,49 @@ def test_files_are_served_to_their_browser_only(gradio_dir, tmp_path):
     assert not session.folder.exists() and not Path(path).exists()  # removed at shutdown
 
 
+def test_a_session_s_files_go_when_the_last_session_using_them_ends(tmp_path):
+    cache = tmp_path / "gradio"
+    registry = guard.FileRegistry(cache)
+    files = {}
+    for name in ("example/polyp.jpg", "shared/scan.png", "a/image.png", "b/image.png", "c/x.png"):
+        files[name] = cache / name
+        files[name].parent.mkdir(parents=True, exist_ok=True)
+        files[name].write_bytes(b"x")
+    registry.keep.add(str(files["example/polyp.jpg"].resolve()))
+
+    def quoted(*names: str) -> bytes:
+        return json.dumps({"data": [{"path": str(files[n])} for n in names]}).encode()
+
+    # Responses (uploads, the queue's stream) give a browser its files, and a session its own.
+    registry.record("alice", quoted("example/polyp.jpg", "shared/scan.png"))
+    registry.record("alice", quoted("a/image.png"), session="tab-a")
+    registry.record("bob", quoted("shared/scan.png", "b/image.png"), session="tab-b")
+    # A request's inputs join its session if they were sent to that browser: "c/x.png" was not.
+    registry.record_request("alice", "tab-a", quoted("example/polyp.jpg", "shared/scan.png"))
+    registry.record_request("alice", "tab-a", quoted("c/x.png"))
+    registry.record_request("bob", "tab-b", quoted("shared/scan.png"))
+    assert registry.end_session("tab-a") == 1  # a/image.png; scan.png is tab-b's too
+    assert not files["a/image.png"].exists() and not files["a/image.png"].parent.exists()
+    assert files["shared/scan.png"].exists() and files["c/x.png"].exists()
+    assert registry.end_session("tab-b") == 2
+    assert not files["shared/scan.png"].exists() and not files["b/image.png"].exists()
+    assert files["example/polyp.jpg"].exists()  # the app's own: kept
+    assert not registry.allowed("alice", str(files["a/image.png"]))
+
+
+def test_an_idle_session_without_state_ends_after_idle_s(tmp_path, monkeypatch):
+    cache = tmp_path / "gradio"
+    (cache / "a").mkdir(parents=True)
+    upload = cache / "a" / "scan.png"
+    upload.write_bytes(b"x")
+    registry = guard.FileRegistry(cache, idle_s=600)
+    registry.record("alice", json.dumps([str(upload)]).encode(), session="tab")
+    now = guard.time.monotonic()
+    monkeypatch.setattr(guard.time, "monotonic", lambda: now + 601)
+    registry.record("bob", b"{}")  # any later response sweeps
+    assert not upload.exists()
+
+
 def test_auth_comes_from_a_file_or_the_environment(tmp_path, monkeypatch, capsys):
     users = tmp_path / "users"
     users.write_text("# who may log in\nalice:s3cret:with:colons\nbob:pw\n")
@@ -111,7 +154,10 @@ def test_launch_passes_auth_concurrency_and_the_file_guard(monkeypatch, gradio_d
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: captured.update(kw))
     demo = app.launch(auth=[("alice", "pw")], concurrency=3, queue_size=5)
     assert captured["auth"] == [("alice", "pw")] and captured["server_name"] == "127.0.0.1"
-    assert [m.cls for m in captured["app_kwargs"]["middleware"]] == [guard.FileGuard]
+    assert [m.cls for m in captured["app_kwargs"]["middleware"]] == [
+        guard.FileGuard,
+        gradio_fixes.UploadCleanup,
+    ]
     assert demo._queue.default_concurrency_limit == 3 and demo._queue.max_size == 5
 
 
@@ -143,6 +189,7 @@ def _check(result: dict, requests: int) -> None:
     assert result["server_peak_rss_mb"] < 2048
     assert result["sessions_before_sigterm"] >= requests
     assert result["sigterm_exit_code"] == 0 and result["session_folders_left"] == []
+    assert result["upload_files_left"] == 0, result["files_left"]
 
 
 @pytest.mark.skipif(not sample_path("polyp").is_file(), reason="the polyp sample is missing")

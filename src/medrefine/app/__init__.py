@@ -13,11 +13,14 @@ between users but the loaded models, which inference only reads.
 
 Modules:
     session     the per-session state and ``readable_errors`` (errors as ``gr.Error``)
-    guard       files served to their own browser only; the server's session folders
+    guard       files served to their own browser only, deleted when their sessions end
+    workdir     the server's own folder (Gradio's uploads, temporary files), gone when it stops
+    gradio_fixes  Gradio's leftover and half-written files (empty ``tmp*``, partial uploads)
     models      presets or uploaded weights, their settings, the pipeline of one request
     files       uploads read, pictures, downloads, the batch's masks and zip
     callbacks   previews, ``segment_image`` (single tab), ``segment_batch`` (batch tab)
-    layout      ``build_app`` (the Blocks and their wiring) and ``launch``
+    layout      ``build_app``: the Blocks and their wiring
+    server      ``launch``: serves them in the server's folder until Ctrl-C or SIGTERM
 """
 
 from medrefine.app.callbacks import (
@@ -36,7 +39,7 @@ from medrefine.app.files import (
     to_rgb,
     write_downloads,
 )
-from medrefine.app.layout import FONTS, MAX_FILE_SIZE, build_app, launch
+from medrefine.app.layout import FONTS, build_app
 from medrefine.app.models import (
     UPLOADED,
     _cached_pipeline,
@@ -49,6 +52,7 @@ from medrefine.app.models import (
     postprocess_from,
 )
 from medrefine.app.prompt import painted_mask, prompt_canvas, refine_prompt
+from medrefine.app.server import MAX_FILE_SIZE, launch
 from medrefine.app.session import Outcome, Session, close_session, readable_errors
 from medrefine.presets import PRESETS
 

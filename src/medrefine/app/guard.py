@@ -1,4 +1,5 @@
-"""Who may fetch which file from the web server, and where the server's files live.
+"""Who may fetch which file from the web server, which session a file belongs to, and where
+the session folders live.
 
 Gradio serves every file under its upload/cache folder (uploads, pictures it rendered, the
 downloads we return) to anyone who has the URL. ``FileGuard`` narrows that to the browser the
@@ -7,11 +8,14 @@ under the cache folder that a response hands to a browser (the page's config, an
 answer, a result streamed from the queue) is recorded for that cookie; a ``/file=`` request
 for a path under the cache folder is served only to a cookie it was recorded for (403
 otherwise). Files elsewhere (the bundled examples, Gradio's static assets) are left to Gradio's
-own rules.
+own rules. The same middleware reads the session (Gradio's ``session_hash``) of each request,
+so ``FileRegistry.end_session`` can delete a session's uploads and pictures when it ends.
 
 ``server_root`` is this process's folder for session files, inside Gradio's cache folder so
 Gradio serves them in place (no copy under a content hash), created owner-only (0700) and named
-after the process id; ``remove_stale_roots`` deletes those of processes that are gone.
+after the process id. A launched server's cache folder is its own (``workdir``), deleted as a
+whole when it stops; ``remove_stale_roots`` deletes the session roots that medrefine versions
+before it left directly in Gradio's folder.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ COOKIE = "medrefine_client"
 ROOT_PREFIX = "medrefine-app-"
 LEGACY_STALE_S = 3600.0
 _SCANNED_TYPES = (b"application/json", b"text/event-stream", b"text/html", b"text/plain")
+_SCANNED_REQUEST_BYTES = 1 << 20  # JSON requests carry paths and settings, not pixels
 
 
 def cache_folder() -> Path:
@@ -70,8 +75,8 @@ def remove_server_roots() -> None:
 
 
 def remove_stale_roots(base: Path | None = None) -> list[Path]:
-    """Delete the session folders of medrefine servers that are no longer running (a crash or
-    ``kill -9`` leaves them behind), here and in the system's temporary folder; returns them."""
+    """Delete the session roots of medrefine servers that are no longer running, left by older
+    versions directly in Gradio's folder or the system's temporary folder; returns them."""
     removed = []
     folders = [base or cache_folder(), Path(tempfile.gettempdir())]
     for folder in dict.fromkeys(folders):
@@ -102,26 +107,65 @@ def _alive(pid: int) -> bool:
 
 
 class FileRegistry:
-    """Which browser (cookie) may fetch which file under the cache folder."""
+    """Which browser (cookie) may fetch which file under the cache folder, and which sessions
+    sent or were sent it, so that it is deleted when the last of them ends.
 
-    def __init__(self, cache: Path) -> None:
+    A session is Gradio's ``session_hash`` (one browser tab): the files in its requests'
+    inputs (its uploads, but only those sent to the same browser) and in the responses of its
+    queue (pictures, downloads) are its files. ``end_session`` deletes them, except the app's
+    own (``keep``: the copies of the examples) and those another live session still uses (two
+    tabs that uploaded the same image share one file). A session that never ends otherwise
+    (no request created a ``Session``, e.g. an upload and its preview only) ends ``idle_s``
+    after its last request."""
+
+    def __init__(self, cache: Path, idle_s: float | None = None) -> None:
         self.cache = Path(os.path.realpath(cache))
-        self._owners: dict[str, set[str]] = {}
+        self.idle_s = idle_s
+        self.keep: set[str] = set()
+        self._owners: dict[str, set[str]] = {}  # path -> cookies it was sent to
+        self._users: dict[str, set[str]] = {}  # path -> sessions it belongs to
+        self._files: dict[str, set[str]] = {}  # session -> its paths
+        self._seen: dict[str, float] = {}  # session -> time of its last request
+        self._swept = time.monotonic()
         self._lock = threading.Lock()
         prefix = re.escape(str(self.cache).encode())
         self._pattern = re.compile(rb'"(' + prefix + rb'/(?:[^"\\]|\\.)*)"')
 
-    def record(self, client: str, body: bytes) -> None:
-        """Record every cache path quoted in a response body for ``client``."""
+    def paths(self, body: bytes) -> list[str]:
+        """The cache paths quoted in a JSON or event-stream body, resolved."""
+        found = []
         for match in self._pattern.finditer(body):
             try:
-                path = json.loads(b'"' + match.group(1) + b'"')
+                found.append(os.path.realpath(json.loads(b'"' + match.group(1) + b'"')))
             except ValueError:
                 continue
-            with self._lock:
-                self._owners.setdefault(os.path.realpath(path), set()).add(client)
-                if len(self._owners) > 200_000:  # bounded: forget files that are gone
-                    self._owners = {p: o for p, o in self._owners.items() if os.path.exists(p)}
+        return found
+
+    def record(self, client: str, body: bytes, session: str | None = None) -> None:
+        """A response: ``client`` may fetch the cache paths in it; they are ``session``'s."""
+        paths = self.paths(body)
+        with self._lock:
+            for path in paths:
+                self._owners.setdefault(path, set()).add(client)
+            if len(self._owners) > 200_000:  # bounded: forget files that are gone
+                self._owners = {p: o for p, o in self._owners.items() if os.path.exists(p)}
+            if session:
+                self._use(session, paths)
+        self._sweep()
+
+    def record_request(self, client: str, session: str, body: bytes) -> None:
+        """A request of ``session``: the cache paths in its inputs that were sent to
+        ``client`` are the session's too (a path typed in by hand gives no claim on a file)."""
+        with self._lock:
+            self._use(session, [p for p in self.paths(body) if client in self._owners.get(p, ())])
+
+    def _use(self, session: str, paths: list[str]) -> None:
+        self._seen[session] = time.monotonic()
+        files = self._files.setdefault(session, set())
+        for path in paths:
+            if ROOT_PREFIX not in path:  # session folders go with their Session
+                files.add(path)
+                self._users.setdefault(path, set()).add(session)
 
     def allowed(self, client: str | None, path: str) -> bool:
         real = os.path.realpath(path)
@@ -130,20 +174,42 @@ class FileRegistry:
         with self._lock:
             return client is not None and client in self._owners.get(real, ())
 
-    def forget_uploads(self) -> None:
-        """Delete the files recorded outside the session folders (uploads, rendered pictures)
-        when the server stops: they are derived from patient data too."""
+    def end_session(self, session: str) -> int:
+        """Delete the files of a session that ended (see the class); returns how many."""
+        doomed = []
         with self._lock:
-            paths, self._owners = list(self._owners), {}
-        for path in paths:
-            if ROOT_PREFIX not in path:
+            self._seen.pop(session, None)
+            for path in self._files.pop(session, set()):
+                users = self._users.get(path, set())
+                users.discard(session)
+                if not users:
+                    self._users.pop(path, None)
+                    if path not in self.keep:
+                        self._owners.pop(path, None)
+                        doomed.append(Path(path))
+        for path in doomed:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            if path.parent != self.cache:
                 with contextlib.suppress(OSError):
-                    Path(path).unlink()
-                    Path(path).parent.rmdir()  # Gradio's per-file hash folder, when empty
+                    path.parent.rmdir()  # Gradio's per-file hash folder, when empty
+        return len(doomed)
+
+    def _sweep(self) -> None:
+        """End the sessions idle longer than ``idle_s`` (checked once a minute)."""
+        now = time.monotonic()
+        if self.idle_s is None or now - self._swept < 60:
+            return
+        with self._lock:
+            self._swept = now
+            idle = [s for s, seen in self._seen.items() if now - seen > self.idle_s]
+        for session in idle:
+            self.end_session(session)
 
 
 class FileGuard:
-    """ASGI middleware enforcing ``FileRegistry`` on Gradio's ``/file=`` route."""
+    """ASGI middleware enforcing ``FileRegistry`` on Gradio's ``/file=`` route and telling it
+    which session each request and response belongs to."""
 
     def __init__(self, app, registry: FileRegistry) -> None:
         self.app = app
@@ -166,6 +232,32 @@ class FileGuard:
                 return
             await self.app(scope, receive, send)
             return
+        session = _session_in_query(scope)  # the queue's event stream: ?session_hash=...
+        if scope.get("method") == "POST" and _header(scope, b"content-type").startswith(
+            b"application/json"
+        ):
+            chunks: list[bytes] = []
+            size = 0
+
+            async def reading_receive():  # a JSON request names its session in its body
+                nonlocal session, size
+                message = await receive()
+                if message["type"] == "http.request":
+                    body = message.get("body", b"")
+                    size += len(body)
+                    if size <= _SCANNED_REQUEST_BYTES:
+                        chunks.append(body)
+                        if not message.get("more_body", False):
+                            found = _session_in_body(b"".join(chunks))
+                            if found:
+                                session = session or found
+                                if not fresh:
+                                    self.registry.record_request(client, found, b"".join(chunks))
+                return message
+
+            receive_next = reading_receive
+        else:
+            receive_next = receive
         scan = False
         tail = b""
 
@@ -181,11 +273,35 @@ class FileGuard:
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and scan:
                 body = tail + message.get("body", b"")
-                self.registry.record(client, body)
+                self.registry.record(client, body, session)
                 tail = body[-4096:]  # a path cut between two chunks is found in the next
             await send(message)
 
-        await self.app(scope, receive, guarded_send)
+        await self.app(scope, receive_next, guarded_send)
+
+
+def _header(scope, name: bytes) -> bytes:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value
+    return b""
+
+
+def _session_in_query(scope) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash")
+    return _valid_session(values[0]) if values else None
+
+
+def _session_in_body(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return _valid_session(data.get("session_hash")) if isinstance(data, dict) else None
+
+
+def _valid_session(value) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= 100 else None
 
 
 def _cookie(scope) -> str | None:
@@ -208,32 +324,3 @@ async def _forbidden(send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-def atomic_picture_cache() -> None:
-    """Make Gradio write its rendered pictures atomically.
-
-    Gradio 6 stores every picture a callback returns under a hash of its bytes and rewrites
-    that file in place on each request (``processing_utils.save_pil_to_cache``). With several
-    requests at once, two browsers sent the same picture (the same example image) race: one
-    rewrites the file while the other downloads it, and the download is cut short (seen in
-    scripts/app_load.py with 20 browsers). Write under a temporary name, rename into place,
-    and leave an existing copy alone (same hash, same bytes)."""
-    from gradio import processing_utils as pu
-
-    if getattr(pu.save_pil_to_cache, "medrefine_atomic", False):
-        return
-
-    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
-        data = pu.encode_pil_to_bytes(img, format)
-        folder = Path(cache_dir) / pu.hash_bytes(data)
-        folder.mkdir(exist_ok=True, parents=True)
-        path = (folder / f"{name}.{format}").resolve()
-        if not path.exists():
-            tmp = folder / f".{name}.{secrets.token_hex(6)}.{format}"
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        return str(path)
-
-    save_pil_to_cache.medrefine_atomic = True  # type: ignore[attr-defined]
-    pu.save_pil_to_cache = save_pil_to_cache

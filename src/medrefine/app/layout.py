@@ -1,27 +1,14 @@
-"""The interface: the Blocks that ``build_app`` lays out and wires to the callbacks, and
-``launch``, which serves it."""
+"""The interface: the Blocks that ``build_app`` lays out and wires to the callbacks
+(``server.launch`` serves them)."""
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import signal
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
-from starlette.middleware import Middleware
 
 from medrefine.app import callbacks, prompt
-from medrefine.app.guard import (
-    FileGuard,
-    FileRegistry,
-    atomic_picture_cache,
-    cache_folder,
-    remove_server_roots,
-    remove_stale_roots,
-)
 from medrefine.app.inpaint import build_inpaint_tab
 from medrefine.app.models import (
     UPLOADED,
@@ -32,31 +19,38 @@ from medrefine.app.models import (
     model_defaults,
     model_note,
 )
-from medrefine.app.session import close_session
-from medrefine.io.limits import current_limits
+from medrefine.app.session import Session, close_session
 from medrefine.presets import BOX_ENGINES, PRESETS, sample_path
 from medrefine.refine import RefineParams
 
-MAX_FILE_SIZE = "200mb"
-DEFAULT_CONCURRENCY = 2  # requests segmented at once; more wait in the queue
-DEFAULT_QUEUE_SIZE = 64  # requests waiting beyond that are refused ("queue full")
-DEFAULT_IDLE_S = 4 * 3600.0
 # System fonts only: the default theme would fetch web fonts, which offline hospitals lack.
 FONTS = dict(
     font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
 )
 
 
-def build_app(idle_s: float = 4 * 3600, notice: str = "") -> gr.Blocks:
+def build_app(
+    idle_s: float = 4 * 3600,
+    notice: str = "",
+    on_session_end: Callable[[str], Any] | None = None,
+) -> gr.Blocks:
     """The interface; ``launch`` serves it. ``idle_s``: a session's files are deleted after
-    this long without a request; ``notice``: the server's limits, shown under the title."""
+    this long without a request; ``notice``: the server's limits, shown under the title;
+    ``on_session_end(session_hash)``: called when a session's state is dropped, after its
+    folder is deleted (``launch`` deletes the session's uploads and pictures there)."""
     presets = available_presets()
     sources = [*presets, UPLOADED]
     source0 = "polyp" if "polyp" in presets else sources[0]
     params0, post0 = model_defaults(source0)
+
+    def end_session(state: Session | None) -> None:
+        close_session(state)
+        if on_session_end is not None and state is not None and state.session_hash:
+            on_session_end(state.session_hash)
+
     with gr.Blocks(title="medrefine", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         # Gradio drops a session's state an hour after its tab closes (or after idle_s idle).
-        session = gr.State(None, time_to_live=idle_s, delete_callback=close_session)
+        session = gr.State(None, time_to_live=idle_s, delete_callback=end_session)
         gr.Markdown(
             "# medrefine\nA coarse segmentation refined by diffusion, with a per-pixel "
             "uncertainty. Research software: not for diagnosis."
@@ -267,8 +261,7 @@ def build_app(idle_s: float = 4 * 3600, notice: str = "") -> gr.Blocks:
         slice_index.release(prompt.prompt_canvas, [image_file, slice_index], [editor])
         prompt_run.click(
             prompt.refine_prompt,
-            [session, image_file, slice_index, editor, prompt_mask, boxes, *settings,
-             box_engine],
+            [session, image_file, slice_index, editor, prompt_mask, boxes, *settings, box_engine],
             [session, prompt_img, prompt_heat, prompt_review, prompt_status, prompt_dl],
         )
         batch_run.click(
@@ -298,102 +291,3 @@ def _examples(presets: list[str], image_file, gt_file, source) -> None:
         label="Examples (image and ground truth)",
         example_labels=names,
     )
-
-
-def launch(
-    host: str = "127.0.0.1",
-    port: int = 7860,
-    share: bool = False,
-    max_file_size: str | int = MAX_FILE_SIZE,
-    *,
-    auth: list[tuple[str, str]] | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    queue_size: int = DEFAULT_QUEUE_SIZE,
-    idle_s: float = DEFAULT_IDLE_S,
-    **kwargs: Any,
-) -> gr.Blocks:
-    """Build and serve the app; blocks until stopped (Ctrl-C or SIGTERM) unless
-    ``prevent_thread_lock=True`` is passed (then the caller stops it with ``.close()`` on the
-    returned Blocks). Either way the session folders are removed when it stops.
-
-    ``concurrency`` requests run at once, up to ``queue_size`` more wait (each browser sees
-    its place in the queue); output files are served only to the browser they were made for
-    (``guard.FileGuard``); ``auth``: [(user, password)] pairs asked for on the login page."""
-    remove_stale_roots()
-    atomic_picture_cache()
-    registry = FileRegistry(cache_folder())
-    notice = limits_notice(max_file_size, concurrency, idle_s)
-    demo = build_app(idle_s=idle_s, notice=notice)
-    demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
-    app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
-    app_kwargs["middleware"] = [
-        *app_kwargs.get("middleware", []),
-        Middleware(FileGuard, registry=registry),
-    ]
-
-    def cleanup() -> None:
-        remove_server_roots()
-        registry.forget_uploads()
-
-    atexit.register(cleanup)
-    blocking = not kwargs.get("prevent_thread_lock", False)
-    with _sigterm_stops_the_server(blocking):
-        try:
-            demo.launch(
-                server_name=host,
-                server_port=port,
-                share=share,
-                max_file_size=max_file_size,
-                ssr_mode=False,
-                show_error=False,
-                auth=auth or None,
-                theme=gr.themes.Default(**FONTS),
-                allowed_paths=[str(sample_path(next(iter(PRESETS))).parent)],
-                app_kwargs=app_kwargs,
-                **kwargs,
-            )
-        finally:
-            if blocking:
-                cleanup()
-    if not blocking:
-        close = demo.close
-
-        def close_and_clean(*args: Any, **kw: Any) -> Any:
-            try:
-                return close(*args, **kw)
-            finally:
-                cleanup()
-
-        demo.close = close_and_clean  # type: ignore[method-assign]
-    return demo
-
-
-def limits_notice(max_file_size: str | int, concurrency: int, idle_s: float) -> str:
-    """What the server refuses and keeps, in one paragraph for the page."""
-    limit_mb = current_limits().limit_mb()
-    megapixels = limit_mb * 2**20 / (3 + 4) / 1e6 / 3  # 8-bit RGB: stored + float32 copy
-    return (
-        f"**Limits.** Uploads up to {max_file_size}; images up to {limit_mb:,.0f} MB once "
-        f"decoded (about {megapixels:,.0f} megapixels of RGB), refused from the header before "
-        f"decoding. {concurrency} request(s) run at a time; others wait in a queue and see "
-        "their place in it. Your files are served to this browser only and deleted when you "
-        f"leave, at the latest {idle_s / 3600:g} h after your last request."
-    )
-
-
-@contextlib.contextmanager
-def _sigterm_stops_the_server(blocking: bool) -> Iterator[None]:
-    """SIGTERM stops a blocking server like Ctrl-C (Gradio closes it on KeyboardInterrupt),
-    so the session folders are removed by ``launch`` instead of left behind."""
-    if not blocking or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

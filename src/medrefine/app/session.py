@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from medrefine.app.guard import server_root
+from medrefine.app.guard import cache_folder, server_root
 from medrefine.errors import MedrefineError
 from medrefine.pipeline import SegmentationResult
 
@@ -30,9 +30,12 @@ class Session:
     owner-only (0700). Every request writes into a fresh sub-folder (the previous one is
     deleted first), so a session holds at most one request's files; ``close`` deletes the
     folder, as does a finalizer if the session is dropped without being closed, and the
-    server removes its whole root at shutdown and stale roots at the next start."""
+    server removes its whole folder at shutdown and those of dead servers at the next start.
+    ``session_hash`` is Gradio's name of the browser tab (that of the event that made it):
+    when the session ends, the uploads and pictures of that tab are deleted too."""
 
-    def __init__(self):
+    def __init__(self, session_hash: str | None = None):
+        self.session_hash = session_hash or current_session_hash()
         self.folder = server_root() / secrets.token_urlsafe(24)
         self.folder.mkdir(mode=0o700)
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
@@ -52,9 +55,16 @@ class Session:
 
 
 def close_session(session: Session | None) -> None:
-    """``delete_callback`` of the session state: the browser left, remove its files."""
+    """The browser left (``delete_callback`` of the session state): remove its folder."""
     if session is not None:
         session.close()
+
+
+def current_session_hash() -> str | None:
+    """The Gradio session (browser tab) of the event being handled; None outside an event."""
+    from gradio.context import LocalContext
+
+    return getattr(LocalContext.request.get(None), "session_hash", None)
 
 
 @dataclass
@@ -95,7 +105,8 @@ def first_line(err: Exception, limit: int = 200) -> str:
 
 def _short_paths(message: str, args: tuple) -> str:
     """Uploads live at long temporary paths; name them by their file name only."""
+    folders = (tempfile.gettempdir(), str(cache_folder()))
     for arg in args:
-        if isinstance(arg, str) and arg.startswith(tempfile.gettempdir()):
+        if isinstance(arg, str) and arg.startswith(folders):
             message = message.replace(arg, Path(arg).name)
     return message

@@ -7,9 +7,11 @@ says otherwise: anyone who can reach the port can upload images and run the mode
 --auth when you open it to a network. The user:password pairs come from a file (one per line)
 or an environment variable, never from the command line, where `ps` would show them.
 
-Each browser's files live in an owner-only folder served to that browser only, and are
-deleted when the session ends, when the server stops (Ctrl-C, SIGTERM) and, for a server that
-was killed, at the next start.
+The server writes only into a folder of its own under $GRADIO_TEMP_DIR (or the system's
+temporary folder), medrefine-servers/<pid>-<random>/: uploads, pictures, temporary files.
+Each browser's files are served to that browser only and deleted when its session ends; the
+whole folder is deleted when the server stops (Ctrl-C, SIGTERM) and, for a server that was
+killed, at the next start.
 
 examples:
   medrefine app
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from medrefine.errors import ConfigError
 
-DEFAULT_CONCURRENCY = 2  # as medrefine.app.layout (not imported: it pulls in Gradio)
+DEFAULT_CONCURRENCY = 2  # as medrefine.app.server (not imported: it pulls in Gradio)
 DEFAULT_QUEUE_SIZE = 64
 
 
