@@ -238,3 +238,66 @@ def test_near_mask_is_the_truth_within_two_pixels():
         assert 0.9 < dice(near > 0, gt > 0) < 1.0
         ring = cv2.dilate(gt, np.ones((5, 5), np.uint8)) - cv2.erode(gt, np.ones((5, 5), np.uint8))
         assert np.all((near != gt) <= (ring > 0))  # changes only within 2 px of the boundary
+
+
+class _Scripted:
+    """A refiner whose output Dice is scripted per input (its value) and strength; inputs are
+    constant maps whose value is their own Dice, so ``dice_of`` reads it back."""
+
+    def __init__(self, outcomes: dict[float, dict[float, float]], disagreement: dict):
+        from medrefine.refine import AutoStrength
+
+        self.outcomes, self.disagreement, self.auto = outcomes, disagreement, AutoStrength()
+
+    def refine_grid(self, image01, probs, params):
+        from types import SimpleNamespace
+
+        given = round(float(probs.flat[0]), 4)
+        strength, keep = params.strength, False
+        d = self.disagreement[given]
+        if strength == "auto":
+            strength = self.auto.pick(d)
+            keep = strength == 0 and params.leave_alone
+            strength = strength or self.auto.probe
+        out = given if keep else self.outcomes[given].get(strength, given)
+        doubt = 0.0  # never in doubt: the table alone decides
+        if params.leave_alone and doubt > self.auto.max_doubt:
+            out = given
+        return SimpleNamespace(probs=np.full((4, 4), out, np.float32), disagreement=d,
+                               doubt=doubt)
+
+
+def test_the_strength_table_is_loss_averse_and_boxes_are_still_refined():
+    """A bin whose masks gain 0.010 and lose 0.008 at every strength has a higher mean Dice
+    refined, but a lower loss-averse utility: it keeps its masks as they are (strength 0),
+    while the boxes in another bin are refined at their best strength."""
+    from medrefine.refine import RefineParams
+    from medrefine.training.calibrate import ValCase, ValSet, calibrate
+
+    strengths = (0.1, 0.3, 0.5)
+    up, down, box = 0.9, 0.92, 0.5  # input Dice of two near-perfect masks and of a box
+    outcomes = {up: {s: up + 0.010 for s in strengths},
+                down: {s: down - 0.008 for s in strengths},
+                box: {0.1: 0.6, 0.3: 0.8, 0.5: 0.9}}
+    # up/down: the same small disagreement (one bin), boxes: large (another)
+    disagreement = {up: 0.01, down: 0.01, box: 0.5}
+
+    class Val(ValSet):
+        def __init__(self):
+            self.kinds = ("near", "coarse", "box")
+            self.cases = [ValCase(np.zeros((1, 4, 4), np.float32),
+                                  {"near": np.full((4, 4), up, np.float32),
+                                   "coarse": np.full((4, 4), down, np.float32),
+                                   "box": np.full((4, 4), box, np.float32)},
+                                  None, None, {}) for _ in range(4)]
+
+        def dice_of(self, case, probs_grid):
+            return round(float(probs_grid.flat[0]), 4)
+
+    refiner = _Scripted(outcomes, disagreement)
+    _, auto, report = calibrate(refiner, Val(), RefineParams(steps=2), strengths, (2,))
+    assert auto.pick(0.01) == 0.0  # masks kept (the mean Dice alone would refine them)
+    assert auto.pick(0.5) == 0.5  # boxes refined at their best
+    assert report["per_kind"]["near"]["auto"] == pytest.approx(up)
+    assert report["per_kind"]["coarse"]["auto"] == pytest.approx(down)
+    assert report["per_kind"]["box"]["auto"] == pytest.approx(0.9)

@@ -14,6 +14,8 @@ val says it pays clearly (a refiner that never makes a good mask worse):
    disagreements are cut at their quartiles and each bin takes the fixed strength with the best
    loss-averse utility in it, or 0 (keep the input) where the inputs in the bin are better as
    they are (a bin keeps the strength best over all inputs unless its own gains ``MIN_GAIN``);
+   boxes count by their Dice gain, at the probe's strength in a bin that keeps masks (a box is
+   never the answer, so it is refined there all the same);
 2. ``max_doubt``: refined masks whose review score exceeds it are left as the input was (any
    quantile of the val doubts, from leaving nearly all alone to none). Chosen
    to maximise the loss-averse utility over the non-box inputs on the val images and on the
@@ -153,13 +155,15 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
     rows = []  # (kind, case index, disagreement, {(steps, strength): dice})
     probe = AutoStrength(probe=refiner.auto.probe)
     refiner.auto = probe
+    # a prompt in a "keep" bin is refined at the probe's strength (``Refiner``): scored too
+    grid = tuple(sorted({*strengths, probe.probe}))
     for ci, case in enumerate(val.cases):
         for kind, probs in case.inputs.items():
             d = refiner.refine_grid(case.image01, probs,
                                     replace(fixed, strength="auto", steps=1)).disagreement
             scores = {}
             for steps in steps_grid:
-                for s in strengths:
+                for s in grid:
                     out = refiner.refine_grid(case.image01, probs,
                                               replace(fixed, steps=steps, strength=s))
                     scores[(steps, s)] = val.dice_of(case, out.probs)
@@ -174,10 +178,20 @@ def calibrate(refiner: Refiner, val: ValSet, base: RefineParams,
     bins = np.searchsorted(edges, ds, side="right")
 
     def mean_at(members: list, s: float) -> float:
-        return float(np.mean([r[3][keyed[s]] for r in members]))
+        """Loss-averse value of strength ``s`` for a bin: masks (which may be the answer)
+        by ``utility`` against keeping them, prompts by their mean Dice gain (a prompt is
+        never kept: at 0 it is refined at the probe's strength)."""
+        value = 0.0
+        for r in members:
+            kept = r[3][(0, 0.0)]
+            if r[0] in PROMPT_KINDS:
+                value += r[3][(best_steps, s or probe.probe)] - kept
+            else:
+                value += utility([r[3][keyed[s]]], [kept])
+        return value / len(members)
 
     # one strength for all, unless a bin gains at least MIN_GAIN with its own (few val images
-    # per bin: smaller gains are noise)
+    # per bin: smaller gains are noise); ties go to the lighter touch
     overall = max(keyed, key=lambda s: (round(mean_at(rows, s), 4), -s))
     table = []
     for b in range(len(edges) + 1):
