@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from medrefine.app import callbacks, prompt
+from medrefine.app.ct import build_ct_tab
 from medrefine.app.inpaint import build_inpaint_tab
 from medrefine.app.models import (
     UPLOADED,
@@ -235,6 +236,8 @@ def build_app(
                         batch_summary = gr.Markdown(elem_id="batch-summary")
                     with gr.Tab("Inpaint"):
                         build_inpaint_tab(session)
+                    with gr.Tab("CT lung pathology"):
+                        build_ct_tab(session)
 
         settings = [source, coarse_file, refiner_file, use_diffusion, steps, strength,
                     auto_strength, samples, seed, threshold, fill_holes, keep_largest,

@@ -40,6 +40,16 @@ def display01(result) -> np.ndarray:
     return np.clip(grey / 255.0, 0, 1)
 
 
+def colour_slice(grey: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3): a uint8 (H, W) slice with each class of ``labels`` (H, W) blended
+    in its colour (alpha 0.45), as the montage and the web page show it."""
+    out = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    for value, colour in COLOURS.items():
+        sel = labels == value
+        out[sel] = 0.55 * out[sel] + 0.45 * np.asarray(colour, np.float32)
+    return out.astype(np.uint8)
+
+
 def montage(result, tiles: int = MONTAGE_TILES) -> np.ndarray:
     """uint8 RGB: up to ``tiles`` axial slices through the lung (evenly spaced), each labelled
     in colour (alpha 0.45), with a legend row."""
@@ -54,12 +64,7 @@ def montage(result, tiles: int = MONTAGE_TILES) -> np.ndarray:
     ]
     panels = []
     for d in picks[::-1]:  # superior first
-        rgb = np.repeat((image01[d] * 255).astype(np.uint8)[..., None], 3, axis=2)
-        out = rgb.astype(np.float32)
-        for value, colour in COLOURS.items():
-            sel = labels[d] == value
-            out[sel] = 0.55 * out[sel] + 0.45 * np.asarray(colour, np.float32)
-        out = out.astype(np.uint8)
+        out = colour_slice((image01[d] * 255).astype(np.uint8), labels[d])
         h, w = out.shape[:2]
         f = TILE / max(h, w)
         out = cv2.resize(
