@@ -35,13 +35,11 @@ from medrefine.inference import CoarseSegmenter, as_one, coarse_from_weights
 from medrefine.io import LoadedImage, read_image
 from medrefine.postprocess import PostprocessConfig, postprocess, postprocess_labels
 from medrefine.preprocess import from_grid, preprocess, to_grid
-from medrefine.presets import BOX_ENGINES, get_preset
+from medrefine.presets import BOX_ENGINES, DEFAULT_PRESET, get_preset
 from medrefine.prompts import boxes_to_mask, check_boxes
 from medrefine.refine import RefineParams, Refiner
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PRESET = "polyp"
 
 
 @dataclass

@@ -18,6 +18,9 @@ from medrefine.postprocess import PostprocessConfig
 # it only for its uncertainty and the review score (``RefineParams.keep_input``).
 BOX_ENGINES = ("refiner", "litemedsam", "litemedsam-only")
 
+# The segmentation preset a command or the API runs when neither a preset nor weights are named.
+DEFAULT_PRESET = "polyp"
+
 
 @dataclass(frozen=True)
 class Preset:

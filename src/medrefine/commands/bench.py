@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medrefine.presets import DEFAULT_PRESET
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="print per-stage speed and peak memory (JSON + table)")
-    p.add_argument("--preset", default="polyp", help="shipped model set (default polyp)")
+    p.add_argument("--preset", help=f"shipped model set (default {DEFAULT_PRESET}; with "
+                   "--inpaint: inpaint)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and configurations")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
@@ -35,7 +38,7 @@ def run(args) -> int:
 
     if args.inpaint:
         return _inpaint(args)
-
+    args.preset = args.preset or DEFAULT_PRESET
     result = run_bench(args.preset, quick=args.quick, device=args.device, threads=args.threads,
                        backends=tuple(args.backend) if args.backend else None)
     comparison = None
@@ -77,7 +80,7 @@ def _from_noise(args):
 def _inpaint(args) -> int:
     from medrefine.inpaint.bench import bench_inpaint, format_inpaint_table
 
-    preset = "inpaint" if args.preset == "polyp" else args.preset  # polyp is the seg default
+    preset = args.preset or "inpaint"
     result = bench_inpaint(preset, weights=args.weights, quick=args.quick,
                            threads=args.threads, onnx_dir=args.onnx_dir)
     text = json.dumps(result, indent=2)

@@ -26,9 +26,7 @@ import argparse
 from pathlib import Path
 
 from medrefine.errors import ConfigError
-from medrefine.presets import PRESETS, get_preset
-
-DEFAULT_PRESET = "polyp"
+from medrefine.presets import DEFAULT_PRESET, PRESETS, get_preset
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

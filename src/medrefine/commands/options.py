@@ -19,11 +19,9 @@ from medrefine.errors import ConfigError
 from medrefine.fusion import FUSIONS
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import PostprocessConfig
-from medrefine.presets import PRESETS, get_preset
+from medrefine.presets import DEFAULT_PRESET, PRESETS, get_preset
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PRESET = "polyp"
 
 
 # ---------------------------------------------------------------- options
