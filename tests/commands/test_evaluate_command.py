@@ -202,7 +202,9 @@ def test_evaluate_counts_empty_references_apart(tiny_data, tmp_path, capsys):
     e = json.loads((out / "summary.json").read_text())["empty_references"]
     assert (e["n"], e["left_empty"], e["fraction_left_empty"]) == (2, 1, 0.5)
     assert e["dice_on_the_others"]["mean"] == 1.0 and e["dice_on_the_others"]["n"] == 1
-    assert "empty references: 1/2 left empty (50.0%)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "empty references: 1/2 left empty (50.0%)" in printed
+    assert "Dice on the 1 others 1.000" in printed
 
 
 def test_evaluate_layered_mask_dir_scores_one_layer(tiny_data, tmp_path):

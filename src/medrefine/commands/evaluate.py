@@ -468,7 +468,7 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"empty references: {e['left_empty']}/{e['n']} left empty "
             f"({100 * e['fraction_left_empty']:.1f}%); the rows above count each as Dice 1 "
-            f"when left empty, else 0; Dice on the {others.get('n', 0)} others "
+            f"when left empty, else 0; Dice on the {int(others.get('n', 0))} others "
             f"{others.get('mean', math.nan):.3f} ± {others.get('std', math.nan):.3f}"
         )
     if summary.get("refinement"):
