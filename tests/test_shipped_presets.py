@@ -38,3 +38,17 @@ def test_the_chest_preset_is_the_full_model_and_five_folds():
     folds = [read_info(p)["training"] for p in members[1:]]
     assert sorted(f["cv_fold"] for f in folds) == [0, 1, 2, 3, 4]
     assert {f["cv_folds"] for f in folds} == {5}
+
+
+def test_a_label_maps_dicom_seg_names_its_segments_as_the_model_does(data_dir, tmp_path):
+    """A multi-class preset's DICOM-SEG segments carry the class names its weights store, not
+    "Label 1", "Label 2", ..."""
+    import pydicom
+
+    from medrefine.cli import main
+
+    out = tmp_path / "seg"
+    assert main(["segment", str(data_dir / "dicom_samples" / "CT_small.dcm"), "-o", str(out),
+                 "--preset", "chest", "--no-refine", "--format", "dicom-seg"]) == 0
+    seg = pydicom.dcmread(out / "CT_small.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["right_lung", "left_lung", "heart"]

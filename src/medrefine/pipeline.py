@@ -570,6 +570,10 @@ class SegmentationPipeline:
             "postprocess": asdict(self.post),
             "preset": self.preset.name if self.preset else None,
         }
+        if coarse.shape[0] > 1:  # the label values' names (DICOM-SEG segments, reports)
+            names = list(getattr(self.coarse, "info", {}).get("class_names") or [])
+            if len(names) == coarse.shape[0] - 1:
+                run_params["class_names"] = names
         if review is not None:
             run_params["review"] = review
         if log:

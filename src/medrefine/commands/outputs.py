@@ -136,7 +136,8 @@ def write_outputs(
             written.append(write_mask(result.mask, path, like=image, format="nifti"))
         elif fmt == "dicom-seg":
             path = out_dir / f"{stem}.dcm"
-            written.append(write_mask(result.mask, path, like=image, format="dicom-seg"))
+            written.append(write_mask(result.mask, path, like=image, format="dicom-seg",
+                                      label_names=result.params.get("class_names")))
         elif fmt == "overlay":
             rgb = overlay(display_image01(result), result.mask > 0)
             written.append(write_image_png(rgb, out_dir / f"{stem}_overlay.png"))
