@@ -3,7 +3,9 @@ Kvasir-SEG test image, segment it, download the mask and compare it with the Pyt
 
 Uses Debian's Chromium (/usr/bin/chromium; Playwright's own browser download is not used). The
 real ``polyp`` preset is used when its coarse and refiner weights are installed, else tiny
-seeded weights uploaded through the page. A screenshot goes to $MEDREFINE_ARTIFACTS or
+seeded weights uploaded through the page. The "CT lung pathology" tab: upload a CT NIfTI
+(ct_hu_samples), run it, see the severity table and the overlay, scroll the slices, download
+the label map and compare it with the Python API. Screenshots go to $MEDREFINE_ARTIFACTS or
 tests/artifacts/.
 """
 
@@ -25,6 +27,7 @@ sync_api = pytest.importorskip(
 
 from medrefine import app  # noqa: E402
 from medrefine.io import read_mask  # noqa: E402
+from medrefine.lungpath.pipeline import LungPathologyPipeline  # noqa: E402
 from medrefine.pipeline import SegmentationPipeline  # noqa: E402
 from medrefine.postprocess import PostprocessConfig  # noqa: E402
 from medrefine.presets import get_preset  # noqa: E402
@@ -201,3 +204,55 @@ def test_refine_boxes_and_brush_in_the_browser(server, tiny_weights, tmp_path):
                                     postprocess=PostprocessConfig())
     expected = pipe.run(image, boxes=[(120, 80, 400, 300)])
     np.testing.assert_array_equal(read_mask(downloaded), expected.mask)
+
+
+@pytest.fixture
+def ct_nifti(data_dir: Path, tmp_path: Path) -> Path:
+    """example_ct_sm.nii.gz (30 slices, 3 mm), copied: the page uploads it."""
+    source = data_dir / "ct_hu_samples" / "example_ct_sm.nii.gz"
+    if not source.is_file():
+        pytest.skip(f"{source} not found")
+    return Path(shutil.copy(source, tmp_path / source.name))
+
+
+def test_ct_tab_in_the_browser(ct_nifti, server, tmp_path):  # the CT is copied first
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(server, wait_until="domcontentloaded")  # Gradio keeps a stream open
+            page.get_by_role("tab", name="CT lung pathology").click()
+            page.locator("#ct-file input[type=file]").set_input_files(str(ct_nifti))
+            page.wait_for_selector("#ct-file a, #ct-file .file-preview")  # upload arrived
+            page.locator("#ct-run").click()
+            page.wait_for_selector("#ct-table table")
+            page.wait_for_selector("#ct-slices img")
+            table = page.locator("#ct-table").inner_text()
+            status = page.locator("#ct-status").inner_text()
+            legend = page.locator("#ct-legend").inner_text()
+            first_src = page.locator("#ct-slices img").get_attribute("src")
+            # scroll: type a slice number into the slider's box; the picture is re-drawn
+            box = page.locator("#ct-slice input[type=number]")
+            box.fill("3")
+            box.press("Enter")
+            page.wait_for_function(
+                "src => document.querySelector('#ct-slices img').getAttribute('src') !== src",
+                arg=first_src,
+            )
+            page.wait_for_function("() => !document.querySelector('#ct-download-nifti').disabled")
+            with page.expect_download() as info:
+                page.locator("#ct-download-nifti").click()
+            downloaded = tmp_path / "downloads" / info.value.suggested_filename
+            info.value.save_as(downloaded)
+            page.screenshot(path=str(artifacts_dir() / "app_ct.png"), full_page=True)
+        finally:
+            browser.close()
+
+    assert "Ground-glass opacity" in table and "% of lung" in table and "Emphysema" in table
+    assert "Lung in the scan" in table
+    assert "partial lung coverage" in status  # this sample shows part of the lungs only
+    assert "Consolidation" in legend and "Fibrosis" in legend
+    assert downloaded.name == "example_ct_sm.nii.gz"
+    expected = LungPathologyPipeline().run(ct_nifti)
+    np.testing.assert_array_equal(read_mask(downloaded), expected.labels)
