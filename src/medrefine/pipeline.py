@@ -458,12 +458,8 @@ class SegmentationPipeline:
         from medrefine.litemedsam import empty_boxes, load_litemedsam
 
         loaded = as_loaded(image)
-        if coarse_mask is not None or loaded.is_volume:
-            raise InputError("boxes prompt a 2D image instead of a mask: pass one or the "
-                             "other, on a 2D image")
-        if self.refiner is None:
-            raise ConfigError("the litemedsam box engine hands LiteMedSAM's mask to the "
-                              "diffusion refiner; this pipeline has none")
+        self._check_box_prompt(loaded, coarse_mask, "the litemedsam box engine hands "
+                               "LiteMedSAM's mask to the diffusion refiner")
         boxes = check_boxes(boxes, loaded.spatial_shape)
         t = time.perf_counter()
         lite = load_litemedsam(self._device)
@@ -520,12 +516,8 @@ class SegmentationPipeline:
             return self.fixer()._run(loaded, coarse_mask, boxes, refine, own_probs)
         params = refine or self.refine_params
         if boxes is not None:
-            if coarse_mask is not None or loaded.is_volume:
-                raise InputError("boxes prompt a 2D image instead of a mask: pass one or the "
-                                 "other, on a 2D image")
-            if self.refiner is None:
-                raise ConfigError("boxes are turned into masks by the diffusion refiner; this "
-                                  "pipeline has none")
+            self._check_box_prompt(loaded, coarse_mask,
+                                   "boxes are turned into masks by the diffusion refiner")
             coarse_mask = boxes_to_mask(boxes, loaded.spatial_shape)
             params = replace(params, leave_alone=False)
         if coarse_mask is not None:
@@ -584,6 +576,15 @@ class SegmentationPipeline:
         return SegmentationResult(
             loaded, mask, coarse_out, refined, uncertainty, score, timings, run_params
         )
+
+    def _check_box_prompt(self, loaded: LoadedImage, coarse_mask, needs: str) -> None:
+        """Boxes prompt a 2D image instead of a mask, and need the refiner (``needs`` says
+        what for)."""
+        if coarse_mask is not None or loaded.is_volume:
+            raise InputError("boxes prompt a 2D image instead of a mask: pass one or the "
+                             "other, on a 2D image")
+        if self.refiner is None:
+            raise ConfigError(f"{needs}; this pipeline has none")
 
     def _doubt_weight(self) -> float:
         """The preset's weight of the coarse model's doubt in the review score, where the
