@@ -286,3 +286,36 @@ def test_a_multi_class_preset_segments_without_refinement_unless_a_refiner_is_fo
     with pytest.raises(ConfigError, match="needs a binary coarse model"):
         SegmentationPipeline(preset="chest", diffusion_weights=tiny_weights["refiner"],
                              device="cpu")
+
+
+def test_hu_lung_gate_keeps_labels_near_the_lungs_only():
+    """A CT in HU: labels farther than the margin from the HU lung mask (air-density lung
+    inside the body) are dropped, e.g. "lung" a chest-only model finds in the abdomen; an
+    8-bit picture or another modality is not gated."""
+    from medrefine.io import LoadedImage
+    from medrefine.pipeline import hu_lung_gate, is_hu_ct
+
+    depth, size = 20, 64
+    yy, xx = np.mgrid[:size, :size]
+    body = (yy - 32) ** 2 + (xx - 32) ** 2 <= 28 ** 2
+    lungs = ((yy - 30) ** 2 + (xx - 20) ** 2 <= 8 ** 2) | (
+        (yy - 30) ** 2 + (xx - 44) ** 2 <= 8 ** 2)
+    hu = np.full((depth, size, size), -1000.0, np.float32)
+    hu[:, body] = 20.0
+    hu[:10, lungs] = -850.0  # the chest: slices 0-9; the abdomen below
+    loaded = LoadedImage(hu[None], (5.0, 2.0, 2.0), {"format": "nifti", "modality": "CT",
+                                                     "source_dtype": "int16"}, None)
+    assert is_hu_ct(loaded)
+    labels = np.where(body, 1, 0).astype(np.uint8)[None].repeat(depth, 0)
+    gated, report = hu_lung_gate(labels, loaded, 20.0)
+    assert report["margin_mm"] == 20.0 and report["lung_voxels"] > 0
+    assert gated[:10][:, lungs].all()  # the lungs themselves stay
+    assert not gated[14:].any()  # over 20 mm below the last lung slice: all dropped
+    assert labels[5, 6, 32] and not gated[5, 6, 32]  # in the chest, 37 mm from either lung
+    assert report["removed_voxels"] == int(labels.sum() - gated.sum())
+    picture = LoadedImage(np.clip(hu + 1000, 0, 255)[None], (5.0, 2.0, 2.0),
+                          {"format": "png", "source_dtype": "uint8"}, None)
+    assert not is_hu_ct(picture)
+    mr = LoadedImage(hu[None], (5.0, 2.0, 2.0), {"modality": "MR", "source_dtype": "int16"},
+                     None)
+    assert not is_hu_ct(mr)

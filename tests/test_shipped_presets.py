@@ -12,6 +12,9 @@ from medrefine.pipeline import SegmentationPipeline
 from medrefine.presets import PRESETS, sample_path
 
 SHIPPED = [name for name, p in PRESETS.items() if p.coarse_weights.is_file()]
+# ct-lung-infection's lungs on example_ct_sm (HU) against TotalSegmentator's lobes: measured
+# 0.817 with the preset's 20 mm HU lung gate (0.428 without it)
+LUNG_DICE_HU = 0.75
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -52,3 +55,28 @@ def test_a_label_maps_dicom_seg_names_its_segments_as_the_model_does(data_dir, t
                  "--preset", "chest", "--no-refine", "--format", "dicom-seg"]) == 0
     seg = pydicom.dcmread(out / "CT_small.dcm")
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["right_lung", "left_lung", "heart"]
+
+
+@pytest.mark.skipif("ct-lung-infection" not in SHIPPED, reason="ct-lung-infection not shipped")
+def test_a_ct_in_hounsfield_units_gets_the_training_slices_look(data_dir, tmp_path):
+    """The CT preset was trained on 8-bit slices its source made by per-slice min-max and
+    CLAHE; a NIfTI in HU gets that recipe (``norm: minmax-clahe``), so the lungs land where
+    the reference labels put them (TotalSegmentator's lung lobes of example_ct_sm, lung
+    bases), and a DICOM series gives a DICOM-SEG with the two segments."""
+    from medrefine.cli import main
+    from medrefine.metrics import dice
+
+    ct = data_dir / "ct_hu_samples"
+    pipe = SegmentationPipeline(preset="ct-lung-infection", use_diffusion=False, device="cpu")
+    image = read_image(ct / "example_ct_sm.nii.gz")
+    labels = pipe.run(image).mask
+    reference = read_image(ct / "example_ct_sm_lung_lobes.nii.gz").array[0] > 0
+    assert labels.shape == reference.shape and set(np.unique(labels)) <= {0, 1, 2}
+    assert dice(labels > 0, reference) > LUNG_DICE_HU
+    out = tmp_path / "seg"
+    assert main(["segment", str(ct / "dicom_series"), "-o", str(out), "--preset",
+                 "ct-lung-infection", "--format", "dicom-seg,nifti"]) == 0
+    import pydicom
+
+    seg = pydicom.dcmread(out / "dicom_series.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["lung", "infection"]

@@ -85,6 +85,35 @@ class SegmentationResult:
         }
 
 
+def is_hu_ct(loaded: LoadedImage) -> bool:
+    """A CT in Hounsfield units: not an 8-bit picture, not another modality, air below -500."""
+    modality = str(loaded.meta.get("modality") or "").upper()
+    if loaded.meta.get("source_dtype") in ("uint8", "bool") or modality not in ("", "CT", "OT"):
+        return False
+    return float(loaded.array.min()) < -500
+
+
+def hu_lung_gate(mask: np.ndarray, loaded: LoadedImage, margin_mm: float
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """``mask`` with every label farther than ``margin_mm`` from the HU lung mask set to 0,
+    and what was removed (for the report)."""
+    from scipy import ndimage as ndi
+
+    from medrefine.lungpath.lungmask import hu_lung_mask
+
+    hu = loaded.array[0].astype(np.float32)
+    spacing = loaded.spacing
+    lung = hu_lung_mask(hu, spacing)
+    if lung.any():
+        near = ndi.distance_transform_edt(~lung, sampling=spacing) <= margin_mm
+    else:
+        near = lung
+    near = near.reshape(mask.shape)
+    removed = int(((mask > 0) & ~near).sum())
+    return np.where(near, mask, 0).astype(mask.dtype), {
+        "margin_mm": margin_mm, "removed_voxels": removed, "lung_voxels": int(lung.sum())}
+
+
 def as_loaded(image: str | Path | np.ndarray | LoadedImage) -> LoadedImage:
     """A path, a LoadedImage, or a numpy image ((H, W), (H, W, 1|3|4) or (C, H, W))."""
     if isinstance(image, LoadedImage):
@@ -536,6 +565,9 @@ class SegmentationPipeline:
             coarse_out = coarse[0]
             probs = refined if refined is not None else coarse_out
             mask = postprocess(probs, self.post, spacing=spacing)
+        gate = None
+        if self.preset is not None and self.preset.hu_lung_margin_mm > 0 and is_hu_ct(loaded):
+            mask, gate = hu_lung_gate(mask, loaded, self.preset.hu_lung_margin_mm)
         timings["postprocess"] = time.perf_counter() - t
         score, review = None, None
         if uncertainty is not None:
@@ -566,6 +598,8 @@ class SegmentationPipeline:
             names = list(getattr(self.coarse, "info", {}).get("class_names") or [])
             if len(names) == coarse.shape[0] - 1:
                 run_params["class_names"] = names
+        if gate is not None:
+            run_params["hu_lung_gate"] = gate
         if review is not None:
             run_params["review"] = review
         if log:
