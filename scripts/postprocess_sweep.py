@@ -9,8 +9,8 @@ breast-ultrasound frames, where an empty mask is the right answer), and Dice ove
 best by ``--objective``; never run this on test.
 
 usage:
-  OMP_NUM_THREADS=2 python scripts/postprocess_sweep.py --weights runs/v2/breast_us/best.safetensors \\
-      --data ../shared/data/busi --split val --objective balanced
+  OMP_NUM_THREADS=2 python scripts/postprocess_sweep.py \\
+      --weights runs/v2/breast_us/best.safetensors --data ../shared/data/busi --split val
 """
 
 from __future__ import annotations
