@@ -42,6 +42,16 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+@pytest.fixture(scope="session")
+def ct_hu(data_dir: Path) -> Path:
+    """``shared/data/ct_hu_samples``: real CT in Hounsfield units (NIfTI volumes, a 20-slice
+    DICOM series) with reference label maps."""
+    folder = data_dir / "ct_hu_samples"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    return folder
+
+
 GRID = (32, 32)
 
 

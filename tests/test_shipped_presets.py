@@ -58,7 +58,7 @@ def test_a_label_maps_dicom_seg_names_its_segments_as_the_model_does(data_dir, t
 
 
 @pytest.mark.skipif("ct-lung-infection" not in SHIPPED, reason="ct-lung-infection not shipped")
-def test_a_ct_in_hounsfield_units_gets_the_training_slices_look(data_dir, tmp_path):
+def test_a_ct_in_hounsfield_units_gets_the_training_slices_look(ct_hu, tmp_path):
     """The CT preset was trained on 8-bit slices its source made by per-slice min-max and
     CLAHE; a NIfTI in HU gets that recipe (``norm: minmax-clahe``), so the lungs land where
     the reference labels put them (TotalSegmentator's lung lobes of example_ct_sm, lung
@@ -66,7 +66,7 @@ def test_a_ct_in_hounsfield_units_gets_the_training_slices_look(data_dir, tmp_pa
     from medrefine.cli import main
     from medrefine.metrics import dice
 
-    ct = data_dir / "ct_hu_samples"
+    ct = ct_hu
     pipe = SegmentationPipeline(preset="ct-lung-infection", use_diffusion=False, device="cpu")
     image = read_image(ct / "example_ct_sm.nii.gz")
     labels = pipe.run(image).mask

@@ -32,14 +32,6 @@ OUT = "session view picture slider table status nifti_dl seg_dl json_dl".split()
 
 
 @pytest.fixture(scope="module")
-def ct_hu(data_dir: Path) -> Path:
-    folder = data_dir / "ct_hu_samples"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} not found")
-    return folder
-
-
-@pytest.fixture(scope="module")
 def series_zip(ct_hu, tmp_path_factory) -> Path:
     """The 20-slice DICOM series zipped as a zip tool does it: inside a folder or two."""
     path = tmp_path_factory.mktemp("zip") / "chest_series.zip"

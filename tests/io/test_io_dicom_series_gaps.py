@@ -23,11 +23,8 @@ from medrefine.io.slice_grid import plan_grid, uneven_gaps
 
 
 @pytest.fixture(scope="module")
-def series_dir(data_dir: Path) -> Path:
-    folder = data_dir / "ct_hu_samples" / "dicom_series"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} not found")
-    return folder
+def series_dir(ct_hu: Path) -> Path:
+    return ct_hu / "dicom_series"
 
 
 @pytest.fixture(scope="module")
