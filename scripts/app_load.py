@@ -21,6 +21,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -105,11 +106,19 @@ class PeakRSS(threading.Thread):
             time.sleep(0.1)
 
 
+# One TLS context for every browser: gradio_client otherwise builds one per HTTP call (loading
+# the CA store, about 20 ms of CPU each, several per request), which on this machine took as
+# much CPU as the server it measures; a browser on its own computer costs the server nothing of
+# the kind. Loopback is plain HTTP, so the context is never used for a handshake.
+_TLS = ssl.create_default_context()
+
+
 def browser(url: str, downloads: Path):
     from gradio_client import Client
 
     cookie = f"medrefine_client={secrets.token_urlsafe(32)}"
-    return Client(url, verbose=False, headers={"Cookie": cookie}, download_files=str(downloads))
+    return Client(url, verbose=False, headers={"Cookie": cookie}, download_files=str(downloads),
+                  ssl_verify=_TLS)
 
 
 def segment(client) -> tuple[bool, float, str]:
@@ -128,6 +137,32 @@ def segment(client) -> tuple[bool, float, str]:
         return ok, time.perf_counter() - t0, "" if ok else "no mask file"
     except Exception as err:
         return False, time.perf_counter() - t0, f"{type(err).__name__}: {err}"
+
+
+def alone(url: str, downloads: Path, repeats: int = 5) -> dict[str, float]:
+    """One request at a time: the browser's latency, and the page's own timings (the pipeline's
+    ``total`` and the callback's ``app total``), medians over ``repeats`` requests."""
+    from gradio_client import handle_file
+
+    client = browser(url, downloads)
+    rows = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = client.predict(image_file=handle_file(str(SAMPLE)), gt_file=None, coarse_file=None,
+                             refiner_file=None, api_name="/segment_image")
+        latency = time.perf_counter() - t0
+        text = next(o for o in out if isinstance(o, str) and o.startswith("Timings: "))
+        parts = (p.rsplit(" ", 2) for p in text.removeprefix("Timings: ").split(" · "))
+        timings = {name: float(ms) for name, ms, _ in parts}
+        rows.append((latency, timings["total"], timings["app total"]))
+    latency, total, app_total = (statistics.median(col) for col in zip(*rows, strict=True))
+    return {
+        "latency_ms": round(latency * 1000),
+        "pipeline_total_ms": round(total),
+        "app_total_ms": round(app_total),
+        "app_own_ms": round(app_total - total),  # the page's "app total" minus "total"
+        "browser_minus_pipeline_ms": round(latency * 1000 - total),
+    }
 
 
 def cross_session(url: str) -> dict[str, int]:
@@ -183,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"requests": args.requests}
     try:
         result["startup_s"] = round(wait_ready(url, server), 1)
+        result["alone"] = alone(url, downloads)
         monitor = PeakRSS(server.pid)
         monitor.start()
         clients = [browser(url, downloads) for _ in range(args.requests)]

@@ -230,7 +230,7 @@ def test_nothing_is_left_on_disk(tmp_path, tiny_weights, disk_image):
         wait_for(lambda: not list(gradio_folder.glob("tmp*")), 10, "the aborted upload to go")
         during = session_files(gradio_folder)
         assert any(p.name == "disk.png" for p in during)  # the session's upload
-        assert any(p.name == "image.png" for p in during)  # pictures it was sent
+        assert any(p.name == "image.jpeg" for p in during)  # pictures it was sent
         assert any("medrefine-app-" in str(p) for p in during)  # its session folder
         client.close()  # the tab closes: the session ends
         wait_for(

@@ -75,7 +75,8 @@ def write_downloads(session: Session, mask_format: str) -> tuple[Path, Path]:
         result.mask, session.request / f"{outcome.stem}{suffix}", like=result.image, format=fmt
     )
     picture = overlay(outcome.image01, result.mask > 0, color=REFINED_COLOR)
-    overlay_path = save_png(picture, session.request / f"{outcome.stem}_overlay.png")
+    overlay_path = save_png(picture, session.request / f"{outcome.stem}_overlay.png",
+                            compress_level=1)
     return mask_path, overlay_path
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import io
 import logging
 import os
 import secrets
@@ -51,7 +52,8 @@ def atomic_picture_cache() -> None:
         return
 
     def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
-        data = pu.encode_pil_to_bytes(img, format)
+        data = _jpeg_bytes(img) if format.lower() in ("jpeg", "jpg") else \
+            pu.encode_pil_to_bytes(img, format)
         folder = Path(cache_dir) / pu.hash_bytes(data)
         folder.mkdir(exist_ok=True, parents=True)
         path = (folder / f"{name}.{format}").resolve()
@@ -63,6 +65,14 @@ def atomic_picture_cache() -> None:
 
     save_pil_to_cache.medrefine_fixed = True  # type: ignore[attr-defined]
     pu.save_pil_to_cache = save_pil_to_cache
+
+
+def _jpeg_bytes(img) -> bytes:
+    """A result picture as JPEG at quality 90 (Gradio's own call leaves PIL's 75, which blurs
+    the one-pixel contour lines)."""
+    with io.BytesIO() as out:
+        img.convert("RGB").save(out, "JPEG", quality=90)
+        return out.getvalue()
 
 
 def no_empty_upload_files() -> None:

@@ -16,6 +16,7 @@ from medrefine.app.models import (
     available_presets,
     change_refiner_upload,
     change_source,
+    default_source,
     has_refiner,
     model_defaults,
     model_note,
@@ -41,7 +42,7 @@ def build_app(
     folder is deleted (``launch`` deletes the session's uploads and pictures there)."""
     presets = available_presets()
     sources = [*presets, UPLOADED]
-    source0 = "polyp" if "polyp" in presets else sources[0]
+    source0 = default_source(presets)
     params0, post0 = model_defaults(source0)
 
     def end_session(state: Session | None) -> None:
@@ -276,7 +277,10 @@ def build_app(
 
 
 def _picture(label: str, elem_id: str) -> gr.Image:
-    return gr.Image(label=label, format="png", interactive=False, elem_id=elem_id)
+    """A result picture for the screen, sent as JPEG (quality 90, ``gradio_fixes``): about 1 ms
+    to encode a 512-px picture where PNG takes 60 ms, and a sixth of the bytes; the downloads
+    stay lossless PNG."""
+    return gr.Image(label=label, format="jpeg", interactive=False, elem_id=elem_id)
 
 
 def _examples(presets: list[str], image_file, gt_file, source) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from medrefine.app.microbatch import ModelLane, batched_pipeline
 from medrefine.app.session import readable_errors
 from medrefine.checkpoint import file_sha256, read_info
 from medrefine.errors import ConfigError, InputError
@@ -24,6 +25,19 @@ UPLOADED = "uploaded weights"
 def available_presets() -> list[str]:
     """Presets whose coarse weights are installed (a preset without them is not offered)."""
     return [name for name, preset in PRESETS.items() if preset.coarse_weights.is_file()]
+
+
+def default_source(presets: list[str] | None = None) -> str:
+    """The model the page starts with: the polyp preset when installed, else the first one."""
+    presets = available_presets() if presets is None else presets
+    return "polyp" if "polyp" in presets else ([*presets, UPLOADED])[0]
+
+
+def warm_up(source: str) -> None:
+    """Load ``source``'s models before the first request (the page's default, with diffusion
+    on as the page starts), so the first browsers do not wait for them."""
+    if source != UPLOADED:
+        _cached_pipeline(source, None, None, get_preset(source).refiner_weights.is_file(), "")
 
 
 def model_defaults(
@@ -55,12 +69,27 @@ def model_note(source: str) -> str:
     return note
 
 
+_LANE: ModelLane | None = None
+
+
+def use_model_lane(max_batch: int) -> None:
+    """Run the shared pipelines' networks in one ``ModelLane`` that batches up to
+    ``max_batch`` waiting calls (the server does this; 0 = none: each request runs its
+    networks in its own thread). Pipelines loaded before keep their way."""
+    global _LANE
+    if max_batch < 0:
+        raise ConfigError(f"max_batch must be 0 (no lane) or more, got {max_batch}")
+    _LANE = ModelLane(max_batch) if max_batch else None
+    _cached_pipeline.cache_clear()
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_pipeline(
     preset: str | None, coarse: str | None, refiner: str | None, use_diffusion: bool, digest: str
 ) -> SegmentationPipeline:
     """Loaded models, shared read-only by all sessions (``digest``: uploaded files' content)."""
-    return SegmentationPipeline(coarse, refiner, use_diffusion=use_diffusion, preset=preset)
+    pipe = SegmentationPipeline(coarse, refiner, use_diffusion=use_diffusion, preset=preset)
+    return pipe if _LANE is None else batched_pipeline(pipe, _LANE)
 
 
 def build_pipeline(

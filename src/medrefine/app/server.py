@@ -26,6 +26,7 @@ from medrefine.app.guard import (
     remove_stale_roots,
 )
 from medrefine.app.layout import FONTS, build_app
+from medrefine.app.models import default_source, use_model_lane, warm_up
 from medrefine.io.limits import current_limits
 from medrefine.presets import PRESETS, sample_path
 
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 MAX_FILE_SIZE = "200mb"
 DEFAULT_CONCURRENCY = 2  # requests segmented at once; more wait in the queue
+DEFAULT_MAX_BATCH = 0  # >0: the networks of concurrent requests run batched in one lane
 DEFAULT_QUEUE_SIZE = 64  # requests waiting beyond that are refused ("queue full")
 DEFAULT_IDLE_S = 4 * 3600.0
 
@@ -47,6 +49,7 @@ def launch(
     concurrency: int = DEFAULT_CONCURRENCY,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     idle_s: float = DEFAULT_IDLE_S,
+    max_batch: int = DEFAULT_MAX_BATCH,
     **kwargs: Any,
 ) -> gr.Blocks:
     """Build and serve the app; blocks until stopped (Ctrl-C or SIGTERM) unless
@@ -59,7 +62,9 @@ def launch(
     and pictures are deleted when it ends (``guard.FileRegistry``). ``concurrency`` requests
     run at once, up to ``queue_size`` more wait (each browser sees its place in the queue);
     output files are served only to the browser they were made for (``guard.FileGuard``);
-    ``auth``: [(user, password)] pairs asked for on the login page."""
+    ``auth``: [(user, password)] pairs asked for on the login page. The requests' networks run
+    in one lane that batches up to ``max_batch`` waiting calls (``microbatch.ModelLane``; 0:
+    each request runs them itself)."""
     blocking = not kwargs.pop("prevent_thread_lock", False)
     with _sigterm_stops_the_server(blocking):
         remove_stale_roots()  # what medrefine versions before the server folder left
@@ -77,6 +82,7 @@ def launch(
                 concurrency=concurrency,
                 queue_size=queue_size,
                 idle_s=idle_s,
+                max_batch=max_batch,
                 **kwargs,
             )
         except BaseException:
@@ -111,6 +117,7 @@ def _serve(
     concurrency: int,
     queue_size: int,
     idle_s: float,
+    max_batch: int = DEFAULT_MAX_BATCH,
     **kwargs: Any,
 ) -> gr.Blocks:
     """``launch``'s server, started in a thread (``server``: where it listens, who may log in);
@@ -119,6 +126,8 @@ def _serve(
     registry = FileRegistry(cache_folder(), idle_s=idle_s)
     notice = limits_notice(max_file_size, concurrency, idle_s)
     demo = build_app(idle_s=idle_s, notice=notice, on_session_end=registry.end_session)
+    use_model_lane(max_batch)
+    warm_up(default_source())
     registry.keep.update(_keep_app_files(demo))
     demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})

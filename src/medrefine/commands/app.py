@@ -31,6 +31,7 @@ from pathlib import Path
 from medrefine.errors import ConfigError
 
 DEFAULT_CONCURRENCY = 2  # as medrefine.app.server (not imported: it pulls in Gradio)
+DEFAULT_MAX_BATCH = 0  # as medrefine.app.server
 DEFAULT_QUEUE_SIZE = 64
 
 
@@ -71,6 +72,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=DEFAULT_CONCURRENCY,
         metavar="N",
         help=f"requests segmented at once; more wait in a queue (default {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        metavar="N",
+        help="the networks of concurrent requests run in one thread, up to N waiting calls as "
+        f"one batch (default {DEFAULT_MAX_BATCH}: each request runs its own; on 2 CPU cores "
+        "batching measured no faster, see README)",
     )
     parser.add_argument(
         "--queue-size",
@@ -152,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             "the web interface needs Gradio; install it with `pip install gradio`"
         ) from err
     os.umask(0o077)  # everything the server writes (uploads, results) is owner-only
-    _share_cores(args.concurrency)
+    _share_cores(1 if args.max_batch else args.concurrency)
     launch(
         args.host,
         args.port,
@@ -161,12 +171,14 @@ def run(args: argparse.Namespace) -> int:
         auth=auth,
         concurrency=args.concurrency,
         queue_size=args.queue_size,
+        max_batch=args.max_batch,
     )
     return 0
 
 
 def _share_cores(concurrency: int) -> None:
-    """Concurrent requests share the cores instead of each starting a thread per core."""
+    """Concurrent requests share the cores instead of each starting a thread per core (with
+    the model lane, ``concurrency`` 1: the lane's one thread runs every network)."""
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // concurrency))
