@@ -41,8 +41,14 @@ class Preset:
     # (``lungpath.lungmask.hu_lung_mask``: air-density lung inside the body); 0 = off. For a
     # model trained on chest slices alone, which finds "lung" in the bowel gas of an abdomen.
     hu_lung_margin_mm: float = 0.0
+    # Test-time flips of the coarse model (``inference.TTA_FLIPS``: "hflip", "vflip"), its
+    # probabilities averaged over the image and these views; () = off. On only where own val
+    # gains and the external archive does not lose (the model card's "Test-time flips").
+    tta: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if not set(self.tta) <= {"hflip", "vflip"}:
+            raise ConfigError(f"preset {self.name!r}: tta {self.tta!r}; use hflip and/or vflip")
         if self.box_engine not in BOX_ENGINES:
             raise ConfigError(f"preset {self.name!r}: box_engine {self.box_engine!r}; choose "
                               f"from {BOX_ENGINES}")
