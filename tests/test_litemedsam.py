@@ -108,6 +108,39 @@ def test_litemedsam_segments_the_polyp_sample_from_its_box():
     assert lite.predict(grey, mask_boxes(gt)).shape == gt.shape
 
 
+@needs_package
+def test_the_onnx_image_encoder_gives_torchs_masks_and_falls_back_to_torch(
+    fresh_load, monkeypatch, tmp_path, caplog
+):
+    """``auto`` on the CPU runs the image encoder on ONNX Runtime (exported into the cache on
+    first use): the same probabilities as torch to 1e-4; where the export fails, torch runs it,
+    with one warning."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    image, gt = polyp_sample()
+    boxes = mask_boxes(gt)
+    fast = litemedsam.load_litemedsam("cpu")
+    plain = litemedsam.load_litemedsam("cpu", backend="torch")
+    assert (fast.backend, plain.backend) == ("onnx", "torch")
+    assert fast.provenance()["image_encoder"] == "onnx"
+    assert list((tmp_path / "cache").rglob("image_encoder.onnx"))  # exported into the cache
+    want = plain.predict(image.array, boxes, image.meta["source_dtype"])
+    got = fast.predict(image.array, boxes, image.meta["source_dtype"])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+    litemedsam._load.cache_clear()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("exporter unavailable")
+
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    with caplog.at_level("WARNING", logger="medrefine.litemedsam"):
+        fallback = litemedsam.load_litemedsam("cpu")
+    assert fallback.backend == "torch" and "exporter unavailable" in caplog.text
+    with pytest.raises(ConfigError, match="auto, onnx or torch"):
+        litemedsam.load_litemedsam("cpu", backend="tensorrt")
+
+
 def test_the_image_must_be_2d_with_one_to_four_channels():
     with pytest.raises(InputError, match="2D image"):
         litemedsam._as_rgb(np.zeros((1, 4, 8, 8), np.float32), "float32")

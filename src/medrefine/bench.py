@@ -112,6 +112,8 @@ def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
             lambda: full.run(image_path, boxes=boxes), reps)
         out["end_to_end"]["refine_mask_auto_refiner_only"] = timeit(
             lambda: fixer.run(image_path, coarse_mask=given), reps)
+        out["box_engine_auto"] = full.box_engine("auto")
+        out["end_to_end"].update(_box_engines(full, image_path, loaded, boxes, reps, device))
     for batch in (1, 4, 8) if not quick else (1, 4):
         x = np.repeat(image01[None], batch, 0)
         t = timeit(lambda x=x: coarse.predict_grid(x), max(3, reps // 2))
@@ -132,6 +134,26 @@ def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
                                          coarse_grid[0], reps, device)
     out["peak_rss_mb"] = peak_rss_mb()
     return out
+
+
+def _box_engines(pipe: SegmentationPipeline, image_path: Path, loaded, boxes, reps: int,
+                 device: str) -> dict[str, Any]:
+    """``refine --box`` with each engine, side by side with LiteMedSAM alone (its mask of the
+    boxes from the loaded image, without the refiner): the figures of ``--box-engine``. Empty
+    where LiteMedSAM is not installed (the refiner engine is ``refine_boxes_auto`` then)."""
+    from medrefine.litemedsam import load_litemedsam
+
+    try:
+        lite = load_litemedsam(device)
+    except ConfigError as err:
+        logger.warning("bench: no LiteMedSAM rows (%s)", err)
+        return {}
+    dtype = loaded.meta["source_dtype"]
+    rows = {"litemedsam_alone": timeit(lambda: lite.predict(loaded.array, boxes, dtype), reps)}
+    for engine in ("refiner", "litemedsam"):
+        rows[f"refine_boxes_{engine}"] = timeit(
+            lambda engine=engine: pipe.run(image_path, boxes=boxes, box_engine=engine), reps)
+    return rows
 
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -167,7 +189,9 @@ def bench_backends(backends: tuple[str, ...], coarse_weights: str | Path | list[
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"medrefine {result['medrefine_version']} bench: preset {result['preset']}, "
              f"image {result['image']} {result['image_size']}, grid {result['grid']}, "
-             f"{result['threads']} threads, {result['device']}"]
+             f"{result['threads']} threads, {result['device']}"
+             + (f"; box engine auto = {result['box_engine_auto']}"
+                if "box_engine_auto" in result else "")]
     lines.append(f"{'stage':<30}{'median ms':>12}{'p10..p90 ms':>20}")
     for name, t in {**result["stages"], **{f"end-to-end {k}": v for k, v in
                                            result["end_to_end"].items()}}.items():

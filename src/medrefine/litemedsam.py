@@ -66,14 +66,19 @@ class LiteMedSAM:
         weights: the checkpoint file it was loaded from (for provenance).
     """
 
-    def __init__(self, net: nn.Module, device: torch.device, weights: Path):
+    def __init__(self, net: nn.Module, device: torch.device, weights: Path,
+                 image_encoder: Any = None):
         self.net = net.to(device).eval()
         self.device = device
         self.weights = Path(weights)
+        # (1, 3, 256, 256) -> (1, 256, 64, 64): the net's own, or its ONNX Runtime graph
+        self.image_encoder = image_encoder or self.net.image_encoder
+        self.backend = "torch" if image_encoder is None else "onnx"
 
     def provenance(self) -> dict[str, Any]:
         return {"model": "LiteMedSAM", "package": f"{PACKAGE} {PACKAGE_VERSION}",
-                "weights": str(self.weights), "sha256": WEIGHTS_SHA256}
+                "weights": str(self.weights), "sha256": WEIGHTS_SHA256,
+                "image_encoder": self.backend}
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray, boxes: Iterable[Sequence[float]],
@@ -103,7 +108,7 @@ class LiteMedSAM:
         padded = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.float32)
         padded[:new_h, :new_w] = small
         x = torch.from_numpy(padded).permute(2, 0, 1)[None].to(self.device)  # (1, 3, 256, 256)
-        embedding = self.net.image_encoder(x)  # (1, 256, 64, 64)
+        embedding = self.image_encoder(x)  # (1, 256, 64, 64)
         # SAM's boxes are pixel indices, last row and column included (MedSAM's training boxes
         # are a mask's min and max index): our exclusive corners less one, on the 256 grid
         corners = np.array([(x0, y0, x1 - 1, y1 - 1) for x0, y0, x1, y1 in boxes], np.float32)
@@ -149,8 +154,8 @@ def _as_rgb(image: np.ndarray, source_dtype: str) -> np.ndarray:
     return hwc.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=2)
-def _load(device: str) -> LiteMedSAM:
+@functools.lru_cache(maxsize=4)
+def _load(device: str, backend: str = "torch") -> LiteMedSAM:
     modeling, checkpoints = _package_modules()
     weights = Path(checkpoints.get_asset_path())
     if not weights.is_file():
@@ -166,14 +171,73 @@ def _load(device: str) -> LiteMedSAM:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
     logger.info("LiteMedSAM loaded from %s (sha256 %s)", weights, digest[:12])
-    return LiteMedSAM(net, torch.device(device), weights)
+    net.eval()
+    encoder = _onnx_image_encoder(net) if backend == "onnx" and device == "cpu" else None
+    return LiteMedSAM(net, torch.device(device), weights, encoder)
 
 
-def load_litemedsam(device: str | torch.device = "auto") -> LiteMedSAM:
-    """LiteMedSAM on ``device`` (``auto``, ``cpu``, ``cuda``), loaded once per device."""
+def load_litemedsam(device: str | torch.device = "auto", backend: str = "auto") -> LiteMedSAM:
+    """LiteMedSAM on ``device`` (``auto``, ``cpu``, ``cuda``), loaded once per device.
+
+    ``backend``: where the image encoder (nine tenths of the time) runs. ``onnx``: ONNX
+    Runtime, on the CPU only, about 3x faster than torch there (0.40 vs 1.17 s for one image
+    on this project's 2 cores; the embedding within 1e-5 of torch's), the graph exported on
+    first use into the ONNX cache (``export.runtime.cache_root``, keyed by the weights'
+    SHA-256); ``torch``; ``auto``: ``onnx`` on the CPU, else ``torch``."""
     from medrefine.inference import resolve_device
 
-    return _load(str(resolve_device(str(device))))
+    if backend not in ("auto", "onnx", "torch"):
+        raise ConfigError(f"LiteMedSAM backend {backend!r}; choose auto, onnx or torch")
+    device = str(resolve_device(str(device)))
+    if backend == "auto":
+        backend = "onnx" if device == "cpu" else "torch"
+    return _load(device, backend)
+
+
+class _OrtEncoder:
+    """The image encoder as an ONNX Runtime session: tensor in, tensor out."""
+
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (out,) = self.graph(image=x.detach().cpu().numpy().astype(np.float32))
+        return torch.from_numpy(out)
+
+
+def _onnx_image_encoder(net: nn.Module) -> _OrtEncoder | None:
+    """The encoder's graph from the cache (exported there on first use, written under a
+    temporary name and renamed into place); None, with a warning, where that fails (torch
+    runs it then)."""
+    import os
+    import secrets
+    import warnings
+
+    from medrefine.export.runtime import OnnxGraph, cache_root
+
+    path = cache_root() / f"litemedsam-{WEIGHTS_SHA256[:16]}" / "image_encoder.onnx"
+    try:
+        if not path.is_file():
+            logger.info("exporting LiteMedSAM's image encoder to ONNX in %s (first use)",
+                        path.parent)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+            try:
+                with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the tracer's notes on shape asserts
+                    torch.onnx.export(net.image_encoder, torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),
+                                      str(tmp), input_names=["image"],
+                                      output_names=["embedding"], opset_version=17,
+                                      dynamo=False)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return _OrtEncoder(OnnxGraph(path, ("image",)))
+    except Exception as err:  # no onnxruntime, a read-only cache, a damaged graph
+        logger.warning("LiteMedSAM runs its image encoder on torch (ONNX Runtime: %s)", err)
+        if path.is_file() and not isinstance(err, OSError):
+            path.unlink(missing_ok=True)  # a damaged graph: exported anew next time
+        return None
 
 
 def _package_modules() -> tuple[types.ModuleType, types.ModuleType]:
