@@ -7,6 +7,7 @@ exactly the same computation.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,6 +32,40 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device "
                           "cpu")
     return torch.device(device)
+
+
+# Test-time augmentation: a flip name -> the image axes it reverses in (B, C, H, W). The coarse
+# model's probabilities are averaged over the identity and these views (each flipped back).
+TTA_FLIPS = {"hflip": (-1,), "vflip": (-2,)}
+
+
+def parse_tta(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"hflip,vflip"``, ``["hflip"]``, ``"none"``/``""``/``None`` -> the flips, in
+    ``TTA_FLIPS`` order (so a setting names one computation however it is spelled)."""
+    if value is None:
+        return ()
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(n).strip().lower() for n in names if str(n).strip()]
+    if names in ([], ["none"], ["off"]):
+        return ()
+    unknown = [n for n in names if n not in TTA_FLIPS]
+    if unknown:
+        raise ConfigError(
+            f"test-time augmentation {value!r}: unknown flip(s) {unknown}; use a "
+            f"comma-separated list from {list(TTA_FLIPS)}, or none"
+        )
+    return tuple(n for n in TTA_FLIPS if n in names)
+
+
+def check_tta(tta: Sequence[str], class_names: Sequence[str] | None) -> None:
+    """Refuse a left-right flip of a model whose classes are sides of the body (e.g. ``chest``:
+    right lung, left lung): its flipped view predicts the wrong side, and averaging mixes them."""
+    sided = [c for c in class_names or () if "left" in c.lower() or "right" in c.lower()]
+    if "hflip" in tta and sided:
+        raise ConfigError(
+            f"test-time hflip on a model with left/right classes {sided}: a "
+            "mirrored image swaps the sides; use --tta vflip or none"
+        )
 
 
 def preprocess_config_from(data: dict) -> PreprocessConfig:
@@ -84,9 +119,29 @@ class CoarseSegmenter:
         return {"model": self.model_cfg.to_dict(), "preprocess": asdict(self.pre_cfg)}
 
     @torch.inference_mode()
-    def predict_grid(self, image01: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """image01 (B, C, H, W) on the grid -> probabilities (B, K, H, W) float32 tensor."""
+    def predict_grid(
+        self, image01: np.ndarray | torch.Tensor, tta: Sequence[str] = ()
+    ) -> torch.Tensor:
+        """image01 (B, C, H, W) on the grid -> probabilities (B, K, H, W) float32 tensor.
+
+        ``tta``: flips from ``TTA_FLIPS``; the network then sees the image and each flipped
+        view as one batch of (1 + len(tta)) * B, and the result is the mean of the views'
+        probabilities, each flipped back. Empty: the network once, as trained.
+        """
+        flips = [TTA_FLIPS[name] for name in parse_tta(tta)]
         x = torch.as_tensor(image01, dtype=torch.float32, device=self.device)
+        if not flips:
+            return self._probs(x)
+        batch = x.shape[0]
+        views = torch.cat([x, *(x.flip(dims) for dims in flips)])  # ((1 + F) * B, C, H, W)
+        probs = self._probs(views)
+        total = probs[:batch].clone()
+        for i, dims in enumerate(flips, 1):
+            total += probs[i * batch : (i + 1) * batch].flip(dims)
+        return total / (1 + len(flips))
+
+    def _probs(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on x (B, C, H, W) -> probabilities (B, K, H, W)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.model(x)
@@ -102,10 +157,13 @@ class CoarseSegmenter:
             raise InputError(f"expected a 2D image (C, H, W), got shape {image.shape}")
         return preprocess(image, self.pre_cfg, source_dtype)
 
-    def predict(self, image: np.ndarray, source_dtype: str = "float32") -> np.ndarray:
-        """Raw (C, H, W) -> probabilities (K, H, W) on the original grid."""
+    def predict(
+        self, image: np.ndarray, source_dtype: str = "float32", tta: Sequence[str] = ()
+    ) -> np.ndarray:
+        """Raw (C, H, W) -> probabilities (K, H, W) on the original grid (``tta``: as in
+        ``predict_grid``)."""
         image01, grid = self.prepare(image, source_dtype)
-        probs = self.predict_grid(image01[None])[0].cpu().numpy()
+        probs = self.predict_grid(image01[None], tta)[0].cpu().numpy()
         return from_grid(probs, grid)
 
 
@@ -139,12 +197,11 @@ class CoarseEnsemble(CoarseSegmenter):
     def describe(self) -> dict:
         return {**super().describe(), "ensemble": len(self.members)}
 
-    @torch.inference_mode()
-    def predict_grid(self, image01: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """The mean of the members' probabilities, (B, K, H, W)."""
-        total = self.members[0].predict_grid(image01)
+    def _probs(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of the members' probabilities, (B, K, H, W) (flipped views included)."""
+        total = self.members[0]._probs(x.to(self.members[0].device))
         for m in self.members[1:]:
-            total = total + m.predict_grid(image01)
+            total = total + m._probs(x.to(m.device)).to(total.device)
         return total / len(self.members)
 
 

@@ -31,7 +31,13 @@ from medrefine.fusion import (
     review_score,
     second_opinion_score,
 )
-from medrefine.inference import CoarseSegmenter, as_one, coarse_from_weights
+from medrefine.inference import (
+    CoarseSegmenter,
+    as_one,
+    check_tta,
+    coarse_from_weights,
+    parse_tta,
+)
 from medrefine.io import LoadedImage, read_image
 from medrefine.postprocess import PostprocessConfig, postprocess, postprocess_labels
 from medrefine.preprocess import from_grid, preprocess, to_grid
@@ -161,6 +167,10 @@ class SegmentationPipeline:
         onnx_dir: a folder written by ``medrefine export``; default (onnx backend): the
             per-user cache, exported on first use.
         quantized: use the int8 ONNX graphs (static quantisation; onnx backend only).
+        tta: test-time flips of the coarse model (``"hflip"``, ``"hflip,vflip"``, a list, or
+            ``"none"``): its probabilities averaged over the image and the flipped views;
+            default: the preset's ``tta`` for the preset's own coarse model, else the weights'
+            info ``"tta"``, else off.
     """
 
     def __init__(
@@ -178,6 +188,7 @@ class SegmentationPipeline:
         backend: str = "torch",
         onnx_dir: str | Path | None = None,
         quantized: bool = False,
+        tta: str | Sequence[str] | None = None,
     ):
         if backend not in ("torch", "onnx"):
             raise ConfigError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
@@ -250,6 +261,7 @@ class SegmentationPipeline:
         if self.coarse is None and self.refiner is None:
             raise ConfigError("a pipeline without a coarse model needs the diffusion refiner")
         self.pre_cfg = self.coarse.pre_cfg if self.coarse else self.refiner.pre_cfg
+        self.tta = self._resolve_tta(tta)
         self.refine_params = refine or (self.refiner.defaults if self.refiner else None)
         self._user_refine = refine is not None
         # a preset's refiner for other tools' masks and boxes, when it ships one of its own
@@ -263,6 +275,22 @@ class SegmentationPipeline:
         if slice_batch < 1:
             raise ConfigError(f"slice_batch must be at least 1, got {slice_batch}")
         self.slice_batch = int(slice_batch)
+
+    def _resolve_tta(self, tta: str | Sequence[str] | None) -> tuple[str, ...]:
+        """The coarse model's test-time flips: as given, else the preset's (chosen for its own
+        coarse model), else the weights' info, else none."""
+        if self.coarse is None:
+            if parse_tta(tta):
+                raise ConfigError(f"tta {tta!r}: test-time flips need a coarse model")
+            return ()
+        if tta is None:
+            if self.preset is not None and self.coarse_paths == self.preset.coarse_members:
+                tta = self.preset.tta
+            else:
+                tta = self.coarse.info.get("tta")
+        flips = parse_tta(tta)
+        check_tta(flips, self.coarse.info.get("class_names"))
+        return flips
 
     @classmethod
     def for_refinement(
@@ -326,6 +354,7 @@ class SegmentationPipeline:
             "use_diffusion": self.refiner is not None,
             "refine": asdict(self.refine_params) if self.refine_params else None,
             "postprocess": asdict(self.post),
+            "tta": list(self.tta),
             "device": str((self.coarse or self.refiner).device),
             "backend": self.backend,
         }
@@ -347,7 +376,8 @@ class SegmentationPipeline:
         _add_time(timings, "preprocess", t)
         t = time.perf_counter()
         if coarse_mask is None:
-            coarse_grid = self._coarse_model().predict_grid(image01[None])[0].cpu().numpy()
+            coarse_grid = self._coarse_model().predict_grid(image01[None], self.tta)[0]
+            coarse_grid = coarse_grid.cpu().numpy()
         else:
             coarse_grid = to_grid(coarse_mask[None].astype(np.float32), grid.grid_size, grid.mode)
             coarse_grid = coarse_grid[0]
@@ -386,7 +416,7 @@ class SegmentationPipeline:
             _add_time(timings, "preprocess", t)
             t = time.perf_counter()
             if coarse_mask is None:
-                coarse_grid = self._coarse_model().predict_grid(image01).cpu().numpy()
+                coarse_grid = self._coarse_model().predict_grid(image01, self.tta).cpu().numpy()
             else:
                 grid = prepared[0][1]
                 given = [coarse_mask[d][None].astype(np.float32) for d in slices]
@@ -535,7 +565,9 @@ class SegmentationPipeline:
             # are, when every box holds some of it; else the boxes themselves are the prompt
             t = time.perf_counter()
             within = boxes_to_mask(boxes, loaded.spatial_shape)
-            probs = self.coarse.predict(loaded.array, loaded.meta.get("source_dtype", "float32"))
+            probs = self.coarse.predict(
+                loaded.array, loaded.meta.get("source_dtype", "float32"), self.tta
+            )
             own_probs = probs
             timings["coarse"] = time.perf_counter() - t
             if box_coverage(probs[0] > 0.5, boxes, loaded.spatial_shape) >= MIN_BOX_COVERAGE:
@@ -577,7 +609,7 @@ class SegmentationPipeline:
             if given and self._has_second_opinion(loaded):
                 t = time.perf_counter()
                 if own_probs is None:
-                    own_probs = self.coarse.predict(loaded.array, dtype)
+                    own_probs = self.coarse.predict(loaded.array, dtype, self.tta)
                 own_mask = postprocess(own_probs[0], self.post, spacing=spacing)
                 disagreement = mask_disagreement(mask, own_mask)
                 doubt = review_score(binary_entropy(own_probs[0]), own_mask)

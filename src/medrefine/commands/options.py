@@ -17,6 +17,7 @@ from typing import Any
 
 from medrefine.errors import ConfigError
 from medrefine.fusion import FUSIONS
+from medrefine.inference import parse_tta
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import PostprocessConfig
 from medrefine.presets import DEFAULT_PRESET, PRESETS, get_preset
@@ -40,8 +41,8 @@ def add_out_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
-    """``--preset`` | ``--weights`` (+ ``--refiner-weights``), ``--no-refine``, ``--backend``,
-    ``--device``."""
+    """``--preset`` | ``--weights`` (+ ``--refiner-weights``), ``--no-refine``, ``--tta``,
+    ``--backend``, ``--device``."""
     group = parser.add_mutually_exclusive_group(required=required)
     default = "" if required else f" (default {DEFAULT_PRESET} without --weights)"
     group.add_argument("--preset", choices=sorted(PRESETS), help="shipped model set" + default)
@@ -63,6 +64,14 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = False
     )
     parser.add_argument(
         "--no-refine", action="store_true", help="coarse model only, no diffusion refinement"
+    )
+    parser.add_argument(
+        "--tta",
+        type=tta_arg,
+        metavar="FLIPS",
+        help="test-time flips of the coarse model, its probabilities averaged over the image "
+        "and the flipped views (one batch): hflip, vflip, hflip,vflip or none (default: the "
+        "preset's, see its model card; with --weights the weights' own, else none)",
     )
     parser.add_argument(
         "--backend",
@@ -118,6 +127,13 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
         help="keep the input mask where the refiner is unsure of its own correction (default: "
         "on; the threshold was calibrated on val)",
     )
+
+
+def tta_arg(text: str) -> tuple[str, ...]:
+    try:
+        return parse_tta(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def strength_arg(text: str) -> float | str:
@@ -259,6 +275,7 @@ def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
         postprocess=postprocess_config(args, base_post),
         backend="onnx" if backend.startswith("onnx") else "torch",
         quantized=backend == "onnx-int8",
+        tta=getattr(args, "tta", None),
     )
     overrides = refine_overrides(args)
     if overrides and pipe.refiner is None:

@@ -1,6 +1,6 @@
 """ONNX Runtime runners with the interfaces the pipeline already uses.
 
-* ``OnnxCoarseSegmenter`` is a ``CoarseSegmenter`` whose ``predict_grid`` runs ``coarse.onnx``.
+* ``OnnxCoarseSegmenter`` is a ``CoarseSegmenter`` whose network (``_probs``) is ``coarse.onnx``.
 * ``OnnxDenoiser`` stands in for ``Denoiser`` inside an ordinary ``Refiner``:
   ``encode_condition(image01, coarse)`` runs ``refiner_condition.onnx`` once per image and
   ``__call__(x_t, t, cond)`` runs ``refiner_step.onnx`` at every step, both returning torch
@@ -85,10 +85,9 @@ class OnnxGraph(_OnCpu):
 class OnnxCoarseSegmenter(CoarseSegmenter):
     """``CoarseSegmenter`` over ``coarse.onnx`` (which applies sigmoid/softmax itself)."""
 
-    @torch.inference_mode()
-    def predict_grid(self, image01: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """image01 (B, C, H, W) on the grid -> probabilities (B, K, H, W) float32 tensor."""
-        (probs,) = self.model(image01=_array(image01))
+    def _probs(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) on the grid -> probabilities (B, K, H, W) float32 tensor."""
+        (probs,) = self.model(image01=_array(x))
         return torch.from_numpy(probs)
 
 
