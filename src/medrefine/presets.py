@@ -1,9 +1,13 @@
-"""Shipped models. A preset names a coarse model, a diffusion refiner, and the post-processing
-and refinement defaults chosen for them on the validation split. Weights live in
-``medrefine/weights/<preset>/`` inside the package, beside their model cards."""
+"""Shipped models: the one registry of presets, for every task. A segmentation preset names a
+coarse model, a diffusion refiner, and the post-processing and refinement defaults chosen for
+them on the validation split; an inpainting or lung-pathology preset names its model, whose
+sampling and inference defaults are stored with its weights. Weights live in
+``medrefine/weights/<preset>/`` inside the package, beside their model cards (``MODEL_CARD.md``
+and ``model_card.json``, whose test figures ``card_figures`` reads)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,12 +22,31 @@ from medrefine.postprocess import PostprocessConfig
 # it only for its uncertainty and the review score (``RefineParams.keep_input``).
 BOX_ENGINES = ("refiner", "litemedsam", "litemedsam-only")
 
+TASKS = ("segmentation", "inpainting", "lung-pathology")
+
+# The file in a preset's folder whose presence means its weights are installed.
+MAIN_WEIGHTS = {
+    "segmentation": "coarse.safetensors",
+    "inpainting": "inpaint.safetensors",
+    "lung-pathology": "lungpath.safetensors",
+}
+
 # The segmentation preset a command or the API runs when neither a preset nor weights are named.
 DEFAULT_PRESET = "polyp"
+# The preset of each task that runs when none is named.
+DEFAULT_PRESETS = {
+    "segmentation": DEFAULT_PRESET,
+    "inpainting": "inpaint",
+    "lung-pathology": "lungpath",
+}
 
 
 @dataclass(frozen=True)
 class Preset:
+    """One shipped model set. ``description`` says what it segments (or fills); the fields
+    from ``postprocess`` to ``tta`` are segmentation defaults and stay at their defaults for
+    the other tasks, whose defaults are stored with their weights."""
+
     name: str
     description: str
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
@@ -45,8 +68,18 @@ class Preset:
     # probabilities averaged over the image and these views; () = off. On only where own val
     # gains and the external archive does not lose (the model card's "Test-time flips").
     tta: tuple[str, ...] = ()
+    task: str = "segmentation"  # one of TASKS
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"preset {self.name!r}: task {self.task!r}; choose from {TASKS}")
+        segmentation_only = (self.postprocess != PostprocessConfig() or self.review_doubt_weight
+                             or self.box_engine != "refiner" or self.hu_lung_margin_mm
+                             or self.tta)
+        if self.task != "segmentation" and segmentation_only:
+            raise ConfigError(f"preset {self.name!r} ({self.task}): postprocess, "
+                              "review_doubt_weight, box_engine, hu_lung_margin_mm and tta are "
+                              "segmentation defaults; leave them out")
         if not set(self.tta) <= {"hflip", "vflip"}:
             raise ConfigError(f"preset {self.name!r}: tta {self.tta!r}; use hflip and/or vflip")
         if self.box_engine not in BOX_ENGINES:
@@ -56,6 +89,24 @@ class Preset:
     @property
     def folder(self) -> Path:
         return Path(str(resources.files("medrefine") / "weights" / self.name))
+
+    @property
+    def weights(self) -> Path:
+        """The preset's main weights file (``MAIN_WEIGHTS``); installed when it exists."""
+        return self.folder / MAIN_WEIGHTS[self.task]
+
+    @property
+    def installed(self) -> bool:
+        return self.weights.is_file()
+
+    @property
+    def model_card(self) -> Path:
+        """``model_card.json``: what the model is, how it was trained and its test figures."""
+        return self.folder / "model_card.json"
+
+    @property
+    def model_card_md(self) -> Path:
+        return self.folder / "MODEL_CARD.md"
 
     @property
     def coarse_weights(self) -> Path:
@@ -151,13 +202,114 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name]
+INPAINT_PRESETS: dict[str, Preset] = {
+    "inpaint": Preset(
+        "inpaint", "fills a marked region of a chest X-ray with a diffusion model; synthetic "
+        "output, not for diagnosis (trained on COVID CXR train splits)",
+        sample="cxr_lungs.jpg", task="inpainting",
+    ),
+}
+
+LUNGPATH_PRESETS: dict[str, Preset] = {
+    "lungpath": Preset(
+        "lungpath", "healthy lung, emphysema, ground glass, consolidation and fibrosis on chest "
+        "CT, unsupervised (DiffSegLung; trained on 8-bit slices of Ma et al.'s and MedSeg's "
+        "COVID-19 CT); research output, not for diagnosis",
+        task="lung-pathology",
+    ),
+}
+
+# The registry: every shipped preset, by task. Names are unique across tasks
+# (tests/test_presets.py). PRESETS keeps its name: commands offer it as the --preset choices.
+REGISTRY: dict[str, dict[str, Preset]] = {
+    "segmentation": PRESETS,
+    "inpainting": INPAINT_PRESETS,
+    "lung-pathology": LUNGPATH_PRESETS,
+}
+
+
+def all_presets() -> list[Preset]:
+    """Every preset of every task, in the order of ``TASKS``."""
+    return [preset for table in REGISTRY.values() for preset in table.values()]
+
+
+def get_preset(name: str, task: str | None = "segmentation") -> Preset:
+    """The preset ``name`` of ``task`` (any task when ``task`` is None). Segmentation is the
+    default because the segmentation pipeline, its commands and the app call this with a name
+    alone. An unknown name, or one of another task, is a ``ConfigError`` naming the choices."""
+    if task is not None and task not in REGISTRY:
+        raise ConfigError(f"unknown task {task!r}; choose from {list(TASKS)}")
+    tables = [REGISTRY[task]] if task is not None else list(REGISTRY.values())
+    for table in tables:
+        if name in table:
+            return table[name]
+    choices = sorted(REGISTRY[task]) if task is not None else sorted(p.name for p in all_presets())
+    other = next((p for p in all_presets() if p.name == name), None)
+    if other is not None:
+        raise ConfigError(f"preset {name!r} is for {other.task}, not {task}; choose from the "
+                          f"{task} presets {choices}")
+    kind = f"{task} " if task is not None else ""
+    raise ConfigError(f"unknown {kind}preset {name!r}; choose from {choices}")
 
 
 def sample_path(name: str) -> Path:
-    """The bundled sample image of a preset."""
-    preset = get_preset(name)
+    """The bundled sample image of a preset (of any task)."""
+    preset = get_preset(name, task=None)
     return Path(str(resources.files("medrefine") / "samples" / preset.sample))
+
+
+def read_model_card(preset: Preset) -> dict:
+    """The preset's ``model_card.json``, or {} where it has none."""
+    if not preset.model_card.is_file():
+        return {}
+    try:
+        return json.loads(preset.model_card.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{preset.model_card}: not valid JSON ({err}); restore the file "
+                          "from the package") from err
+
+
+def card_figures(preset: Preset, card: dict | None = None) -> list[dict]:
+    """The headline test figures that the preset's model card holds, as
+    ``{"name", "value", "split", "n", "source"}`` (``source``: the card's key path); [] where
+    the card holds none in a known place. Nothing is computed: only what the card says.
+
+    segmentation: the Dice of the refiner's test run (coarse and refined, the same images)
+    where the card has one, else the coarse model's test Dice; per class where it is kept.
+    inpainting: PSNR and SSIM of the model per mask kind. lung pathology: the card keeps its
+    test tables as printed text only, so none."""
+    card = read_model_card(preset) if card is None else card
+    if preset.task == "segmentation":
+        for part, pairs in (("refiner", ("coarse", "refined")), ("coarse", ("coarse",))):
+            summary = (card.get(part) or {}).get("test_summary") or {}
+            base = f"{part}.test_summary"
+            rows = [(f"{stage} Dice", f"{base}.{stage}.dice.mean", (summary.get(stage) or {})
+                     .get("dice", {}).get("mean")) for stage in pairs]
+            for label, metrics in (summary.get("per_class") or {}).items():
+                rows.append((f"{label} Dice", f"{base}.per_class.{label}.dice.mean",
+                             (metrics.get("dice") or {}).get("mean")))
+            figures = [_figure(label, value, summary, key) for label, key, value in rows
+                       if isinstance(value, int | float)]
+            if figures:
+                return figures
+        return []
+    if preset.task == "inpainting":
+        summary = (card.get("inpaint") or {}).get("test_summary") or {}
+        figures = []
+        for kind_method, metrics in (summary.get("summary") or {}).items():
+            kind, _, method = kind_method.partition("/")
+            if method != "ours":
+                continue
+            for metric in ("psnr", "ssim"):
+                if isinstance(metrics.get(metric), int | float):
+                    key = f"inpaint.test_summary.summary.{kind_method}.{metric}"
+                    figures.append(_figure(f"{kind} {metric.upper()}", metrics[metric],
+                                           summary, key))
+        return figures
+    return []
+
+
+def _figure(name: str, value: float, summary: dict, source: str) -> dict:
+    n = summary.get("n")
+    return {"name": name, "value": float(value), "split": summary.get("split"),
+            "n": int(n) if isinstance(n, int | float) else None, "source": source}

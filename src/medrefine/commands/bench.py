@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medrefine.presets import DEFAULT_PRESET
+from medrefine.errors import ConfigError
+from medrefine.presets import DEFAULT_PRESET, DEFAULT_PRESETS, get_preset
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="print per-stage speed and peak memory (JSON + table)")
-    p.add_argument("--preset", help=f"shipped model set (default {DEFAULT_PRESET}; with "
-                   "--inpaint: inpaint)")
+    p.add_argument("--preset", help=f"shipped model set (`medrefine presets`; default "
+                   f"{DEFAULT_PRESET}; with --inpaint: {DEFAULT_PRESETS['inpainting']}); an "
+                   "inpainting preset benches the inpainting model")
     p.add_argument("--quick", action="store_true", help="fewer repeats and configurations")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
@@ -36,8 +38,13 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from medrefine.bench import format_table, run_bench
 
-    if args.inpaint:
+    task = get_preset(args.preset, task=None).task if args.preset else "segmentation"
+    if args.inpaint or task == "inpainting":
         return _inpaint(args)
+    if task != "segmentation":
+        raise ConfigError(f"bench: preset {args.preset!r} is for {task}; bench runs "
+                          "segmentation and inpainting presets (lung pathology: "
+                          "scripts/lungpath_bench.py)")
     args.preset = args.preset or DEFAULT_PRESET
     result = run_bench(args.preset, quick=args.quick, device=args.device, threads=args.threads,
                        backends=tuple(args.backend) if args.backend else None)
@@ -80,7 +87,7 @@ def _from_noise(args):
 def _inpaint(args) -> int:
     from medrefine.inpaint.bench import bench_inpaint, format_inpaint_table
 
-    preset = args.preset or "inpaint"
+    preset = args.preset or DEFAULT_PRESETS["inpainting"]
     result = bench_inpaint(preset, weights=args.weights, quick=args.quick,
                            threads=args.threads, onnx_dir=args.onnx_dir)
     text = json.dumps(result, indent=2)

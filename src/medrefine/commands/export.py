@@ -26,7 +26,7 @@ import argparse
 from pathlib import Path
 
 from medrefine.errors import ConfigError
-from medrefine.presets import DEFAULT_PRESET, PRESETS, get_preset
+from medrefine.presets import DEFAULT_PRESET, DEFAULT_PRESETS, PRESETS, get_preset
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -76,7 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--inpaint",
         nargs="?",
-        const="inpaint",
+        const=DEFAULT_PRESETS["inpainting"],
         metavar="WEIGHTS",
         help="export the X-ray inpainting model instead: the shipped preset, or a weights file "
         "(inpaint_step.onnx; with --quantize int8 also inpaint_step.int8.onnx)",
@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
 def _export_inpaint(args: argparse.Namespace) -> int:
     from medrefine.export import OPSET
     from medrefine.inpaint.export import export_inpaint_onnx
-    from medrefine.inpaint.pipeline import INPAINT_PRESETS, preset_weights
+    from medrefine.inpaint.pipeline import preset_weights
+    from medrefine.presets import INPAINT_PRESETS
 
     if args.preset or args.weights or args.refiner_weights or args.calibration:
         raise ConfigError("--inpaint exports the inpainting model only; leave out "

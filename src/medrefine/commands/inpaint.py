@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from medrefine.errors import InputError
+from medrefine.presets import DEFAULT_PRESETS
 
 # --mask-from NAME: (segmentation preset, margin added around its mask as a share of the
 # image's larger side: a device is covered with a few pixels to spare, as a user would)
@@ -40,7 +41,9 @@ def add_parser(sub) -> None:
                             "fields; devices = the devices preset's tubes, lines, wires and "
                             "markers, with a margin of a few pixels")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.add_argument("--preset", default="inpaint", help="inpainting model (default inpaint)")
+    p.add_argument("--preset", default=DEFAULT_PRESETS["inpainting"],
+                   help=f"inpainting model (`medrefine presets`; default "
+                   f"{DEFAULT_PRESETS['inpainting']})")
     p.add_argument("--weights", type=Path, help="inpainting weights file instead of the preset")
     p.add_argument("--steps", type=int, help="DDIM steps (default: the model's, 4)")
     p.add_argument("--samples", type=int, help="samples averaged (default: the model's)")

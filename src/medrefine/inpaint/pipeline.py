@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -26,17 +25,16 @@ from medrefine.errors import ConfigError, InputError
 from medrefine.inpaint.blend import blend as blend_seam
 from medrefine.inpaint.model import BLENDS, load_inpainter, prefill, to_unit
 from medrefine.inpaint.sample import sample_fill
+from medrefine.presets import DEFAULT_PRESETS, get_preset
 
 SYNTHETIC_NOTE = ("SYNTHETIC IMAGE: regions were filled in by a generative model "
                   "(medrefine inpaint). Not for diagnosis.")
-INPAINT_PRESETS = {"inpaint": "chest X-rays (trained on COVID CXR train splits)"}
 
 
 def preset_weights(name: str) -> Path:
-    if name not in INPAINT_PRESETS:
-        raise ConfigError(f"unknown inpainting preset {name!r}; choose from "
-                          f"{sorted(INPAINT_PRESETS)}")
-    return Path(str(resources.files("medrefine") / "weights" / name / "inpaint.safetensors"))
+    """The weights file of the inpainting preset ``name`` (``medrefine.presets``); a name that
+    is not an inpainting preset is a ConfigError naming the choices."""
+    return get_preset(name, task="inpainting").weights
 
 
 @dataclass
@@ -99,9 +97,10 @@ class InpaintingPipeline:
         seed: the sampling seed (same seed, same output on the same machine).
     """
 
-    def __init__(self, preset: str = "inpaint", weights: str | Path | None = None,
-                 steps: int | None = None, samples: int | None = None,
-                 blend: str | None = None, seed: int = 0, eta: float | None = None):
+    def __init__(self, preset: str = DEFAULT_PRESETS["inpainting"],
+                 weights: str | Path | None = None, steps: int | None = None,
+                 samples: int | None = None, blend: str | None = None, seed: int = 0,
+                 eta: float | None = None):
         self.weights = Path(weights) if weights else preset_weights(preset)
         if not self.weights.is_file():
             raise ConfigError(f"{self.weights}: inpainting weights not found")

@@ -6,7 +6,6 @@ The file's ``model.net`` rebuilds the net, 2D or 3D (``net.dims``); files writte
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -16,10 +15,14 @@ from medrefine.config import build_dataclass
 from medrefine.diffusion.gaussian import GaussianDiffusion
 from medrefine.errors import InputError
 from medrefine.lungpath.net import LungDenoiser
+from medrefine.presets import DEFAULT_PRESETS, get_preset
 
 
 def shipped_weights(name: str = "lungpath") -> Path:
-    return Path(str(resources.files("medrefine") / "weights" / "lungpath" / f"{name}.safetensors"))
+    """A weights file of the shipped lung-pathology preset (``medrefine.presets``): ``lungpath``
+    (the distilled model, the default) or ``lungpath_stage1`` (diffusion only, the ablation's)."""
+    preset = get_preset(DEFAULT_PRESETS["lung-pathology"], task="lung-pathology")
+    return preset.folder / f"{name}.safetensors"
 
 
 def load_model(path: str | Path) -> tuple[LungDenoiser, GaussianDiffusion, dict]:
