@@ -16,7 +16,7 @@ from medrefine.io.limits import ReadLimits, set_read_limits
 # Explicit list: the order is the order of ``medrefine --help``.
 COMMANDS = [
     "segment", "listen", "refine", "inpaint", "lung_pathology", "evaluate", "train", "calibrate",
-    "bench", "export", "info", "app",
+    "bench", "export", "info", "presets", "app",
 ]
 
 
