@@ -16,7 +16,7 @@ from medrefine.checkpoint import file_sha256, read_info
 from medrefine.errors import ConfigError, InputError
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import PostprocessConfig
-from medrefine.presets import PRESETS, get_preset
+from medrefine.presets import DEFAULT_PRESET, PRESETS, get_preset
 from medrefine.refine import RefineParams
 
 UPLOADED = "uploaded weights"
@@ -28,9 +28,9 @@ def available_presets() -> list[str]:
 
 
 def default_source(presets: list[str] | None = None) -> str:
-    """The model the page starts with: the polyp preset when installed, else the first one."""
+    """The model the page starts with: the default preset when installed, else the first one."""
     presets = available_presets() if presets is None else presets
-    return "polyp" if "polyp" in presets else ([*presets, UPLOADED])[0]
+    return DEFAULT_PRESET if DEFAULT_PRESET in presets else ([*presets, UPLOADED])[0]
 
 
 def warm_up(source: str) -> None:
