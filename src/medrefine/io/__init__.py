@@ -1,7 +1,8 @@
 """Reading and writing images and masks; ``read_image`` dispatches by content, then suffix.
 
 Readers: ``raster`` (PNG/JPEG/BMP/TIFF), ``dicom`` (files), ``dicom_series`` (folders),
-``nifti``; masks: ``masks`` (any format) and ``dicom_seg``; writers: ``writers``.
+``nifti``; masks: ``masks`` (any format) and ``dicom_seg``; writers: ``writers``; the table of
+output formats (names, file names, writers): ``formats``.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from pathlib import Path
 
 from medrefine.errors import InputError
 from medrefine.io.base import LoadedImage, LoadedMask, atomic_output, reading, stem_of
+from medrefine.io.formats import OUTPUT_FORMATS, OutputFormat
 from medrefine.io.limits import ReadLimits, read_limits, set_read_limits
 from medrefine.io.masks import load_mask, read_mask
 from medrefine.io.sniff import sniff_format
-from medrefine.io.writers import write_float_nifti, write_image_png, write_mask
+from medrefine.io.writers import write_float_nifti, write_image_png, write_json, write_mask
 
 __all__ = [
+    "OUTPUT_FORMATS",
     "LoadedImage",
     "LoadedMask",
+    "OutputFormat",
     "ReadLimits",
     "atomic_output",
     "load_mask",
@@ -29,6 +33,7 @@ __all__ = [
     "stem_of",
     "write_float_nifti",
     "write_image_png",
+    "write_json",
     "write_mask",
 ]
 

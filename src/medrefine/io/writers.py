@@ -1,4 +1,4 @@
-"""Write masks (PNG, NIfTI, DICOM-SEG), float maps (NIfTI) and images (PNG), atomically.
+"""Write masks (PNG, NIfTI, DICOM-SEG), float maps (NIfTI), images (PNG) and JSON, atomically.
 
 Every writer goes through ``atomic_output``: the file is written under a temporary name in the
 target folder and renamed into place, so a crash never leaves a half-written output.
@@ -8,9 +8,11 @@ geometry: the NIfTI affine/header and voxel order, or the DICOM instances a SEG 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -220,6 +222,28 @@ def _affine_for(like: LoadedImage | None, spatial: tuple[int, ...]) -> np.ndarra
         lps[:3, 3] = positions[0]
         affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI RAS
     return affine
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (NaN becomes null so other tools can read it)."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def _mask_format(path: Path, format: str | None) -> str:  # noqa: A002
