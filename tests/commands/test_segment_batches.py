@@ -131,7 +131,7 @@ def test_rerun_skips_finished_inputs_and_overwrite_redoes_them(
 
 
 def test_interrupt_leaves_whole_files_and_a_report(tiny_weights, folder, tmp_path, monkeypatch):
-    import medrefine.commands.outputs as outputs
+    import medrefine.io.formats as formats  # the pictures are written through the table
 
     (folder / "broken.png").unlink()
     out = tmp_path / "out"
@@ -144,7 +144,7 @@ def test_interrupt_leaves_whole_files_and_a_report(tiny_weights, folder, tmp_pat
         FORMATS,
         *weights_args(tiny_weights),
     ]
-    real_write = outputs.write_image_png
+    real_write = formats.write_image_png
     calls = []
 
     def write_then_interrupt(image, path):
@@ -155,7 +155,7 @@ def test_interrupt_leaves_whole_files_and_a_report(tiny_weights, folder, tmp_pat
                 raise KeyboardInterrupt
         return real_write(image, path)
 
-    monkeypatch.setattr(outputs, "write_image_png", write_then_interrupt)
+    monkeypatch.setattr(formats, "write_image_png", write_then_interrupt)
     assert main(args) == 130
     names = sorted(p.name for p in out.iterdir())
     assert not [n for n in names if ".tmp" in n]  # no half-written file anywhere
@@ -163,7 +163,7 @@ def test_interrupt_leaves_whole_files_and_a_report(tiny_weights, folder, tmp_pat
     report = json.loads((out / "report.json").read_text())
     assert report["interrupted"] is True and report["n_ok"] == 1
     assert report["n_not_started"] == 2 and (out / "report.csv").is_file()
-    monkeypatch.setattr(outputs, "write_image_png", real_write)
+    monkeypatch.setattr(formats, "write_image_png", real_write)
     assert main(args) == 0  # resumed: case0 skipped, case1 redone, case2 done
     assert statuses(out) == {"case0.png": "skipped (done)", "case1.png": "ok", "case2.png": "ok"}
     assert np.asarray(Image.open(out / "case1_overlay.png")).shape[-1] == 3

@@ -44,6 +44,7 @@ from medrefine.commands.options import (
     provenance,
 )
 from medrefine.errors import ConfigError
+from medrefine.io.formats import OUTPUT_FORMATS
 from medrefine.pacs.config import DEFAULT_MAX_STORE_GB
 from medrefine.pacs.options import add_pacs_timeout_option
 
@@ -115,10 +116,12 @@ def run(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format or DEFAULT_FORMATS, refining=not args.no_refine)
     if "dicom-seg" not in formats and send_to is not None:
         raise ConfigError("--send-to sends the DICOM-SEG: add dicom-seg to --format")
-    if any(f in formats for f in ("png", "overlay")):
+    pictures = [n for n, f in OUTPUT_FORMATS.items() if f.two_d_only]
+    if any(f in pictures for f in formats):
+        volumes = [n for n in OUTPUT_FORMATS if n not in pictures]
         raise ConfigError(
-            f"--format {','.join(formats)}: png and overlay hold 2D images and received series "
-            "are volumes; use dicom-seg, nifti, json (and uncertainty)"
+            f"--format {','.join(formats)}: {' and '.join(pictures)} hold 2D images and "
+            f"received series are volumes; use {', '.join(volumes)}"
         )
     _service_logging(args)
     check_writable(args.out)

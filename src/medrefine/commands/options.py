@@ -18,6 +18,7 @@ from typing import Any
 from medrefine.errors import ConfigError
 from medrefine.fusion import FUSIONS
 from medrefine.inference import parse_tta
+from medrefine.io.formats import OUTPUT_FORMATS, formats_help
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import PostprocessConfig
 from medrefine.presets import DEFAULT_PRESET, PRESETS, get_preset
@@ -173,18 +174,8 @@ def add_postprocess_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--smooth", type=float, metavar="SIGMA", help="boundary smoothing sigma")
 
 
-# Output formats: name -> what it writes (``output_names`` and ``write_outputs`` follow it).
-FORMATS = {
-    "png": "<stem>.png: the mask, 0/255, at the input size (2D inputs)",
-    "nifti": "<stem>.nii.gz: the mask as uint8 labels with the input's geometry "
-    "(2D inputs give a 2D NIfTI)",
-    "dicom-seg": "<stem>.dcm: a DICOM-SEG referencing the source instances (DICOM inputs)",
-    "overlay": "<stem>_overlay.png: the mask tinted over the image (2D inputs)",
-    "uncertainty": "<stem>_uncertainty.png: the refiner's uncertainty heat map (2D inputs), "
-    "and <stem>_uncertainty.nii.gz: the uncertainty as float32 (volumes and NIfTI inputs)",
-    "json": "<stem>.json: shape, spacing, foreground pixels and area (mm2) or volume (mm3), "
-    "review score, timings and parameters",
-}
+# Output formats: name -> what it writes (the table in ``medrefine.io.formats``).
+FORMATS = {name: spec.help for name, spec in OUTPUT_FORMATS.items()}
 
 
 def add_format_option(parser: argparse.ArgumentParser) -> None:
@@ -192,9 +183,7 @@ def add_format_option(parser: argparse.ArgumentParser) -> None:
         "--format",
         default="png",
         metavar="LIST",
-        help="comma-separated outputs per input: "
-        + "; ".join(f"{k} = {v}" for k, v in FORMATS.items())
-        + " (default png)",
+        help="comma-separated outputs per input: " + formats_help() + " (default png)",
     )
 
 

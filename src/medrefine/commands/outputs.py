@@ -4,7 +4,6 @@ formats, JSON/CSV reports, and the one-line report of an input that failed."""
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import sys
 import time
@@ -18,13 +17,8 @@ from tqdm import tqdm
 from medrefine import __version__
 from medrefine.commands.inputs import InputKind
 from medrefine.errors import ConfigError, InputError, MedrefineError
-from medrefine.io import (
-    LoadedImage,
-    atomic_output,
-    write_float_nifti,
-    write_image_png,
-    write_mask,
-)
+from medrefine.io import OUTPUT_FORMATS, LoadedImage, atomic_output
+from medrefine.io import write_json as write_json  # the commands' reports import it from here
 from medrefine.pipeline import SegmentationResult, replace_range
 
 logger = logging.getLogger(__name__)
@@ -52,43 +46,28 @@ def display_image01(result: SegmentationResult) -> np.ndarray:
 
 def output_names(stem: str, formats: list[str], kind: InputKind) -> list[str]:
     """The files ``write_outputs`` writes for one input, in the order it writes them."""
-    names = []
-    for fmt in fitting_formats(formats, kind):
-        if fmt == "png":
-            names.append(f"{stem}.png")
-        elif fmt == "nifti":
-            names.append(f"{stem}.nii.gz")
-        elif fmt == "dicom-seg":
-            names.append(f"{stem}.dcm")
-        elif fmt == "overlay":
-            names.append(f"{stem}_overlay.png")
-        elif fmt == "uncertainty":
-            if not kind.volume:
-                names.append(f"{stem}_uncertainty.png")
-            if kind.volume or kind.nifti:
-                names.append(f"{stem}_uncertainty.nii.gz")
-        elif fmt == "json":
-            names.append(f"{stem}.json")
-    return names
+    return [
+        name
+        for fmt in fitting_formats(formats, kind)
+        for name in OUTPUT_FORMATS[fmt].file_names(stem, volume=kind.volume, nifti=kind.nifti)
+    ]
 
 
 def fitting_formats(formats: list[str], kind: InputKind) -> list[str]:
-    """``formats`` less DICOM-SEG for an input that is not DICOM, when other formats remain: a
-    mixed batch (DICOM beside NIfTI) asked for ``nifti,dicom-seg`` writes DICOM-SEG where it
-    can and the other formats everywhere. DICOM-SEG alone is kept (``check_formats_fit``
-    then refuses the input with the reason)."""
-    if "dicom-seg" in formats and not kind.dicom and len(formats) > 1:
-        return [f for f in formats if f != "dicom-seg"]
-    return list(formats)
+    """``formats`` less those the input cannot hold by its format (DICOM-SEG for an input that
+    is not DICOM), when other formats remain: a mixed batch (DICOM beside NIfTI) asked for
+    ``nifti,dicom-seg`` writes DICOM-SEG where it can and the other formats everywhere.
+    DICOM-SEG alone is kept (``check_formats_fit`` then refuses the input with the reason)."""
+    input_format = "dicom" if kind.dicom else "nifti" if kind.nifti else None
+    kept = [f for f in formats if OUTPUT_FORMATS[f].fits(input_format)]
+    return kept if kept else list(formats)
 
 
 def skipped_formats(image: LoadedImage, formats: list[str]) -> dict[str, dict[str, str]]:
     """``{"skipped_formats": {format: why}}`` for an input's report entry, or ``{}``."""
     kept = fitting_formats(formats, InputKind.of(image))
     skipped = {
-        f: f"needs a DICOM input to reference; this input is {image.meta.get('format')}"
-        for f in formats
-        if f not in kept
+        f: OUTPUT_FORMATS[f].refusal(image.meta.get("format")) for f in formats if f not in kept
     }
     return {"skipped_formats": skipped} if skipped else {}
 
@@ -96,19 +75,16 @@ def skipped_formats(image: LoadedImage, formats: list[str]) -> dict[str, dict[st
 def check_formats_fit(image: LoadedImage, formats: list[str]) -> None:
     """Refuse an input that a requested format cannot hold (before segmenting it): a volume
     for the 2D pictures, anything but DICOM for DICOM-SEG when it is the only format asked."""
-    pictures = [f for f in formats if f in ("png", "overlay")]
+    pictures = [f for f in formats if OUTPUT_FORMATS[f].two_d_only]
     if image.is_volume and pictures:
         raise InputError(
             f"{image.path}: is a volume {image.spatial_shape}; the "
             f"{', '.join(pictures)} output(s) hold 2D images only; use "
             "--format nifti"
         )
-    fmt = image.meta.get("format")
-    if "dicom-seg" in fitting_formats(formats, InputKind.of(image)) and fmt != "dicom":
-        raise InputError(
-            f"{image.path}: --format dicom-seg needs a DICOM input to reference, got "
-            f"{fmt!r}; use --format nifti for this file (or drop dicom-seg)"
-        )
+    for fmt in fitting_formats(formats, InputKind.of(image)):
+        advice = f"use --format nifti for this file (or drop {fmt})"
+        OUTPUT_FORMATS[fmt].check_fits(image, label=f"--format {fmt}", advice=advice)
 
 
 def write_outputs(
@@ -129,30 +105,28 @@ def write_outputs(
     kind = InputKind.of(image)
     written = []
     for fmt in fitting_formats(formats, kind):
-        if fmt == "png":
-            written.append(write_mask(result.mask, out_dir / f"{stem}.png", like=image))
-        elif fmt == "nifti":
-            path = out_dir / f"{stem}.nii.gz"
-            written.append(write_mask(result.mask, path, like=image, format="nifti"))
-        elif fmt == "dicom-seg":
-            path = out_dir / f"{stem}.dcm"
-            written.append(write_mask(result.mask, path, like=image, format="dicom-seg",
-                                      label_names=result.params.get("class_names")))
+        spec = OUTPUT_FORMATS[fmt]
+        names = spec.file_names(stem, volume=kind.volume, nifti=kind.nifti)
+        if spec.holds_mask:  # the label names are the DICOM-SEG's segment labels
+            labels = result.params.get("class_names")
+            written.append(
+                spec.write(result.mask, out_dir / names[0], like=image, label_names=labels)
+            )
         elif fmt == "overlay":
             rgb = overlay(display_image01(result), result.mask > 0)
-            written.append(write_image_png(rgb, out_dir / f"{stem}_overlay.png"))
+            written.append(spec.write(rgb, out_dir / names[0]))
         elif fmt == "uncertainty":
             if result.uncertainty is None:
                 raise ConfigError("--format uncertainty needs refinement; drop --no-refine")
-            if not kind.volume:
-                rgb = uncertainty_heatmap(result.uncertainty, display_image01(result), vmax=1.0)
-                written.append(write_image_png(rgb, out_dir / f"{stem}_uncertainty.png"))
-            if kind.volume or kind.nifti:
-                path = out_dir / f"{stem}_uncertainty.nii.gz"
-                written.append(write_float_nifti(result.uncertainty, path, like=image))
+            for name in names:
+                if name == f"{stem}{spec.suffix}":  # the heat map (2D inputs)
+                    rgb = uncertainty_heatmap(result.uncertainty, display_image01(result), vmax=1.0)
+                    written.append(spec.write(rgb, out_dir / name))
+                else:  # the float map (volumes and NIfTI inputs)
+                    written.append(spec.write_map(result.uncertainty, out_dir / name, like=image))
         elif fmt == "json":
             summary = {**image_summary(result), **(extra or {})}
-            written.append(write_json(out_dir / f"{stem}.json", summary))
+            written.append(spec.write(summary, out_dir / names[0]))
     return written
 
 
@@ -187,13 +161,6 @@ def image_summary(result: SegmentationResult) -> dict[str, Any]:
     return summary
 
 
-def write_json(path: Path, data: Any) -> Path:
-    """Write JSON atomically (NaN becomes null so other tools can read it)."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
-    return path
-
-
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
     """Write rows as CSV atomically (lists joined by ``;``, None as an empty cell)."""
 
@@ -211,20 +178,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pat
             for row in rows:
                 writer.writerow({k: cell(row.get(k)) for k in columns})
     return path
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 # ---------------------------------------------------------------- failures
