@@ -210,11 +210,12 @@ def _run(args, formats, jobs, problems, ignored, earlier, started, t_start) -> i
 def expected_names(path: Path, stem: str, formats: list[str]) -> list[str]:
     """Outputs of an input; DICOM-SEG only for DICOM inputs (decided from the header)."""
     from medrefine.commands.inputs import probe_kind
+    from medrefine.io import OUTPUT_FORMATS
     from medrefine.lungpath.outputs import output_name
 
     names = []
     for fmt in formats:
-        if fmt == "dicom-seg" and not probe_kind(path).dicom:
+        if OUTPUT_FORMATS[fmt].needs_input == "dicom" and not probe_kind(path).dicom:
             continue
         names.append(output_name(stem, fmt))
     return names
@@ -236,7 +237,7 @@ def process_one(
     its outputs from it, else analysed and written; a failure is reported, not raised."""
     from medrefine.commands.guard import is_done
     from medrefine.errors import MedrefineError
-    from medrefine.io import read_image, read_mask
+    from medrefine.io import OUTPUT_FORMATS, read_image, read_mask
     from medrefine.lungpath.outputs import coverage_warning, write_result
     from medrefine.lungpath.pipeline import check_lung_mask_shape
 
@@ -275,6 +276,8 @@ def process_one(
         "timings": result.timings,
         "seconds": time.perf_counter() - t0,
     }
-    if "dicom-seg" in formats and image.meta.get("format") != "dicom":
-        out["skipped_formats"] = {"dicom-seg": "needs a DICOM input to reference"}
+    refusals = {f: OUTPUT_FORMATS[f].refusal(image.meta.get("format")) for f in formats}
+    skipped = {f: why for f, why in refusals.items() if why is not None}  # DICOM-SEG
+    if skipped:
+        out["skipped_formats"] = skipped
     return out

@@ -12,23 +12,20 @@ import cv2
 import numpy as np
 
 from medrefine import __version__
-from medrefine.io import write_image_png, write_mask
+from medrefine.io import OUTPUT_FORMATS
 from medrefine.lungpath.labels import CLASS_NAMES, COLOURS, DISPLAY_NAMES, LABELS
 
-FORMATS = ("nifti", "png", "dicom-seg", "overlay", "json")
+FORMATS = ("nifti", "png", "dicom-seg", "overlay", "json")  # of ``OUTPUT_FORMATS``
 DEFAULT_FORMATS = "nifti,overlay,json"
 MONTAGE_TILES = 12
 TILE = 256
 
 
 def output_name(stem: str, fmt: str) -> str:
-    return {
-        "nifti": f"{stem}.nii.gz",
-        "png": f"{stem}.png",
-        "dicom-seg": f"{stem}.dcm",
-        "overlay": f"{stem}_overlay.png",
-        "json": f"{stem}.json",
-    }[fmt]
+    """The file ``fmt`` writes for ``stem`` (the label maps are named as the CLI's masks)."""
+    if fmt not in FORMATS:
+        raise KeyError(fmt)
+    return OUTPUT_FORMATS[fmt].file_names(stem)[0]
 
 
 def display01(result) -> np.ndarray:
@@ -146,32 +143,26 @@ def write_result(
     result, out_dir: Path, stem: str, formats: list[str], extra: dict[str, Any] | None = None
 ) -> list[Path]:
     """Write the requested formats (DICOM-SEG only for DICOM inputs); returns the paths."""
-    from medrefine.commands.outputs import write_json
-
     image = result.image
     written = []
     for fmt in formats:
+        spec = OUTPUT_FORMATS[fmt]
         path = out_dir / output_name(stem, fmt)
-        if fmt == "nifti":
-            written.append(write_mask(result.labels, path, like=image, format="nifti"))
-        elif fmt == "png":
-            written.append(write_mask(result.labels, path, like=image, format="png"))
-        elif fmt == "dicom-seg":
-            if image.meta.get("format") != "dicom":
+        if spec.holds_mask:
+            if not spec.fits(image.meta.get("format")):  # DICOM-SEG of a DICOM input only
                 continue
             written.append(
-                write_mask(
+                spec.write(
                     result.labels,
                     path,
                     like=image,
-                    format="dicom-seg",
                     label_names=[DISPLAY_NAMES[n] for n in CLASS_NAMES],
                     algorithm_name="medrefine-lungpath",
                     series_description=series_description(result),
                 )
             )
         elif fmt == "overlay":
-            written.append(write_image_png(montage(result), path))
+            written.append(spec.write(montage(result), path))
         elif fmt == "json":
-            written.append(write_json(path, summary(result, extra)))
+            written.append(spec.write(summary(result, extra), path))
     return written
