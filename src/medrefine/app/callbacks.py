@@ -24,6 +24,7 @@ from medrefine.app.models import build_pipeline, request_settings
 from medrefine.app.session import Outcome, Session, first_line, readable_errors
 from medrefine.errors import InputError, MedrefineError
 from medrefine.io import read_image, stem_of
+from medrefine.io.formats import mask_formats
 from medrefine.metrics import segmentation_metrics
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.visualize import contours, overlay, uncertainty_heatmap
@@ -123,7 +124,7 @@ def segment_image(
             final_mask, gt, loaded.spacing
         )
         metrics = _metrics_table(rows)
-    formats = ["PNG", "NIfTI"] + (["DICOM-SEG"] if loaded.meta.get("format") == "dicom" else [])
+    formats = [f.display for f in mask_formats(loaded.meta.get("format"))]  # + DICOM-SEG: DICOM in
     mask_format = mask_format if mask_format in formats else "PNG"
     mask_path, overlay_path = write_downloads(session, mask_format)
     timings = {**result.timings, "app total": time.perf_counter() - t_start}

@@ -13,15 +13,13 @@ import numpy as np
 
 from medrefine.app.session import Session
 from medrefine.errors import InputError
-from medrefine.io import LoadedImage, atomic_output, load_mask, read_image, write_mask
+from medrefine.io import OUTPUT_FORMATS, LoadedImage, atomic_output, load_mask, read_image
+from medrefine.io.formats import by_display, mask_formats
 from medrefine.pipeline import SegmentationResult, replace_range
 from medrefine.visualize import PALETTE, overlay, save_png
 
-MASK_FORMATS = {
-    "PNG": ("png", "_mask.png"),
-    "NIfTI": ("nifti", "_mask.nii.gz"),
-    "DICOM-SEG": ("dicom-seg", "_seg.dcm"),
-}
+# the mask download's formats: shown name -> (format, file suffix), from ``medrefine.io.formats``
+MASK_FORMATS = {f.display: (f.name, f.download_suffix) for f in mask_formats("dicom")}
 COARSE_COLOR, REFINED_COLOR = PALETTE[0], PALETTE[1]  # orange, sky blue
 
 
@@ -67,12 +65,14 @@ def write_downloads(session: Session, mask_format: str) -> tuple[Path, Path]:
     outcome = session.last
     if outcome is None or session.request is None:
         raise InputError("nothing to download yet; segment an image first")
-    fmt, suffix = MASK_FORMATS.get(mask_format, MASK_FORMATS["PNG"])
+    spec = by_display(mask_format if mask_format in MASK_FORMATS else "PNG")
     result = outcome.result
-    if fmt == "dicom-seg" and result.image.meta.get("format") != "dicom":
-        raise InputError("DICOM-SEG needs a DICOM input; download the mask as PNG or NIfTI")
-    mask_path = write_mask(
-        result.mask, session.request / f"{outcome.stem}{suffix}", like=result.image, format=fmt
+    why = spec.refusal(result.image.meta.get("format"))
+    if why is not None:
+        others = " or ".join(f.display for f in mask_formats())
+        raise InputError(f"{spec.display} {why}; download the mask as {others}")
+    mask_path = spec.write(
+        result.mask, session.request / f"{outcome.stem}{spec.download_suffix}", like=result.image
     )
     picture = overlay(outcome.image01, result.mask > 0, color=REFINED_COLOR)
     overlay_path = save_png(picture, session.request / f"{outcome.stem}_overlay.png",
@@ -83,15 +83,12 @@ def write_downloads(session: Session, mask_format: str) -> tuple[Path, Path]:
 def write_batch_masks(result: SegmentationResult, stem: str, out: Path) -> list[str]:
     """One batch file's masks in ``out``: PNG for 2D, NIfTI for volumes, plus DICOM-SEG for
     DICOM inputs; returns their names."""
-    names = {
-        "nifti" if result.image.is_volume else "png": stem
-        + (".nii.gz" if result.image.is_volume else ".png")
-    }
-    if result.image.meta.get("format") == "dicom":
-        names["dicom-seg"] = f"{stem}_seg.dcm"
+    image = result.image
+    specs = [OUTPUT_FORMATS["nifti" if image.is_volume else "png"]]
+    specs += [f for f in mask_formats(image.meta.get("format")) if f.needs_input is not None]
     return [
-        write_mask(result.mask, out / name, like=result.image, format=fmt).name
-        for fmt, name in names.items()
+        spec.write(result.mask, out / f"{stem}{spec.zip_suffix}", like=image).name
+        for spec in specs
     ]
 
 

@@ -22,6 +22,7 @@ from medrefine.app.models import (
     model_note,
 )
 from medrefine.app.session import Session, close_session
+from medrefine.io.formats import mask_formats
 from medrefine.presets import BOX_ENGINES, PRESETS, sample_path
 from medrefine.refine import RefineParams
 
@@ -161,7 +162,7 @@ def build_app(
                                 elem_id="review",
                             )
                             mask_format = gr.Radio(
-                                ["PNG", "NIfTI"],
+                                [f.display for f in mask_formats()],
                                 value="PNG",
                                 label="Mask format",
                                 elem_id="mask-format",
