@@ -87,8 +87,7 @@ def write_batch_masks(result: SegmentationResult, stem: str, out: Path) -> list[
     specs = [OUTPUT_FORMATS["nifti" if image.is_volume else "png"]]
     specs += [f for f in mask_formats(image.meta.get("format")) if f.needs_input is not None]
     return [
-        spec.write(result.mask, out / f"{stem}{spec.zip_suffix}", like=image).name
-        for spec in specs
+        spec.write(result.mask, out / f"{stem}{spec.zip_suffix}", like=image).name for spec in specs
     ]
 
 
