@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import time
 from pathlib import Path
 
@@ -54,6 +53,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from medrefine.bench import peak_rss_mb
     from medrefine.io import read_image
     from medrefine.lungpath.outputs import write_result
     from medrefine.lungpath.pipeline import LungPathologyPipeline
@@ -69,7 +69,7 @@ def main() -> None:
     result = pipe.run(image)
     written = write_result(result, out, "ct_512x512x100", ["nifti", "overlay", "json"])
     total = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     report = {
         "shape": list(image.spatial_shape),
         "spacing_mm": list(image.spacing),
