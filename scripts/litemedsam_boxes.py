@@ -10,9 +10,13 @@ images of a split, turned into masks three ways in one run:
    ``--box-engine litemedsam`` runs (where LiteMedSAM finds nothing in a box, that engine hands
    the image to the refiner engine, and so does this row);
 4. LiteMedSAM kept: ``--box-engine litemedsam-only``, LiteMedSAM's mask post-processed as every
-   mask is, the refiner run on it for its uncertainty and review score only.
+   mask is, the refiner run on it for its uncertainty and review score only;
+5. fused: the probabilities of 2 and 3 averaged, then post-processed;
+6. review-chosen: per image, whichever of 2 and 3 has the lower review score.
 
-The row with the best val Dice, among the engines (2 to 4), is the preset's ``box_engine``.
+The row with the best val Dice, among the engines (2 to 4), is the preset's ``box_engine``;
+5 and 6 are candidates for a per-image choice. OUT/cases.json holds each image's Dice per row,
+the two engines' review scores and the Dice between their masks, to study such choices on val.
 
 Each row: Dice and HD95 (pixels) means against the reference masks (as ``medrefine evaluate
 --pred`` scores them) and milliseconds per image (after one warm-up image; the torch threads
@@ -43,6 +47,7 @@ from medrefine.io import read_image, stem_of, write_mask
 from medrefine.litemedsam import empty_boxes, load_litemedsam
 from medrefine.metrics import segmentation_metrics, summarize
 from medrefine.pipeline import SegmentationPipeline
+from medrefine.postprocess import postprocess
 from medrefine.presets import PRESETS
 from medrefine.prompts import jitter_box, mask_boxes
 from medrefine.training.data import find_pairs, read_label_map, split_pairs
@@ -52,6 +57,8 @@ ROWS = {
     "refiner": "refine --box (refiner engine)",
     "litemedsam+refiner": "LiteMedSAM + refiner (litemedsam engine)",
     "litemedsam-only": "LiteMedSAM kept (litemedsam-only engine)",
+    "fused": "mean of refiner and LiteMedSAM + refiner",
+    "review-chosen": "lower review score of the two",
 }
 ENGINES = {"refiner": "refiner", "litemedsam+refiner": "litemedsam",
            "litemedsam-only": "litemedsam-only"}
@@ -72,28 +79,54 @@ def box_cases(data: str, split: str, n: int, seed: int) -> list[tuple[object, li
     return cases
 
 
-def run_case(pipe: SegmentationPipeline, lite, pair, boxes: list) -> dict[str, tuple]:
-    """{row: (mask, seconds)} for one image; the LiteMedSAM mask is the first."""
+def run_case(pipe: SegmentationPipeline, lite, pair, boxes: list
+             ) -> tuple[dict[str, tuple], dict[str, float]]:
+    """({row: (mask, seconds)}, facts) for one image; the LiteMedSAM mask is the first; the
+    facts (review scores of the two engines, Dice between their masks) go in cases.json."""
     loaded = read_image(pair.image)
     dtype = loaded.meta.get("source_dtype", "float32")
     t = time.perf_counter()
     lite_mask = lite.predict(loaded.array, boxes, dtype) > 0.5
     t_lite = time.perf_counter() - t
     t = time.perf_counter()
-    by_refiner = pipe.run(loaded, boxes=boxes, box_engine="refiner").mask
+    by_refiner_result = pipe.run(loaded, boxes=boxes, box_engine="refiner")
+    by_refiner = by_refiner_result.mask
     t_refiner = time.perf_counter() - t
     out = {"litemedsam": (lite_mask, t_lite), "refiner": (by_refiner, t_refiner)}
+    probs = {}
     # what the two litemedsam engines run on LiteMedSAM's mask (tests/test_litemedsam.py
     # checks that they are these calls), without running LiteMedSAM again
     keep = replace(pipe.fixer().refine_params, keep_input=True)
     for key, params in (("litemedsam+refiner", None), ("litemedsam-only", keep)):
         t = time.perf_counter()
         if not empty_boxes(lite_mask, boxes):
-            mask = pipe.run(loaded, coarse_mask=lite_mask.astype(np.uint8), refine=params).mask
+            result = pipe.run(loaded, coarse_mask=lite_mask.astype(np.uint8), refine=params)
         else:  # the engines' fallback
-            mask = by_refiner
-        out[key] = (mask, t_lite + time.perf_counter() - t)
-    return out
+            result = by_refiner_result
+        out[key] = (result.mask, t_lite + time.perf_counter() - t)
+        probs[key] = _probs(result)
+        if key == "litemedsam+refiner":
+            result_lite = result
+    # both engines' probabilities averaged, then post-processed as every mask is
+    fused = postprocess((_probs(by_refiner_result) + probs["litemedsam+refiner"]) / 2,
+                        pipe.fixer().post)
+    out["fused"] = (fused, out["litemedsam+refiner"][1] + t_refiner)
+    scores = {"refiner": by_refiner_result.review_score,
+              "litemedsam+refiner": result_lite.review_score}
+    chosen = min(scores, key=lambda k: (scores[k] is None, scores[k] or 0.0))
+    out["review-chosen"] = (out[chosen][0], out["litemedsam+refiner"][1] + t_refiner)
+    facts = {"review_" + k: v for k, v in scores.items()}
+    facts["agreement"] = dice_of(out["refiner"][0] > 0, out["litemedsam+refiner"][0] > 0)
+    return out, facts
+
+
+def dice_of(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def _probs(result) -> np.ndarray:
+    return result.refined_probs if result.refined_probs is not None else result.coarse_probs
 
 
 def main() -> int:
@@ -120,8 +153,9 @@ def main() -> int:
 
     rows: dict[str, list[dict]] = {k: [] for k in ROWS}
     fallbacks = 0
+    per_case = {}
     for pair, boxes in cases:
-        out = run_case(pipe, lite, pair, boxes)
+        out, facts = run_case(pipe, lite, pair, boxes)
         stem = stem_of(pair.image)
         image = read_image(pair.image)
         gt = reference(pair, image)
@@ -129,10 +163,12 @@ def main() -> int:
         fallbacks += bool(empty_boxes(out["litemedsam"][0], boxes))
         for key, (mask, seconds) in out.items():
             rows[key].append({**segmentation_metrics(mask > 0, gt), "ms": 1000 * seconds})
+        per_case[stem] = {**facts, **{k: rows[k][-1]["dice"] for k in ROWS}}
         print(f"{stem}: " + "  ".join(f"{k} {rows[k][-1]['dice']:.3f}" for k in ROWS),
               file=sys.stderr, flush=True)
     (args.out / "boxes.json").write_text(
         json.dumps({stem_of(pair.image): boxes for pair, boxes in cases}))
+    (args.out / "cases.json").write_text(json.dumps(per_case, indent=1))
 
     print(f"box prompts, preset {args.preset}, {Path(args.data).name} {args.split}: first "
           f"{len(cases)} images with an object, one box per object, sides jittered up to 5% "
