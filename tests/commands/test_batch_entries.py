@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from medrefine.cli import main
-from medrefine.commands.inputs import expand_inputs
+from medrefine.batch.inputs import expand_inputs
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from medrefine.cli import main
-from medrefine.commands.inputs import expand_inputs, unique_stems
+from medrefine.batch.inputs import expand_inputs, unique_stems
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from PIL import Image
 
 from medrefine.cli import main
 from medrefine.commands import segment
-from medrefine.commands.guard import LOCK_NAME
+from medrefine.batch.guard import LOCK_NAME
 
 
 def _tiny(weights: dict[str, Path]) -> list[str]:

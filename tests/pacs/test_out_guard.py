@@ -9,7 +9,7 @@ import json
 from orthanc_server import SAMPLES, uid_of
 
 from medrefine.cli import main
-from medrefine.commands.guard import LOCK_NAME
+from medrefine.batch.guard import LOCK_NAME
 
 
 def _tiny(tiny_weights) -> list[str]:

@@ -21,8 +21,11 @@ from medrefine.app.files import (
     write_downloads,
 )
 from medrefine.app.models import build_pipeline, request_settings
-from medrefine.app.session import Outcome, Session, first_line, readable_errors
-from medrefine.errors import InputError, MedrefineError
+from medrefine.app.session import Outcome, Session, readable_errors
+from medrefine.batch import Batch, Job
+from medrefine.batch.inputs import unique_stems
+from medrefine.batch.segment import SegmentTask
+from medrefine.errors import InputError
 from medrefine.io import read_image, stem_of
 from medrefine.io.formats import mask_formats
 from medrefine.metrics import segmentation_metrics
@@ -202,7 +205,6 @@ def segment_batch(
     (PNG for 2D, NIfTI for volumes, plus DICOM-SEG for DICOM inputs) and report.json."""
     if not files:
         raise InputError("no files in the batch; add one or more images")
-    t_start = time.perf_counter()
     session = session or Session()
     refine, post = request_settings(
         steps,
@@ -220,60 +222,53 @@ def segment_batch(
     session.last = None
     masks = folder / "masks"
     masks.mkdir()
-    records, seen = [], {}
-    for i, path in enumerate(files):
-        progress((i, len(files)), desc=f"segmenting {Path(path).name}")
-        stem = stem_of(Path(path))
-        seen[stem] = seen.get(stem, 0) + 1
-        stem += f"_{seen[stem]}" if seen[stem] > 1 else ""
-        records.append(_segment_one(pipe, Path(path), stem, masks))
-    n_failed = sum(r["status"] != "ok" for r in records)
-    report = {
-        "app": "medrefine web interface",
-        "seconds": time.perf_counter() - t_start,
-        "n_inputs": len(records),
-        "n_ok": len(records) - n_failed,
-        "n_failed": n_failed,
-        "notes": notes,
-        "provenance": pipe.provenance(),
-        "files": records,
-    }
+    paths = [Path(path) for path in files]
+    jobs = [Job(p, s, name=p.name) for p, s in zip(paths, unique_stems(paths), strict=True)]
+
+    def show(i: int, n: int, job: Job) -> None:
+        progress((i, n), desc=f"segmenting {job.label}")
+
+    batch = Batch(folder, quiet=True, echo=logger.warning, progress=show)
+    head = {"app": "medrefine web interface", "notes": notes, "provenance": pipe.provenance()}
+    report = batch.run(BatchMasks(pipe, masks), jobs, head)
     zip_path = folder / "medrefine_batch.zip"
     write_batch_zip(zip_path, report, masks)
     lines = [
-        f"Segmented {len(records) - n_failed} of {len(records)} files."
+        f"Segmented {report['n_ok']} of {report['n_inputs']} files."
         + "".join(f" {n}" for n in notes)
     ]
-    lines += [f"- {r['input']}: failed: {r['error']}" for r in records if r["status"] != "ok"]
+    lines += [
+        f"- {r['input']}: failed: {r['error'].removeprefix(r['input'] + ': ')}"
+        for r in report["files"]
+        if r["status"] != "ok"
+    ]
     return session, str(zip_path), "\n".join(lines)
 
 
-def _segment_one(pipe: SegmentationPipeline, path: Path, stem: str, out: Path) -> dict:
-    """One batch file -> masks in ``out`` (PNG for 2D, NIfTI for volumes, plus DICOM-SEG for
-    DICOM inputs) and its report entry; a failure is recorded, not raised."""
-    t0 = time.perf_counter()
-    try:
-        result = pipe.run(read_image(path))
-        outputs = write_batch_masks(result, stem, out)
-    except Exception as err:  # a batch goes on past a bad file
-        if isinstance(err, MedrefineError):
-            message = str(err).replace(str(path), path.name).removeprefix(f"{path.name}: ")
-        else:
-            logger.exception("unexpected error on %s", path)
-            message = f"unexpected {type(err).__name__}: {first_line(err)}"
+class BatchMasks:
+    """The batch tab's task: segment each upload, its masks into ``masks`` (PNG for 2D, NIfTI
+    for volumes, plus DICOM-SEG for DICOM inputs); every request is a new folder, so nothing
+    is ever done already."""
+
+    name, unit = "segment", "file"
+    columns, weights = SegmentTask.columns, SegmentTask.weights
+
+    def __init__(self, pipe: SegmentationPipeline, masks: Path) -> None:
+        self.pipe, self.masks = pipe, masks
+
+    def outputs(self, job: Job) -> list[str]:
+        return []
+
+    def make(self, job: Job, echo) -> dict:
+        t0 = time.perf_counter()
+        result = self.pipe.run(read_image(job.source))
         return {
-            "input": path.name,
-            "status": "failed",
-            "error": message,
+            "input": job.label,
+            "status": "ok",
+            "outputs": write_batch_masks(result, job.stem, self.masks),
+            "shape": list(result.mask.shape),
+            "foreground_fraction": float((result.mask > 0).mean()),
+            "review_score": result.review_score,
+            "timings": result.timings,
             "seconds": time.perf_counter() - t0,
         }
-    return {
-        "input": path.name,
-        "status": "ok",
-        "outputs": outputs,
-        "shape": list(result.mask.shape),
-        "foreground_fraction": float((result.mask > 0).mean()),
-        "review_score": result.review_score,
-        "timings": result.timings,
-        "seconds": time.perf_counter() - t0,
-    }

@@ -3,8 +3,8 @@ other run is writing into it (a lock), and that no output is, or would replace, 
 reads (an input, a mask, a member of a DICOM series, weights). Also which outputs already in
 OUT are this tool's own, so a re-run may skip them as done.
 
-Every command that writes files (segment, refine, evaluate, lung-pathology, inpaint, the PACS
-pull and the DICOM listener) goes through here before it loads a model; each refusal is one
+Every batch (segment, refine, evaluate, lung-pathology, inpaint, the PACS pull and the DICOM
+listener) goes through here before it loads a model; each refusal is one
 line, exit code 2 (``OutputError``).
 """
 
@@ -20,9 +20,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from medrefine.commands.inputs import InputKind, probe_kind
-from medrefine.commands.outputs import output_names, prepare_out_dir
-from medrefine.errors import MedrefineError, OutputError
+from medrefine.batch.records import prepare_out_dir
+from medrefine.errors import OutputError
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -34,14 +33,6 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".medrefine.lock"
 SKIPPED = "skipped (done)"
 REPORTS = ("report.json", "report.csv")
-# every kind an input can be, for the outputs of an input whose header cannot be read
-_ANY_KIND = (
-    InputKind(False),
-    InputKind(False, nifti=True),
-    InputKind(True, nifti=True),
-    InputKind(False, dicom=True),
-    InputKind(True, dicom=True),
-)
 
 
 # ---------------------------------------------------------------- OUT itself
@@ -186,18 +177,6 @@ def option_files(args: Any, *names: str) -> list[Path]:
         if isinstance(value, str | Path):
             found.append(Path(value))
     return found
-
-
-def planned_names(path: Path, stem: str, formats: list[str]) -> list[str]:
-    """The names ``write_outputs`` gives ``path``'s outputs (from its header; an unreadable
-    header gives the names of every kind, to be safe)."""
-    if "uncertainty" not in formats and "dicom-seg" not in formats:
-        return output_names(stem, formats, InputKind(False))
-    try:
-        return output_names(stem, formats, probe_kind(path))
-    except MedrefineError:
-        names = (n for kind in _ANY_KIND for n in output_names(stem, formats, kind))
-        return list(dict.fromkeys(names))
 
 
 # ---------------------------------------------------------------- what is done

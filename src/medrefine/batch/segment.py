@@ -1,41 +1,26 @@
-"""What a batch command writes: the output folder, each input's outputs in the requested
-formats, JSON/CSV reports, and the one-line report of an input that failed."""
+"""The segmentation task of a batch: a ``SegmentationPipeline`` run on one input and its outputs
+in the requested formats (the file names, which formats an input can hold, the writers), for
+``medrefine segment``, the PACS pull and the DICOM listener alike."""
 
 from __future__ import annotations
 
-import csv
+import json
 import logging
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from medrefine import __version__
-from medrefine.commands.inputs import InputKind
+from medrefine.batch.engine import Job
+from medrefine.batch.inputs import InputKind, probe_kind
+from medrefine.batch.records import failure_record
 from medrefine.errors import ConfigError, InputError, MedrefineError
-from medrefine.io import OUTPUT_FORMATS, LoadedImage, atomic_output
-from medrefine.io import write_json as write_json  # the commands' reports import it from here
-from medrefine.pipeline import SegmentationResult, replace_range
+from medrefine.io import OUTPUT_FORMATS, LoadedImage, read_image
+from medrefine.pipeline import SegmentationPipeline, SegmentationResult, replace_range
 
 logger = logging.getLogger(__name__)
-
-
-def prepare_out_dir(path: Path) -> Path:
-    """Create the output folder; refuse a path that is a file."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"-o {path}: is a file; give a folder for the outputs")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(
-            f"-o {path}: cannot create the output folder ({err}); check the "
-            "path and your permissions"
-        ) from err
-    return path
 
 
 def display_image01(result: SegmentationResult) -> np.ndarray:
@@ -161,69 +146,7 @@ def image_summary(result: SegmentationResult) -> dict[str, Any]:
     return summary
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
-    """Write rows as CSV atomically (lists joined by ``;``, None as an empty cell)."""
-
-    def cell(value: Any) -> Any:
-        if value is None:
-            return ""
-        if isinstance(value, list | tuple):
-            return ";".join(str(v) for v in value)
-        return value
-
-    with atomic_output(path) as tmp:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: cell(row.get(k)) for k in columns})
-    return path
-
-
-# ---------------------------------------------------------------- failures
-def failure_reason(err: Exception) -> str:
-    """One line for a failed input: a MedrefineError's message, else the exception type."""
-    if isinstance(err, MedrefineError):
-        text = str(err)
-    else:
-        logger.debug("unexpected error", exc_info=err)
-        text = f"unexpected {type(err).__name__}: {err} (run with -vv for the traceback)"
-    return " ".join(text.split())
-
-
-def report_failure(name: str, reason: str, echo: Callable[[str], None] | None = None) -> None:
-    """Print ``medrefine: skipped NAME: REASON`` on stderr (one line)."""
-    if reason.startswith(f"{name}: "):  # the message already names the file
-        reason = reason[len(name) + 2 :]
-    line = f"medrefine: skipped {name}: {reason}"
-    if echo is not None:
-        echo(line)
-    else:
-        print(line, file=sys.stderr)
-
-
-def echo_above_bar(line: str) -> None:
-    """Print ``line`` on stderr without breaking a tqdm progress bar."""
-    tqdm.write(line, file=sys.stderr)
-
-
 # ---------------------------------------------------------------- report entries
-def failure_record(
-    path: Path, err: Exception, t0: float, echo: Callable[[str], None] | None, **extra: Any
-) -> dict[str, Any]:
-    """Report ``err`` for the input ``path`` (one line on stderr) and return its report entry;
-    ``extra`` (e.g. the mask refined) follows ``input``."""
-    reason = failure_reason(err)
-    report_failure(str(path), reason, echo)
-    return {
-        "input": str(path),
-        **extra,
-        "status": "failed",
-        "error": reason,
-        "seconds": time.perf_counter() - t0,
-    }
-
-
 def result_record(
     path: Path,
     result: SegmentationResult,
@@ -246,4 +169,133 @@ def result_record(
         "review_score": result.review_score,
         "timings": {**result.timings, "write": time.perf_counter() - t_write},
         "seconds": time.perf_counter() - t0,
+    }
+
+
+# every kind an input can be, for the outputs of an input whose header cannot be read
+_ANY_KIND = (
+    InputKind(False),
+    InputKind(False, nifti=True),
+    InputKind(True, nifti=True),
+    InputKind(False, dicom=True),
+    InputKind(True, dicom=True),
+)
+
+
+def planned_names(path: Path, stem: str, formats: list[str]) -> list[str]:
+    """The names ``write_outputs`` gives ``path``'s outputs (from its header; an unreadable
+    header gives the names of every kind, to be safe)."""
+    if "uncertainty" not in formats and "dicom-seg" not in formats:
+        return output_names(stem, formats, InputKind(False))
+    try:
+        return output_names(stem, formats, probe_kind(path))
+    except MedrefineError:
+        names = (n for kind in _ANY_KIND for n in output_names(stem, formats, kind))
+        return list(dict.fromkeys(names))
+
+
+class SegmentTask:
+    """Segment each job's input (``Job.source``: a file or a DICOM series folder) with ``pipe``
+    and write its outputs into ``out_dir`` as ``<Job.stem>.*``."""
+
+    name, unit = "segment", "input"
+    columns = ["input", "status", "outputs", "seconds", "error", "rank"]
+    weights = ("coarse", "refiner")
+
+    def __init__(
+        self,
+        pipe: SegmentationPipeline,
+        out_dir: Path,
+        formats: list[str],
+        file_extra: dict[str, Any] | None = None,
+        *,
+        allow_gaps: bool = False,
+    ) -> None:
+        self.pipe, self.out_dir, self.formats = pipe, out_dir, formats
+        self.file_extra, self.allow_gaps = file_extra, allow_gaps
+
+    def outputs(self, job: Job) -> list[str]:
+        return planned_names(Path(job.source), job.stem, self.formats)
+
+    def make(self, job: Job, echo) -> dict[str, Any]:
+        return segment_one(
+            self.pipe,
+            Path(job.source),
+            job.stem,
+            self.out_dir,
+            self.formats,
+            echo,
+            self.file_extra,
+            allow_gaps=self.allow_gaps,
+        )
+
+
+def segment_one(
+    pipe: SegmentationPipeline,
+    path: Path,
+    stem: str,
+    out_dir: Path,
+    formats: list[str],
+    echo,
+    file_extra: dict[str, Any] | None = None,
+    *,
+    allow_gaps: bool = False,
+) -> dict[str, Any]:
+    """Segment one input and write its outputs; a failure is reported, not raised.
+
+    ``allow_gaps``: read a DICOM series with a missing slice on its regular grid (see
+    ``read_image``); the record then lists the filled planes as ``filled_slices``."""
+    t0 = time.perf_counter()
+    try:
+        loaded = read_image(path, allow_gaps=allow_gaps)
+        check_formats_fit(loaded, formats)
+        load_s = time.perf_counter() - t0
+        result = pipe.run(loaded)
+        result.timings["load"] = load_s  # pipe.run got the image already read
+        result.timings["total"] = time.perf_counter() - t0
+        t_write = time.perf_counter()
+        written = write_outputs(result, out_dir, stem, formats, file_extra)
+    except Exception as err:  # a batch goes on past a bad file (KeyboardInterrupt still stops)
+        return failure_record(path, err, t0, echo)
+    fraction = float((result.mask > 0).mean())
+    measures: dict[str, Any] = {"foreground_fraction": fraction}
+    if loaded.meta.get("filled_slices"):
+        measures["filled_slices"] = loaded.meta["filled_slices"]
+    extra = skipped_formats(result.image, formats)  # DICOM-SEG asked of a non-DICOM input
+    return result_record(path, result, written, t0, t_write, measures, **extra)
+
+
+def warn_if_settings_changed(
+    out_dir: Path, prov: dict[str, Any], formats: list[str], overwrite: bool
+) -> None:
+    """Resuming into a folder made with other weights or settings mixes two runs: say so."""
+    previous = out_dir / "report.json"
+    if overwrite or not previous.is_file():
+        return
+    try:
+        old = json.loads(previous.read_text())
+        old_prov = old["provenance"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    old_settings, settings = (
+        _settings(old_prov),
+        _settings(json.loads(json.dumps(prov, default=str))),
+    )
+    changed = [k for k in settings if old_settings.get(k) != settings[k]]
+    if changed:
+        logger.warning(
+            "%s holds outputs made with other %s; they are kept (skipped). "
+            "Pass --overwrite to redo them with the current settings",
+            out_dir,
+            ", ".join(changed),
+        )
+
+
+def _settings(prov: dict[str, Any]) -> dict[str, Any]:
+    """What decides the masks: weights (by SHA-256, not path), refinement, post-processing."""
+    weights = prov.get("weights") or {}
+    return {
+        "weights": {k: (v or {}).get("sha256") for k, v in weights.items()},
+        "refinement": prov.get("refine"),
+        "post-processing": prov.get("postprocess"),
     }

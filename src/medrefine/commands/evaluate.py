@@ -43,13 +43,15 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from medrefine.commands.guard import (
+from medrefine.batch.guard import (
     ReadFiles,
     check_writable,
     option_files,
     out_lock,
     refuse_replacing_reads,
 )
+from medrefine.batch.records import failure_reason, report_failure, write_json
+from medrefine.batch.segment import display_image01
 from medrefine.commands.options import (
     add_model_options,
     add_out_option,
@@ -57,12 +59,6 @@ from medrefine.commands.options import (
     add_refine_options,
     build_pipeline,
     provenance,
-)
-from medrefine.commands.outputs import (
-    display_image01,
-    failure_reason,
-    report_failure,
-    write_json,
 )
 from medrefine.errors import InputError
 from medrefine.io import atomic_output, read_image, read_mask, stem_of, write_mask

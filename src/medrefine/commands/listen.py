@@ -17,7 +17,9 @@ that is refused with status 0xA700 (out of resources) and logged. --pacs-timeout
 bounds the DIMSE timeouts, receiving and sending.
 
 Ctrl-C or SIGTERM stops it cleanly: the series being segmented is finished, the report written;
-series still arriving are left unsegmented (and listed in the report).
+series still arriving are left unsegmented (listed in the report, then marked interrupted); a
+second Ctrl-C stops it mid-series (no partial file is left). A series whose outputs an earlier
+run wrote into OUT is skipped (``skipped (done)``; --overwrite segments it again).
 
 examples:
   medrefine listen -o received_out --port 11112 --ae-title MEDREFINE --preset polyp --no-refine
@@ -34,7 +36,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 
-from medrefine.commands.guard import check_writable, out_lock
+from medrefine.batch.guard import check_writable, out_lock
 from medrefine.commands.options import (
     add_mask_options,
     add_model_options,
@@ -93,6 +95,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--send-to",
         metavar="HOST:PORT:AET",
         help="send each DICOM-SEG on to this DICOM node by C-STORE",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="segment a series again even when an earlier run wrote its outputs into OUT",
     )
     add_model_options(parser)
     add_mask_options(parser)
@@ -154,7 +161,9 @@ def _serve(args: argparse.Namespace, config, send_to, formats: list[str]) -> int
         "provenance": prov,
     }
     file_extra = {"weights": {k: v["sha256"] for k, v in prov["weights"].items()}}
-    listener = Listener(config, args.out, pipe, formats, head, file_extra)
+    listener = Listener(
+        config, args.out, pipe, formats, head, file_extra, overwrite=args.overwrite
+    )
     stop = threading.Event()
 
     def on_signal(signum, frame):

@@ -15,7 +15,8 @@ among nifti, png, dicom-seg, overlay, json (default nifti,overlay,json).
 Batch behaviour as ``medrefine segment``: an input that fails (not CT, 8-bit passed as HU, no
 lung...) is reported in one line and skipped, the exit code is then 2; OUT/report.json and
 report.csv list every input; a re-run skips the inputs whose outputs are all there
-(``--overwrite`` redoes them); outputs are written atomically.
+(``--overwrite`` redoes them); outputs are written atomically; Ctrl-C or SIGTERM writes the
+report so far (marked interrupted); under torchrun the inputs are shared out.
 
 examples:
   medrefine lung-pathology chest.nii.gz scans/series1/ -o out/
@@ -30,8 +31,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
+from medrefine.batch import Job, open_batch
+from medrefine.batch.guard import (
+    REPORTS,
+    ReadFiles,
+    check_writable,
+    option_files,
+    refuse_replacing_reads,
+)
+from medrefine.batch.inputs import expand_inputs, probe_kind, unique_stems
+from medrefine.batch.report import summary_line
 from medrefine.commands.options import add_series_option
 from medrefine.errors import ConfigError
 
@@ -44,6 +53,7 @@ CSV_COLUMNS = [
     "lung_ml",
     "abnormal_fraction_of_lung",
     "partial_coverage",
+    "rank",
 ]
 
 
@@ -105,11 +115,7 @@ def parse_formats(text: str | None) -> list[str]:
 
 
 def run(args) -> int:
-    from medrefine.commands.guard import check_writable, earlier_outputs, out_lock
-    from medrefine.commands.inputs import expand_inputs, unique_stems
-
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    t_start = time.perf_counter()
     formats = parse_formats(args.format)
     if args.lung_masks is not None and not args.lung_masks.is_dir():
         raise ConfigError(f"--lung-masks {args.lung_masks}: not a folder")
@@ -117,99 +123,65 @@ def run(args) -> int:
     ignored: list[tuple[str, str]] = []
     inputs, problems = expand_inputs([str(s) for s in args.inputs], ignored)
     inputs = sorted(inputs, key=str)
-    jobs = list(zip(inputs, unique_stems(inputs), strict=True))
+    jobs = [Job(p, s) for p, s in zip(inputs, unique_stems(inputs), strict=True)]
     refuse_replacing_inputs(jobs, formats, args)
-    earlier = earlier_outputs(args.out)  # before the first write of this run
-    with out_lock(args.out):
-        return _run(args, formats, jobs, problems, ignored, earlier, started, t_start)
+    with open_batch(args.out, overwrite=args.overwrite, quiet=args.quiet) as batch:
+        from medrefine.lungpath.pipeline import LungPathologyPipeline
+
+        pipe = LungPathologyPipeline(args.weights, args.config, args.intensity)
+        batch.add_problems(problems)
+        head = {
+            "command": "lung-pathology",
+            "started": started,
+            "inputs": [str(s) for s in args.inputs],
+            "out": str(args.out),
+            "formats": formats,
+            "ignored": [{"input": e, "why": w} for e, w in ignored],
+            "world_size": batch.ranks.world_size,
+            "provenance": {**pipe.provenance(), "seed": pipe.cfg.cluster.seed},
+        }
+        report = batch.run(LungPathologyTask(pipe, args, formats), jobs, head)
+        if batch.ranks.is_main:
+            n_ok, n = report["n_ok"], report["n_inputs"]
+            lead = f"lung-pathology: {n_ok} of {n} inputs into {args.out}"
+            print(summary_line(report, lead))
+        return batch.exit_code(report)
 
 
-def refuse_replacing_inputs(jobs: list[tuple[Path, str]], formats: list[str], args) -> None:
+def refuse_replacing_inputs(jobs: list[Job], formats: list[str], args) -> None:
     """Refuse (``OutputError``) outputs that would replace an input CT, a member of an
     input series, a lung mask, the weights or the config, before the model is loaded."""
-    from medrefine.commands.guard import (
-        REPORTS,
-        ReadFiles,
-        option_files,
-        refuse_replacing_reads,
-    )
     from medrefine.lungpath.outputs import output_name
 
-    reads = ReadFiles([path for path, _ in jobs])
+    reads = ReadFiles([job.source for job in jobs])
     for path in option_files(args, "lung_masks", "weights", "config"):
         reads.add(path)
     outputs = [args.out / n for n in REPORTS]
-    for _path, stem in jobs:  # every format's name: DICOM-SEG too, whatever the input is
-        outputs.extend(args.out / output_name(stem, fmt) for fmt in formats)
+    for job in jobs:  # every format's name: DICOM-SEG too, whatever the input is
+        outputs.extend(args.out / output_name(job.stem, fmt) for fmt in formats)
     refuse_replacing_reads(outputs, reads, args.out)
 
 
-def _run(args, formats, jobs, problems, ignored, earlier, started, t_start) -> int:
-    from medrefine.commands.guard import SKIPPED
-    from medrefine.commands.outputs import (
-        echo_above_bar,
-        failure_record,
-        report_failure,
-        write_csv,
-        write_json,
-    )
-    from medrefine.commands.segment import finish_report
-    from medrefine.lungpath.pipeline import LungPathologyPipeline
+class LungPathologyTask:
+    """Analyse each job's CT (``Job.source``) and write its outputs as ``<Job.stem>.*``."""
 
-    pipe = LungPathologyPipeline(args.weights, args.config, args.intensity)
-    records: list[dict[str, Any]] = []
-    for spec, reason in problems:
-        report_failure(spec, reason)
-        records.append({"input": spec, "status": "failed", "error": reason})
-    head = {
-        "command": "lung-pathology",
-        "started": started,
-        "inputs": [str(s) for s in args.inputs],
-        "out": str(args.out),
-        "formats": formats,
-        "ignored": [{"input": e, "why": w} for e, w in ignored],
-        "provenance": {**pipe.provenance(), "seed": pipe.cfg.cluster.seed},
-    }
-    extra = {"weights_sha256": pipe.provenance()["weights"]["lungpath"]["sha256"]}
-    try:
-        for path, stem in tqdm(
-            jobs, desc="lung-pathology", unit="input", disable=True if args.quiet else None
-        ):
-            records.append(
-                process_one(
-                    pipe,
-                    path,
-                    stem,
-                    args,
-                    formats,
-                    extra,
-                    echo_above_bar,
-                    failure_record,
-                    SKIPPED,
-                    earlier,
-                )
-            )
-    except KeyboardInterrupt:
-        report = finish_report(
-            head, records, t_start, interrupted=True, left=len(jobs), earlier=earlier
-        )
-        write_json(args.out / "report.json", report)
-        raise
-    report = finish_report(head, records, t_start, earlier=earlier)
-    write_json(args.out / "report.json", report)
-    write_csv(args.out / "report.csv", report["files"], CSV_COLUMNS)
-    line = f"lung-pathology: {report['n_ok']} of {report['n_inputs']} inputs into {args.out}"
-    if report["n_skipped"]:
-        line += f"; {report['n_skipped']} already done (skipped)"
-    if report["n_failed"]:
-        line += f"; {report['n_failed']} failed (listed in report.json)"
-    print(line)
-    return 2 if report["n_failed"] else 0
+    name, unit = "lung-pathology", "input"
+    columns, weights = CSV_COLUMNS, ("lungpath",)
+
+    def __init__(self, pipe, args, formats: list[str]) -> None:
+        self.pipe, self.args, self.formats = pipe, args, formats
+        self.extra = {"weights_sha256": pipe.provenance()["weights"]["lungpath"]["sha256"]}
+
+    def outputs(self, job: Job) -> list[str]:
+        return expected_names(Path(job.source), job.stem, self.formats)
+
+    def make(self, job: Job, echo) -> dict[str, Any]:
+        return analyse_one(self.pipe, Path(job.source), job.stem, self.args, self.formats,
+                           self.extra, echo)  # fmt: skip
 
 
 def expected_names(path: Path, stem: str, formats: list[str]) -> list[str]:
     """Outputs of an input; DICOM-SEG only for DICOM inputs (decided from the header)."""
-    from medrefine.commands.inputs import probe_kind
     from medrefine.io import OUTPUT_FORMATS
     from medrefine.lungpath.outputs import output_name
 
@@ -221,46 +193,24 @@ def expected_names(path: Path, stem: str, formats: list[str]) -> list[str]:
     return names
 
 
-def process_one(
-    pipe,
-    path: Path,
-    stem: str,
-    args,
-    formats,
-    extra,
-    echo,
-    failure_record,
-    skipped: str,
-    earlier: dict[str, str] | None = None,
+def analyse_one(
+    pipe, path: Path, stem: str, args, formats: list[str], extra: dict[str, Any], echo
 ) -> dict[str, Any]:
-    """One input: skipped when an earlier run (``earlier``, from OUT/report.json) wrote all
-    its outputs from it, else analysed and written; a failure is reported, not raised."""
-    from medrefine.commands.guard import is_done
-    from medrefine.errors import MedrefineError
+    """Analyse one input and write its outputs; a failure is raised (the batch reports it)."""
     from medrefine.io import OUTPUT_FORMATS, read_image, read_mask
     from medrefine.lungpath.outputs import coverage_warning, write_result
     from medrefine.lungpath.pipeline import check_lung_mask_shape
 
     t0 = time.perf_counter()
-    if not args.overwrite:
-        try:
-            names = expected_names(path, stem, formats)
-            if is_done(names, path, args.out, earlier or {}):
-                return {"input": str(path), "status": skipped, "outputs": names, "seconds": 0.0}
-        except MedrefineError:
-            pass  # unreadable: run it so the failure is reported
-    try:
-        image = read_image(path, allow_gaps=getattr(args, "allow_gaps", False))
-        lung = None
-        if args.lung_masks is not None:
-            found = sorted(args.lung_masks.glob(f"{stem}.*"))
-            if not found:
-                raise ConfigError(f"{path}: no lung mask {args.lung_masks}/{stem}.* for it")
-            lung = check_lung_mask_shape(read_mask(found[0]), image, str(found[0]))
-        result = pipe.run(image, lung)
-        written = write_result(result, args.out, stem, formats, extra)
-    except Exception as err:  # the batch goes on past a bad input
-        return failure_record(path, err, t0, echo)
+    image = read_image(path, allow_gaps=getattr(args, "allow_gaps", False))
+    lung = None
+    if args.lung_masks is not None:
+        found = sorted(args.lung_masks.glob(f"{stem}.*"))
+        if not found:
+            raise ConfigError(f"{path}: no lung mask {args.lung_masks}/{stem}.* for it")
+        lung = check_lung_mask_shape(read_mask(found[0]), image, str(found[0]))
+    result = pipe.run(image, lung)
+    written = write_result(result, args.out, stem, formats, extra)
     warning = coverage_warning(result, str(path))
     if warning is not None:
         echo(warning)

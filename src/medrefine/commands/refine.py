@@ -9,8 +9,12 @@ reviewed as a given mask (``auto``, the default, takes the preset's engine). The
 is ``auto`` unless given: picked per image from how far the refiner would move the mask, and
 where the refiner is unsure of its own correction the mask is returned as it came. The refined
 mask is written to OUT/<image stem>.png (0/255). ``--image`` and
-``--mask`` may also both be folders: images and masks are then paired by file stem. Pairs that
-fail are reported on stderr and skipped (exit code 2); OUT/report.json records each pair.
+``--mask`` may also both be folders: images and masks are then paired by file stem.
+
+Batch behaviour as ``medrefine segment``: pairs that fail are reported on stderr and skipped
+(exit code 2); OUT/report.json and OUT/report.csv record each pair with the run's provenance; a
+re-run skips the images whose outputs are all there (``--overwrite`` redoes them); Ctrl-C or
+SIGTERM writes the report so far; under torchrun the pairs are shared out.
 
 examples:
   medrefine refine --image case1.png --mask nnunet/case1.png -o refined/ --preset polyp
@@ -31,18 +35,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from medrefine.commands.guard import (
+from medrefine.batch import Job, open_batch
+from medrefine.batch.guard import (
     REPORTS,
     ReadFiles,
     check_writable,
     option_files,
-    out_lock,
-    planned_names,
     refuse_replacing_reads,
 )
-from medrefine.commands.inputs import folder_inputs, unique_stems
+from medrefine.batch.inputs import folder_inputs, unique_stems
+from medrefine.batch.records import failure_record
+from medrefine.batch.report import summary_line
+from medrefine.batch.segment import (
+    SegmentTask,
+    check_formats_fit,
+    planned_names,
+    result_record,
+    write_outputs,
+)
 from medrefine.commands.options import (
     DEFAULT_PRESET,
     add_device_option,
@@ -50,16 +61,8 @@ from medrefine.commands.options import (
     add_out_option,
     parse_formats,
     postprocess_config,
+    provenance,
     refine_overrides,
-)
-from medrefine.commands.outputs import (
-    check_formats_fit,
-    echo_above_bar,
-    failure_record,
-    report_failure,
-    result_record,
-    write_json,
-    write_outputs,
 )
 from medrefine.errors import ConfigError, InputError
 from medrefine.io import read_image, read_mask, stem_of
@@ -115,6 +118,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "chosen on val)",
     )
     add_out_option(parser)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="refine every image again, even those whose outputs are all in OUT already",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--preset",
@@ -135,7 +143,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    t_start = time.perf_counter()
     formats = parse_formats(args.format, refining=True)
     if sum(x is not None for x in (args.mask, args.box, args.boxes)) != 1:
         raise ConfigError("refine needs one of --mask M (a mask or a folder of masks), --box "
@@ -159,8 +166,14 @@ def run(args: argparse.Namespace) -> int:
         pairs, problems = find_mask_pairs(args.image, args.mask)
     stems = unique_stems([image for image, _ in pairs])
     refuse_replacing_inputs(pairs, stems, formats, args)
-    with out_lock(args.out):
-        return _refine_pairs(args, formats, pairs, stems, problems, boxes_of, started, t_start)
+    jobs = [
+        Job(image, stem, (mask, boxes_of.get(image)), {} if mask is None else {"mask": str(mask)})
+        for (image, mask), stem in zip(pairs, stems, strict=True)
+    ]
+    quiet = getattr(args, "quiet", False)
+    with open_batch(args.out, overwrite=args.overwrite, quiet=quiet, device=args.device) as batch:
+        args.device = batch.device  # under torchrun on GPUs: this rank's GPU
+        return _refine_pairs(args, batch, formats, jobs, problems, started)
 
 
 def refuse_replacing_inputs(
@@ -176,8 +189,44 @@ def refuse_replacing_inputs(
     refuse_replacing_reads(outputs, reads, args.out)
 
 
-def _refine_pairs(args, formats, pairs, stems, problems, boxes_of, started, t_start) -> int:
-    """Refine each (image, mask or boxes) pair into OUT and write the report."""
+def _refine_pairs(args, batch, formats, jobs, problems, started) -> int:
+    """Refine each (image, mask or boxes) job into OUT and write the report."""
+    pipe = _pipeline(args)
+    box_engine = None if args.mask is not None else pipe.box_engine(args.box_engine or "auto")
+    lite = None
+    if box_engine in ("litemedsam", "litemedsam-only"):
+        # loaded before the images: a missing package is one line, not one per image
+        from medrefine.litemedsam import load_litemedsam
+
+        lite = load_litemedsam(args.device)
+    batch.add_problems(problems)
+    prov = provenance(pipe, args)
+    prov["coarse"] = "given masks (--mask)" if args.mask is not None else "boxes"
+    if lite is not None:
+        prov["litemedsam"] = lite.provenance()
+    head = {
+        "command": "refine",
+        "started": started,
+        "image": str(args.image),
+        "mask": None if args.mask is None else str(args.mask),
+        "boxes": str(args.boxes) if args.boxes else args.box,
+        "box_engine": box_engine,
+        "out": str(args.out),
+        "formats": formats,
+        "world_size": batch.ranks.world_size,
+        "provenance": prov,
+    }
+    task = RefineTask(pipe, args.out, formats, args.box_engine or "auto")
+    report = batch.run(task, jobs, head)
+    if batch.ranks.is_main:
+        lead = f"refined {report['n_ok']} of {report['n_inputs']} masks into {args.out}"
+        print(summary_line(report, lead))
+    return batch.exit_code(report)
+
+
+def _pipeline(args) -> SegmentationPipeline:
+    """The refiner of ``--preset`` (with its coarse model when it has one) or ``--weights``,
+    with the strength ``auto`` unless given."""
     preset = args.preset or DEFAULT_PRESET
     refiner_path = args.weights or get_preset(preset).fixer_weights
     base_post = get_preset(preset).postprocess if args.weights is None else PostprocessConfig()
@@ -196,57 +245,29 @@ def _refine_pairs(args, formats, pairs, stems, problems, boxes_of, started, t_st
     overrides = {"strength": "auto", **refine_overrides(args)}
     for run_pipe in {id(p): p for p in (pipe, pipe.fixer())}.values():
         run_pipe.refine_params = replace(run_pipe.refine_params, **overrides)
-    box_engine = None if args.mask is not None else pipe.box_engine(args.box_engine or "auto")
-    lite = None
-    if box_engine in ("litemedsam", "litemedsam-only"):
-        # loaded before the images: a missing package is one line, not one per image
-        from medrefine.litemedsam import load_litemedsam
+    return pipe
 
-        lite = load_litemedsam(args.device)
-    records: list[dict[str, Any]] = []
-    for name, reason in problems:
-        report_failure(name, reason)
-        records.append({"input": name, "status": "failed", "error": reason})
 
-    bar = tqdm(
-        list(zip(pairs, stems, strict=True)),
-        desc="refine",
-        unit="image",
-        disable=True if getattr(args, "quiet", False) else None,
-    )
-    for (image_path, mask_path), stem in bar:
-        records.append(refine_one(pipe, image_path, mask_path, stem, args.out, formats,
-                                  echo_above_bar, boxes_of.get(image_path),
-                                  box_engine=args.box_engine or "auto"))
-    n_failed = sum(r["status"] != "ok" for r in records)
-    prov = pipe.provenance()
-    prov["coarse"] = "given masks (--mask)" if args.mask is not None else "boxes"
-    if lite is not None:
-        prov["litemedsam"] = lite.provenance()
-    write_json(
-        args.out / "report.json",
-        {
-            "command": "refine",
-            "started": started,
-            "seconds": time.perf_counter() - t_start,
-            "image": str(args.image),
-            "mask": None if args.mask is None else str(args.mask),
-            "boxes": str(args.boxes) if args.boxes else args.box,
-            "box_engine": box_engine,
-            "out": str(args.out),
-            "formats": formats,
-            "n_inputs": len(records),
-            "n_ok": len(records) - n_failed,
-            "n_failed": n_failed,
-            "provenance": prov,
-            "files": records,
-        },
-    )
-    print(
-        f"refined {len(records) - n_failed} of {len(records)} masks into {args.out}"
-        + (f"; {n_failed} failed (listed in report.json)" if n_failed else "")
-    )
-    return 2 if n_failed else 0
+class RefineTask:
+    """Refine each job's mask (``Job.data``: (mask path or None, boxes or None)) on its image
+    (``Job.source``) and write the outputs into ``out_dir`` as ``<Job.stem>.*``."""
+
+    name, unit = "refine", "image"
+    columns = ["input", "mask", "status", "outputs", "seconds", "error", "changed_pixels", "rank"]
+    weights = SegmentTask.weights
+
+    def __init__(
+        self, pipe: SegmentationPipeline, out_dir: Path, formats: list[str], box_engine: str
+    ) -> None:
+        self.pipe, self.out_dir, self.formats, self.box_engine = pipe, out_dir, formats, box_engine
+
+    def outputs(self, job: Job) -> list[str]:
+        return planned_names(Path(job.source), job.stem, self.formats)
+
+    def make(self, job: Job, echo) -> dict[str, Any]:
+        mask, boxes = job.data
+        return refine_one(self.pipe, Path(job.source), mask, job.stem, self.out_dir,
+                          self.formats, echo, boxes, box_engine=self.box_engine)  # fmt: skip
 
 
 def parse_box_arg(text: str):

@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medrefine.commands.outputs import failure_reason, report_failure
-from medrefine.commands.segment import finish_report, segment_one, write_reports
+from medrefine.batch import Batch, Job
+from medrefine.batch.inputs import InputKind
+from medrefine.batch.records import failure_reason, report_failure
+from medrefine.batch.segment import SegmentTask, output_names, segment_one
 from medrefine.errors import MedrefineError
 from medrefine.pacs.config import ListenConfig
 from medrefine.pacs.receiver import SeriesState, StorageSCP
@@ -28,7 +30,12 @@ logger = logging.getLogger(__name__)
 
 
 class Listener:
-    """A storage SCP plus the loop that segments the series it completes."""
+    """A storage SCP plus the loop that segments the series it completes (a batch whose jobs
+    arrive: each complete series is one, through ``batch.Batch``, so a series whose outputs an
+    earlier run wrote is skipped unless ``overwrite``)."""
+
+    name, unit = "listen", "series"
+    columns, weights = SegmentTask.columns, SegmentTask.weights
 
     def __init__(
         self,
@@ -38,15 +45,18 @@ class Listener:
         formats: list[str],
         head: dict[str, Any],
         file_extra: dict[str, Any] | None = None,
+        *,
+        overwrite: bool = False,
     ) -> None:
         self.config, self.out_dir, self.pipe, self.formats = config, out_dir, pipe, formats
         self.head, self.file_extra = head, file_extra
         self.scp = StorageSCP(config, out_dir)
-        self.records: list[dict[str, Any]] = []
-        self._t_start = time.perf_counter()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.batch = Batch(out_dir, overwrite=overwrite, quiet=True, echo=logger.error)
+        self.records = self.batch.records
+        self.interrupted = False  # a second Ctrl-C stopped it mid-series
 
     def start(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.scp.start()
         logger.info(
             "listening on %s:%d as %s; outputs in %s",
@@ -62,7 +72,7 @@ class Listener:
             for state in self.scp.tracker.take_ready(time.monotonic(), self.config.quiet_seconds):
                 if stop.is_set():
                     break
-                self.records.append(self.process(state))
+                self.process(state)
                 self.write_report()
             stop.wait(poll_seconds)
 
@@ -82,19 +92,40 @@ class Listener:
         return waiting
 
     def process(self, state: SeriesState) -> dict[str, Any]:
-        """Segment one complete series (and send its SEG); never raises a MedrefineError."""
-        t0 = time.perf_counter()
-        n = len(state.instances)
-        logger.info("series %s complete (%d instance(s)); segmenting", state.series, n)
+        """Segment one complete series (and send its SEG), or skip it when done; never
+        raises a MedrefineError. A second Ctrl-C or SIGTERM stops it mid-series: the report
+        then says ``interrupted``."""
+        logger.info(
+            "series %s complete (%d instance(s)); segmenting", state.series, len(state.instances)
+        )
+        job = Job(state.series, state.series, data=state, fields={"study": state.study})
+        try:
+            return self.batch.process(self, job)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
 
-        def echo(line: str) -> None:
-            logger.error(line.replace(str(state.folder), f"series {state.series}"))
+    # ------------------------------------------------------------ the batch task
+    def outputs(self, job: Job) -> list[str]:
+        kind = InputKind(volume=len(job.data.instances) != 1, dicom=True)
+        return output_names(job.stem, self.formats, kind)
+
+    def make(self, job: Job, echo) -> dict[str, Any]:
+        state: SeriesState = job.data
+        t0 = time.perf_counter()
+
+        def echo_series(line: str) -> None:
+            echo(line.replace(str(state.folder), f"series {state.series}"))
 
         record = segment_one(
-            self.pipe, state.folder, state.series, self.out_dir, self.formats, echo, self.file_extra
-        )
+            self.pipe, state.folder, job.stem, self.out_dir, self.formats, echo_series,
+            self.file_extra,
+        )  # fmt: skip
         record.update(
-            input=state.series, study=state.study, n_instances=n, senders=sorted(state.senders)
+            input=state.series,
+            study=state.study,
+            n_instances=len(state.instances),
+            senders=sorted(state.senders),
         )
         destination = self.config.send_to
         if record["status"] == "ok" and destination is not None:
@@ -110,10 +141,14 @@ class Listener:
         return record
 
     def write_report(self, waiting: list[SeriesState] | None = None) -> None:
-        report = finish_report(self.head, self.records, self._t_start)
+        """OUT/report.json and report.csv of the series so far; at the end (``waiting``: the
+        series left unsegmented) marked interrupted when a series was cut off or left."""
+        stopped_short = waiting is not None and (self.interrupted or bool(waiting))
+        left = len(self.records) + len(waiting or ())
+        report = self.batch.report(self, self.head, interrupted=stopped_short, left=left)
         if waiting is not None:
             report["not_segmented"] = [
                 {"series": s.series, "study": s.study, "instances": len(s.instances)}
                 for s in waiting
             ]
-        write_reports(self.out_dir, report)
+        self.batch.write(self, report)

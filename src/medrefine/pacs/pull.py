@@ -18,36 +18,19 @@ asked again) ends the run: the remaining series are not tried, report.json marks
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from medrefine.commands.guard import check_writable, earlier_outputs, is_done, out_lock
-from medrefine.commands.inputs import InputKind
-from medrefine.commands.options import build_pipeline, parse_formats, provenance
-from medrefine.commands.outputs import (
-    echo_above_bar,
-    failure_reason,
-    output_names,
-    report_failure,
-)
-from medrefine.commands.segment import (
-    SKIPPED,
-    _sigterm_as_interrupt,
-    finish_report,
-    segment_one,
-    summary_line,
-    warn_if_settings_changed,
-    write_reports,
-)
-from medrefine.errors import ConfigError, InputError, MedrefineError
-from medrefine.pacs.config import NON_IMAGE_MODALITIES, DicomwebConfig, parse_query
+from medrefine.batch import SKIPPED, Job
+from medrefine.batch.guard import is_done
+from medrefine.batch.inputs import InputKind
+from medrefine.batch.records import echo_above_bar, failure_reason, report_failure
+from medrefine.batch.segment import SegmentTask, output_names, segment_one
+from medrefine.errors import InputError, MedrefineError
+from medrefine.pacs.config import NON_IMAGE_MODALITIES, DicomwebConfig
 from medrefine.pacs.dicomweb import DicomwebServer, RemoteSeries, ServerUnreachable, iter_unique
 
 logger = logging.getLogger(__name__)
@@ -55,118 +38,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_FORMATS = "dicom-seg,json"
 NOT_AN_IMAGE = "skipped (not an image)"
 FETCH_DIR = ".dicomweb"
-
-
-def config_from_args(args: argparse.Namespace) -> DicomwebConfig:
-    return DicomwebConfig(
-        url=args.dicomweb,
-        study=args.study,
-        series=args.series,
-        query=parse_query(args.query),
-        push=args.push,
-        overwrite=args.overwrite,
-        ca_bundle=args.ca_bundle,
-        timeout=args.pacs_timeout,
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """The ``segment --dicomweb`` command; returns the exit code (2 when a series failed)."""
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    t_start = time.perf_counter()
-    if args.inputs:
-        raise ConfigError(
-            f"give INPUT files or --dicomweb, not both (got {len(args.inputs)} INPUT(s))"
-        )
-    config = config_from_args(args)
-    if getattr(args, "verbose", 0) < 2:
-        # dicomweb-client's retry decorator logs every failed request with its traceback;
-        # medrefine says what failed in one line (the traceback with -vv).
-        logging.getLogger("retrying").setLevel(logging.ERROR)
-    formats = parse_formats(args.format or DEFAULT_FORMATS, refining=not args.no_refine)
-    if config.push and "dicom-seg" not in formats:
-        raise ConfigError("--push stores the DICOM-SEG: add dicom-seg to --format")
-    if args.slice_batch < 1:
-        raise ConfigError(f"--slice-batch {args.slice_batch}: give at least 1 slice")
-    server = DicomwebServer(config)
-    server.check()  # unreachable server, wrong credentials: one line before anything else
-    targets = select_series(server, config)
-    if args.list_only:
-        for line in plan_lines(server, config, targets):
-            print(line)
-        return 0
-    check_writable(args.out)
-    with out_lock(args.out):
-        return _pull(args, server, config, targets, formats, started, t_start)
-
-
-def _pull(args, server, config, targets, formats, started, t_start) -> int:
-    """Segment (and push) the ``targets`` into OUT, which this run holds."""
-    pipe = build_pipeline(args)
-    pipe.slice_batch = args.slice_batch
-    prov = provenance(pipe, args)
-    warn_if_settings_changed(args.out, prov, formats, config.overwrite)
-    head = {
-        "command": "segment",
-        "started": started,
-        "inputs": [],
-        "dicomweb": {
-            "url": config.url,
-            "study": config.study,
-            "series": config.series,
-            "query": config.query,
-            "push": config.push,
-        },
-        "out": str(args.out),
-        "formats": formats,
-        "world_size": 1,
-        "provenance": prov,
-    }
-    file_extra = {"weights": {k: v["sha256"] for k, v in prov["weights"].items()}}
-    runner = SeriesRunner(
-        server,
-        config,
-        pipe,
-        args.out,
-        formats,
-        file_extra,
-        allow_gaps=getattr(args, "allow_gaps", False),
-    )
-    records: list[dict[str, Any]] = []
-    quiet = getattr(args, "quiet", False)
-    try:
-        with _sigterm_as_interrupt():
-            for series in tqdm(targets, desc="segment", unit="series", disable=quiet or None):
-                if runner.lost is None:
-                    records.append(runner.process(series))
-                else:  # the server is gone: no request for the rest
-                    records.append(runner.not_reached(series))
-    except KeyboardInterrupt:
-        report = finish_report(
-            head, records, t_start, interrupted=True, left=len(targets), earlier=runner.earlier
-        )
-        write_reports(args.out, report)
-        raise
-    report = finish_report(head, records, t_start, earlier=runner.earlier)
-    report["n_not_image"] = sum(r["status"] == NOT_AN_IMAGE for r in records)
-    report["n_pushed"] = sum(bool(r.get("pushed")) for r in records)
-    report["n_not_fetched"] = sum(bool(r.get("not_fetched")) for r in records)
-    if runner.lost is not None:
-        report["unreachable"] = runner.lost.why
-    write_reports(args.out, report)
-    if runner.lost is not None:
-        raise ServerUnreachable(
-            config.url.rstrip("/"),
-            runner.lost.why,
-            lost_summary(records, args.out),
-        )
-    line = summary_line(report, args.out)
-    if report["n_not_image"]:
-        line += f"; {report['n_not_image']} not image series (SEG, SR, ...) skipped"
-    if config.push:
-        line += f"; {report['n_pushed']} SEG(s) stored on {config.url}"
-    print(line)
-    return 2 if report["n_failed"] else 0
 
 
 def lost_summary(records: list[dict[str, Any]], out_dir: Path) -> str:
@@ -231,7 +102,13 @@ def plan_lines(
 
 
 class SeriesRunner:
-    """Fetch, segment and push one series at a time; failures become report records."""
+    """The batch task of a pull (``batch.Task``): fetch, segment and push one series at a
+    time (a job's ``data`` is its ``RemoteSeries``); failures become report records. It
+    decides what is done itself (a SEG on the server, or the outputs in OUT), so ``outputs``
+    names none for the engine."""
+
+    name, unit = "segment", "series"
+    columns, weights = SegmentTask.columns, SegmentTask.weights
 
     def __init__(
         self,
@@ -241,6 +118,7 @@ class SeriesRunner:
         out_dir: Path,
         formats: list[str],
         file_extra: dict[str, Any],
+        earlier: dict[str, str],
         *,
         allow_gaps: bool = False,
     ) -> None:
@@ -248,8 +126,30 @@ class SeriesRunner:
         self.out_dir, self.formats, self.file_extra = out_dir, formats, file_extra
         self.allow_gaps = allow_gaps  # a series with a missing slice: see read_image
         self._done_on_server: dict[str, set[str]] = {}
-        self.earlier = earlier_outputs(out_dir)  # what earlier runs wrote into OUT
+        self.earlier = earlier  # what earlier runs wrote into OUT
         self.lost: ServerUnreachable | None = None  # set once the server stopped answering
+
+    @staticmethod
+    def jobs(targets: list[RemoteSeries]) -> list[Job]:
+        return [Job(s.series, s.series, data=s) for s in targets]
+
+    def outputs(self, job: Job) -> list[str]:
+        return []
+
+    def make(self, job: Job, echo) -> dict[str, Any]:
+        if self.lost is None:
+            return self.process(job.data)
+        return self.not_reached(job.data)  # the server is gone: no request for the rest
+
+    def report_fields(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        fields = {
+            "n_not_image": sum(r["status"] == NOT_AN_IMAGE for r in records),
+            "n_pushed": sum(bool(r.get("pushed")) for r in records),
+            "n_not_fetched": sum(bool(r.get("not_fetched")) for r in records),
+        }
+        if self.lost is not None:
+            fields["unreachable"] = self.lost.why
+        return fields
 
     def process(self, series: RemoteSeries) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -283,7 +183,7 @@ class SeriesRunner:
             if record.get("outputs"):  # written but not pushed: the next run pushes them
                 failed["outputs"] = record["outputs"]
             if isinstance(err, ServerUnreachable) and not self.server.reachable():
-                # Gone, not just this request: one line for the whole run (``_pull``), not
+                # Gone, not just this request: one line for the whole run (``commands.pull``), not
                 # one per remaining series.
                 self.lost = err
                 failed["not_pushed" if record.get("outputs") else "not_fetched"] = True
