@@ -116,7 +116,7 @@ def test_mask_formats_fit_the_input() -> None:
 
 
 def test_dicom_seg_refuses_a_png_input(png_image: LoadedImage, tmp_path: Path) -> None:
-    from medrefine.commands.outputs import check_formats_fit
+    from medrefine.batch.segment import check_formats_fit
 
     seg = OUTPUT_FORMATS["dicom-seg"]
     assert not seg.fits("png")
