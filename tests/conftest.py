@@ -84,3 +84,72 @@ def tiny_weights(tmp_path_factory) -> dict[str, Path]:
     }
     refiner = save_weights(folder / "refiner.safetensors", Denoiser(den_cfg), refiner_info)
     return {"coarse": coarse, "refiner": refiner}
+
+
+@pytest.fixture
+def sigterm_at_output(monkeypatch):
+    """``arm(out, n)``: SIGTERM this process just before its n-th output in ``out`` (reports
+    left out) is renamed into place, as a scheduler's stop would come mid-write."""
+    import os
+    import signal
+
+    real_replace = os.replace
+
+    def arm(out: Path, n: int) -> None:
+        seen: list[str] = []
+
+        def replace(src, dst, *args, **kwargs):
+            target = Path(dst)
+            if target.parent == out and not target.name.startswith("report"):
+                seen.append(target.name)
+                if len(seen) == n:
+                    os.kill(os.getpid(), signal.SIGTERM)
+            return real_replace(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, "replace", replace)
+
+    yield arm
+    monkeypatch.setattr(os, "replace", real_replace)
+
+
+@pytest.fixture
+def batch_behaviour(sigterm_at_output):
+    """``check(argv, out, good, bad)``: see ``check_batch_behaviour``."""
+    from medrefine.cli import main
+
+    def check(argv: list[str], out: Path, good: int, bad: str) -> None:
+        check_batch_behaviour(argv, out, sigterm_at_output, good, bad, main)
+
+    return check
+
+
+def check_batch_behaviour(argv, out: Path, arm, good: int, bad: str, main) -> None:
+    """What every batch command does (``argv`` writes into ``out``; ``good`` inputs that work,
+    ``bad`` the name of one that fails): exit 2 with the rest written and report.csv's
+    provenance columns; a rerun skips the finished inputs; SIGTERM mid-batch exits 130 with
+    no partial file and an interrupted report, and the next run resumes."""
+    import csv
+    import json
+    import shutil
+
+    assert main(argv) == 2
+    report = json.loads((out / "report.json").read_text())
+    assert (report["n_ok"], report["n_failed"]) == (good, 1), report["files"]
+    assert [r for r in report["files"] if r["status"] == "failed"][0]["input"].endswith(bad)
+    with (out / "report.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {"medrefine_version", "seed"} <= set(rows[0]) and len(rows) == good + 1
+    assert [c for c in rows[0] if c.endswith("_sha256") and rows[0][c]], rows[0]
+    assert main(argv) == 2  # the bad one again; the rest done
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_skipped"] == good and report["n_ok"] == 0
+    shutil.rmtree(out)
+    arm(out, 2)  # SIGTERM as the second output is written
+    assert main(argv) == 130
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    report = json.loads((out / "report.json").read_text())
+    assert report["interrupted"] is True and report["n_not_started"] >= 1
+    arm(out, 0)
+    assert main(argv) == 2
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_ok"] + report["n_skipped"] == good and "interrupted" not in report
