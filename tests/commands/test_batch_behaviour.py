@@ -36,7 +36,8 @@ def test_segment_batch_behaviour(tiny_weights, tiny_data, tmp_path, batch_behavi
 
 def _refine_argv(images: Path, masks: Path, out: Path, weights: dict[str, Path]) -> list[str]:
     return ["refine", "--image", str(images), "--mask", str(masks), "-o", str(out), "--weights",
-            str(weights["refiner"]), "--device", "cpu", "--steps", "1", "--samples", "1"]  # fmt: skip
+            str(weights["refiner"]), "--device", "cpu", "--steps", "1",
+            "--samples", "1"]  # fmt: skip
 
 
 def test_refine_batch_behaviour(tiny_weights, tiny_data, tmp_path, batch_behaviour):
@@ -51,7 +52,8 @@ def test_refine_under_torchrun_shares_the_pairs(tiny_weights, tiny_data, tmp_pat
     images, masks = _folders(tiny_data, tmp_path)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "medrefine.cli", "-q", *_refine_argv(images, masks, out, tiny_weights)]  # fmt: skip
+           "-m", "medrefine.cli", "-q",
+           *_refine_argv(images, masks, out, tiny_weights)]  # fmt: skip
     run = subprocess.run(cmd, env=torchrun_env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())

@@ -34,7 +34,8 @@ def xrays(tmp_path):
 
 def _argv(images, masks, out, weights) -> list[str]:
     return ["inpaint", "--image", str(images), "--mask", str(masks), "-o", str(out),
-            "--weights", str(weights), "--steps", "2", "--samples", "1", "--blend", "hard"]  # fmt: skip
+            "--weights", str(weights), "--steps", "2", "--samples", "1",
+            "--blend", "hard"]  # fmt: skip
 
 
 def test_inpaint_batch_behaviour(xrays, tiny_inpaint_weights, tmp_path, batch_behaviour):
