@@ -247,3 +247,21 @@ def test_morphology_radius_is_bounded_and_fast_path_matches_skimage():
         for op, ref in (("opening", morphology.opening), ("closing", morphology.closing)):
             np.testing.assert_array_equal(_morphology(mask, footprint, op),
                                           ref(mask, footprint, mode="ignore"))
+
+
+def test_switches_change_only_what_is_set():
+    """``with_switches``: the one override rule of the CLI flags and the app's controls."""
+    from medrefine.postprocess import PostprocessConfig
+
+    base = PostprocessConfig(fill_holes=True, max_hole_size=50, keep_top_k=2, smooth_sigma=1.0)
+    assert base.with_switches() == base
+    assert base.with_switches(fill_holes=True, keep_largest=False) == base
+    off = base.with_switches(fill_holes=False)
+    assert (off.fill_holes, off.max_hole_size) == (False, 0)  # no limit left on no holes
+    largest = base.with_switches(keep_largest=True)
+    assert (largest.keep_largest, largest.keep_top_k, largest.top_k) == (True, 0, 1)
+    assert base.with_switches(keep_largest=False).keep_top_k == 2  # the top-k stays
+    set_all = base.with_switches(threshold=0.4, min_object_size=9, opening_radius=1,
+                                 closing_radius=2, smooth_sigma=0.0)
+    assert (set_all.threshold, set_all.min_object_size, set_all.opening_radius,
+            set_all.closing_radius, set_all.smooth_sigma) == (0.4, 9, 1, 2, 0.0)

@@ -37,7 +37,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -129,6 +130,40 @@ class PostprocessConfig:
     def top_k(self) -> int:
         """Number of components to keep; 0 keeps all."""
         return 1 if self.keep_largest else self.keep_top_k
+
+    def with_switches(
+        self,
+        *,
+        threshold: float | None = None,
+        fill_holes: bool | None = None,
+        keep_largest: bool | None = None,
+        min_object_size: int | None = None,
+        opening_radius: int | None = None,
+        closing_radius: int | None = None,
+        smooth_sigma: float | None = None,
+    ) -> PostprocessConfig:
+        """This config with the switches a user set (None: as it is): the one rule of the
+        command line's flags and the web app's controls. Turning ``fill_holes`` off also drops
+        the hole-size limit; turning ``keep_largest`` on replaces a top-k (turning it off
+        leaves the top-k as it is)."""
+        changes: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("threshold", threshold),
+                ("fill_holes", fill_holes),
+                ("keep_largest", keep_largest),
+                ("min_object_size", min_object_size),
+                ("opening_radius", opening_radius),
+                ("closing_radius", closing_radius),
+                ("smooth_sigma", smooth_sigma),
+            )
+            if value is not None
+        }
+        if fill_holes is False:
+            changes["max_hole_size"] = 0
+        if keep_largest:
+            changes["keep_top_k"] = 0
+        return replace(self, **changes)
 
 
 def postprocess(

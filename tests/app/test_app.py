@@ -244,6 +244,21 @@ def test_postprocess_switches():
     assert (largest.threshold, largest.min_object_size) == (0.4, 25)
 
 
+def test_the_app_and_the_cli_share_one_postprocess_rule():
+    """The app's switches mean what the same command-line flags mean, for every preset."""
+    import argparse
+
+    from medrefine.commands.options import postprocess_config
+
+    cli_off = {"opening": None, "closing": None, "smooth": None}
+    for base in [PostprocessConfig(), *(p.postprocess for p in app.PRESETS.values())]:
+        for threshold, fill, largest, size in ((0.5, True, False, 0), (0.3, False, True, 40)):
+            args = argparse.Namespace(threshold=threshold, fill_holes=fill, keep_largest=largest,
+                                      min_object_size=size, **cli_off)
+            assert app.postprocess_from(base, threshold, fill, largest, size) == \
+                postprocess_config(args, base)
+
+
 def test_change_source_resets_settings(tiny_weights):
     out = app.change_source(app.UPLOADED, str(tiny_weights["refiner"]))
     assert out[0]["visible"] is True

@@ -140,17 +140,14 @@ def postprocess_from(
     keep_largest: bool,
     min_object_size: float | None,
 ) -> PostprocessConfig:
-    """``base`` with the UI's switches (unchanged switches give ``base`` back exactly)."""
-    changes: dict[str, Any] = {
-        "threshold": float(threshold),
-        "fill_holes": bool(fill_holes),
-        "min_object_size": int(min_object_size or 0),
-    }
-    if not fill_holes:
-        changes["max_hole_size"] = 0
-    if keep_largest != (base.keep_largest or base.keep_top_k == 1):
-        changes.update(keep_largest=bool(keep_largest), keep_top_k=0)
-    return replace(base, **changes)
+    """``base`` with the UI's switches (``PostprocessConfig.with_switches``, the command
+    line's rule; unchanged switches give ``base`` back)."""
+    return base.with_switches(
+        threshold=float(threshold),
+        fill_holes=bool(fill_holes),
+        keep_largest=bool(keep_largest),
+        min_object_size=int(min_object_size or 0),
+    )
 
 
 def request_settings(

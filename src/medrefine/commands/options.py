@@ -212,27 +212,16 @@ def parse_formats(text: str, refining: bool) -> list[str]:
 
 # ---------------------------------------------------------------- building the pipeline
 def postprocess_config(args: argparse.Namespace, base: PostprocessConfig) -> PostprocessConfig:
-    """``base`` with the command-line switches applied."""
-    changes: dict[str, Any] = {}
-    if args.threshold is not None:
-        changes["threshold"] = args.threshold
-    if args.fill_holes is not None:
-        changes["fill_holes"] = args.fill_holes
-        if not args.fill_holes:
-            changes["max_hole_size"] = 0
-    if args.keep_largest is not None:
-        changes["keep_largest"] = args.keep_largest
-        if args.keep_largest:
-            changes["keep_top_k"] = 0  # keep_largest replaces a preset's top-k
-    for flag, key in (
-        ("min_object_size", "min_object_size"),
-        ("opening", "opening_radius"),
-        ("closing", "closing_radius"),
-        ("smooth", "smooth_sigma"),
-    ):
-        if getattr(args, flag) is not None:
-            changes[key] = getattr(args, flag)
-    return replace(base, **changes)
+    """``base`` with the command-line switches applied (``PostprocessConfig.with_switches``)."""
+    return base.with_switches(
+        threshold=args.threshold,
+        fill_holes=args.fill_holes,
+        keep_largest=args.keep_largest,
+        min_object_size=args.min_object_size,
+        opening_radius=args.opening,
+        closing_radius=args.closing,
+        smooth_sigma=args.smooth,
+    )
 
 
 def refine_overrides(args: argparse.Namespace) -> dict[str, Any]:
