@@ -145,9 +145,9 @@ def main() -> int:
     if not cases:
         sys.exit(f"{args.data}: no {args.split} image with an object")
     args.out.mkdir(parents=True, exist_ok=True)
-    pipe = SegmentationPipeline(preset=args.preset, device=args.device)
-    for p in {id(q): q for q in (pipe, pipe.fixer())}.values():  # refine's default strength
-        p.refine_params = replace(p.refine_params, strength="auto")
+    # refine's default strength, over the defaults of whichever refiner runs
+    pipe = SegmentationPipeline(preset=args.preset, device=args.device,
+                                refine={"strength": "auto"})
     lite = load_litemedsam(args.device)
     run_case(pipe, lite, *cases[0])  # warm-up: the first call of each path is not timed
 

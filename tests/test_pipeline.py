@@ -30,8 +30,7 @@ def volume() -> LoadedImage:
 
 
 def test_volume_slices_match_2d_runs(pipe, volume):
-    pipe.slice_batch = 2  # 5 slices: batches of 2, 2 and 1
-    result = pipe.run(volume)
+    result = pipe.run(volume, slice_batch=2)  # 5 slices: batches of 2, 2 and 1
     assert result.mask.shape == result.uncertainty.shape == (5, 40, 48)
     assert result.coarse_probs.shape == result.refined_probs.shape == (5, 40, 48)
     assert result.review_score is not None and "review" in result.timings
@@ -43,17 +42,14 @@ def test_volume_slices_match_2d_runs(pipe, volume):
 
 
 def test_slice_batch_does_not_change_the_mask(pipe, volume):
-    pipe.slice_batch = 1
-    single = pipe.run(volume)
-    pipe.slice_batch = 8
-    batched = pipe.run(volume)
+    single = pipe.run(volume, slice_batch=1)
+    batched = pipe.run(volume, slice_batch=8)
     np.testing.assert_array_equal(single.mask, batched.mask)
     np.testing.assert_allclose(single.refined_probs, batched.refined_probs, atol=1e-5)
 
 
 def test_same_seed_same_result(pipe, volume):
-    pipe.slice_batch = 8
-    first, second = pipe.run(volume), pipe.run(volume)
+    first, second = pipe.run(volume, slice_batch=8), pipe.run(volume, slice_batch=8)
     np.testing.assert_array_equal(first.mask, second.mask)
     np.testing.assert_array_equal(first.refined_probs, second.refined_probs)
     np.testing.assert_array_equal(first.uncertainty, second.uncertainty)

@@ -15,6 +15,7 @@ __all__ = [
     "InputError",
     "LoadedImage",
     "MedrefineError",
+    "PipelineModels",
     "RefineParams",
     "SegmentationPipeline",
     "SegmentationResult",
@@ -22,6 +23,7 @@ __all__ = [
     "__version__",
     "read_image",
     "read_mask",
+    "resolve_models",
     "write_mask",
 ]
 
@@ -30,6 +32,8 @@ _LAZY = {
     "SegmentationPipeline": "medrefine.pipeline",
     "SegmentationResult": "medrefine.pipeline",
     "RefineParams": "medrefine.refine",
+    "PipelineModels": "medrefine.resolve",
+    "resolve_models": "medrefine.resolve",
 }
 
 

@@ -111,11 +111,9 @@ def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
         # shipped mask and its boxes, strength auto (refine's default), load to post-processed
         # mask, with the coarse model's second opinion for the review score; and the refiner
         # alone (``for_refinement``: own weights, no coarse model, no second opinion)
-        full = SegmentationPipeline(preset=preset, device=device)
-        for run_pipe in {id(q): q for q in (full, full.fixer())}.values():
-            run_pipe.refine_params = replace(run_pipe.refine_params, strength="auto")
-        fixer = SegmentationPipeline.for_refinement(preset=preset, device=device)
-        fixer.refine_params = replace(fixer.refine_params, strength="auto")
+        auto = {"strength": "auto"}  # over the defaults of whichever refiner runs
+        full = SegmentationPipeline(preset=preset, device=device, refine=auto)
+        fixer = SegmentationPipeline.for_refinement(preset=preset, device=device, refine=auto)
         given = read_mask(image_path.with_name(f"{image_path.stem}_mask.png")) > 0
         boxes = mask_boxes(given)
         out["end_to_end"]["refine_mask_auto"] = timeit(

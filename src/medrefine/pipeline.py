@@ -4,6 +4,11 @@
     mask = pipe.segment_image("polyp.jpg")                  # (H, W) uint8 0/1, input size
     res = pipe.segment_image("polyp.jpg", return_intermediate=True)
     res["coarse_mask"], res["refined_mask"], res["uncertainty"], res["timings"]
+    pipe.run("polyp.jpg", refine={"steps": 8}, postprocess=...)   # settings for one call
+
+The models are chosen and loaded once (``medrefine.resolve``: ``resolve_models`` ->
+``PipelineModels``, or ``SegmentationPipeline.from_models``); a built pipeline is never
+changed: settings go in the call, ``with_settings`` and ``fixer`` are views over the same models.
 
 Volumes ((C, D, H, W): NIfTI, multi-frame or series DICOM) are segmented slice by slice and
 post-processed in 3D.
@@ -11,11 +16,10 @@ post-processed in 3D.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +35,14 @@ from medrefine.fusion import (
     review_score,
     second_opinion_score,
 )
-from medrefine.inference import (
-    CoarseSegmenter,
-    as_one,
-    check_tta,
-    coarse_from_weights,
-    parse_tta,
-)
+from medrefine.inference import CoarseSegmenter
 from medrefine.io import LoadedImage, read_image
 from medrefine.postprocess import PostprocessConfig, postprocess, postprocess_labels
-from medrefine.preprocess import from_grid, preprocess, to_grid
-from medrefine.presets import BOX_ENGINES, DEFAULT_PRESET, get_preset
+from medrefine.preprocess import PreprocessConfig, from_grid, preprocess, to_grid
+from medrefine.presets import BOX_ENGINES, Preset, get_preset
 from medrefine.prompts import boxes_to_mask, check_boxes
 from medrefine.refine import RefineParams, Refiner
+from medrefine.resolve import PipelineModels, resolve_models
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +146,62 @@ def as_loaded(image: str | Path | np.ndarray | LoadedImage) -> LoadedImage:
     return LoadedImage(out, None, meta, None)
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """What a pipeline does with its models on each run, unless the call says otherwise.
+
+    Attributes:
+        refine: refinement settings: a ``RefineParams`` (used as it is, by every refiner), a
+            mapping of changes over the running refiner's own defaults (e.g.
+            ``{"strength": "auto"}``), or None (those defaults).
+        postprocess: mask clean-up; None: the models' default (the preset's).
+        slice_batch: volume slices the coarse model sees at once (memory vs. speed).
+    """
+
+    refine: RefineParams | Mapping[str, Any] | None = None
+    postprocess: PostprocessConfig | None = None
+    slice_batch: int = 8
+
+    def __post_init__(self):
+        if self.slice_batch < 1:
+            raise ConfigError(f"slice_batch must be at least 1, got {self.slice_batch}")
+        if isinstance(self.refine, Mapping):
+            unknown = sorted(set(self.refine) - {f.name for f in fields(RefineParams)})
+            if unknown:
+                raise ConfigError(f"refine: unknown setting(s) {unknown}; choose from "
+                                  f"{[f.name for f in fields(RefineParams)]}")
+            object.__setattr__(self, "refine", dict(self.refine))
+
+    def merged(self, refine=None, postprocess: PostprocessConfig | None = None,
+               slice_batch: int | None = None) -> RunSettings:
+        """These settings with a call's (None: unchanged; a mapping of refinement changes
+        goes on top of the refinement settings)."""
+        if isinstance(refine, Mapping) and self.refine is not None:
+            refine = ({**self.refine, **refine} if isinstance(self.refine, Mapping)
+                      else replace(self.refine, **RunSettings(refine).refine))
+        return RunSettings(
+            self.refine if refine is None else refine,
+            self.postprocess if postprocess is None else postprocess,
+            self.slice_batch if slice_batch is None else slice_batch,
+        )
+
+    def params_for(self, refiner: Refiner | None) -> RefineParams | None:
+        """The refinement settings ``refiner`` runs with (None without a refiner)."""
+        if refiner is None:
+            return None
+        if isinstance(self.refine, RefineParams):
+            return self.refine
+        return replace(refiner.defaults, **(self.refine or {}))
+
+
 class SegmentationPipeline:
-    """Coarse segmentation plus diffusion refinement.
+    """Coarse segmentation plus diffusion refinement, over models chosen once.
+
+    ``SegmentationPipeline(...)`` resolves the models from its arguments
+    (``medrefine.resolve.resolve_models``); ``SegmentationPipeline.from_models(models)``
+    takes resolved ones. A built pipeline is never changed: settings for one call go in the
+    call (``run(image, refine={"strength": "auto"}, postprocess=...)``), and
+    ``with_settings`` gives another pipeline over the same models.
 
     Args:
         cpunet_weights: coarse model weights (.safetensors), or several files of one kind
@@ -159,8 +212,8 @@ class SegmentationPipeline:
         use_diffusion: refine the coarse mask (False = coarse only).
         preset: shipped model set used for whatever weights are not given (``polyp`` when
             none is named and some weights are missing); its post-processing is the default.
-        refine: refinement settings (steps, strength, samples, seed, ...); default: the
-            refiner's own defaults, chosen on its validation split.
+        refine: refinement settings (``RunSettings.refine``: ``RefineParams``, or a mapping
+            of changes); default: the refiner's own defaults, chosen on its validation split.
         postprocess: mask clean-up; default: the preset's.
         slice_batch: volume slices the coarse model sees at once (memory vs. speed).
         backend: ``torch``, or ``onnx`` to run the models on ONNX Runtime (CPU only).
@@ -180,7 +233,7 @@ class SegmentationPipeline:
         device: str = "auto",
         use_diffusion: bool = True,
         preset: str | None = None,
-        refine: RefineParams | None = None,
+        refine: RefineParams | Mapping[str, Any] | None = None,
         postprocess: PostprocessConfig | None = None,
         *,
         load_coarse: bool = True,
@@ -190,107 +243,38 @@ class SegmentationPipeline:
         quantized: bool = False,
         tta: str | Sequence[str] | None = None,
     ):
-        if backend not in ("torch", "onnx"):
-            raise ConfigError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
-        if backend == "torch" and (quantized or onnx_dir is not None):
-            raise ConfigError("quantized=True and onnx_dir need backend='onnx'")
-        self.backend = {
-            "name": backend,
-            "quantized": bool(quantized),
-            "onnx_dir": str(onnx_dir) if onnx_dir is not None else None,
-        }
-        onnx = {"onnx_dir": onnx_dir, "quantized": quantized, "device": device}
-        # A preset fills in whatever weights are not given ("polyp" when none is named).
-        needs_preset = (load_coarse and cpunet_weights is None) or (
-            use_diffusion and diffusion_weights is None
+        settings = RunSettings(refine, postprocess, slice_batch)
+        models = resolve_models(
+            cpunet_weights, diffusion_weights, preset=preset, device=device,
+            use_diffusion=use_diffusion, load_coarse=load_coarse, backend=backend,
+            onnx_dir=onnx_dir, quantized=quantized, tta=tta,
         )
-        if preset is None and needs_preset:
-            preset = DEFAULT_PRESET
-        self.preset = get_preset(preset) if preset is not None else None
-        self.coarse: CoarseSegmenter | None = None
-        self.coarse_path: Path | None = None
-        self.coarse_paths: list[Path] = []
-        if load_coarse:
-            if cpunet_weights is None:
-                self.coarse_paths = self.preset.coarse_members
-            elif isinstance(cpunet_weights, (str, Path)):
-                self.coarse_paths = [Path(cpunet_weights)]
-            else:
-                self.coarse_paths = [Path(w) for w in cpunet_weights]
-            if not self.coarse_paths:
-                raise ConfigError("cpunet_weights: an empty list; give one or more files")
-            self.coarse_path = self.coarse_paths[0]
-            if backend == "onnx":
-                from medrefine.export import onnx_coarse
+        self._take(models, settings)
 
-                if onnx_dir is not None and len(self.coarse_paths) > 1:
-                    raise ConfigError(
-                        f"an ensemble of {len(self.coarse_paths)} coarse models runs on ONNX "
-                        "from the cache of graphs exported on first use; leave out the ONNX "
-                        "folder (it holds one coarse model)"
-                    )
-                self.coarse = as_one([onnx_coarse(p, **onnx) for p in self.coarse_paths],
-                                     self.coarse_paths)
-            else:
-                self.coarse = coarse_from_weights(self.coarse_paths, device, fold_bn=True)
-            if use_diffusion and self.coarse.model_cfg.num_classes != 1:
-                if diffusion_weights is not None:
-                    raise ConfigError(
-                        "diffusion refinement needs a binary coarse model; pass "
-                        "use_diffusion=False for multi-class models"
-                    )
-                # a multi-class preset (e.g. chest) is a label map by design: no refiner
-                logger.info("%d-class coarse model: label map, no diffusion refinement",
-                            self.coarse.model_cfg.num_classes)
-                use_diffusion = False
-        self.refiner: Refiner | None = None
-        self.refiner_path: Path | None = None
-        if use_diffusion and diffusion_weights is None and load_coarse and \
-                not self.preset.refiner_weights.is_file():
-            logger.warning("preset %r ships no diffusion refiner yet: coarse segmentation only",
-                           self.preset.name)
-            use_diffusion = False
-        if use_diffusion:
-            self.refiner_path = Path(diffusion_weights or self.preset.refiner_weights)
-            if backend == "onnx":
-                from medrefine.export import onnx_refiner
+    @classmethod
+    def from_models(
+        cls,
+        models: PipelineModels,
+        refine: RefineParams | Mapping[str, Any] | None = None,
+        postprocess: PostprocessConfig | None = None,
+        *,
+        slice_batch: int = 8,
+    ) -> SegmentationPipeline:
+        """A pipeline over resolved ``models`` with these default settings."""
+        return cls._view(models, RunSettings(refine, postprocess, slice_batch))
 
-                self.refiner = onnx_refiner(self.refiner_path, **onnx)
-            else:
-                self.refiner = Refiner.from_weights(self.refiner_path, device, fold_bn=True)
-        if self.coarse is None and self.refiner is None:
-            raise ConfigError("a pipeline without a coarse model needs the diffusion refiner")
-        self.pre_cfg = self.coarse.pre_cfg if self.coarse else self.refiner.pre_cfg
-        self.tta = self._resolve_tta(tta)
-        self.refine_params = refine or (self.refiner.defaults if self.refiner else None)
-        self._user_refine = refine is not None
-        # a preset's refiner for other tools' masks and boxes, when it ships one of its own
-        self._fixer_path = (self.preset.fixer_weights if self.refiner is not None and
-                            diffusion_weights is None and self.preset is not None and
-                            self.preset.fixer_weights != self.refiner_path else None)
-        self._fixer: SegmentationPipeline | None = None
-        self._boxes_from_coarse = True  # off in the fixer copy: its caller has decided
-        self._device, self._onnx = device, onnx if backend == "onnx" else None
-        self.post = postprocess or (self.preset.postprocess if self.preset else PostprocessConfig())
-        if slice_batch < 1:
-            raise ConfigError(f"slice_batch must be at least 1, got {slice_batch}")
-        self.slice_batch = int(slice_batch)
+    @classmethod
+    def _view(cls, models: PipelineModels, settings: RunSettings, as_fixer: bool = False
+              ) -> SegmentationPipeline:
+        pipe = cls.__new__(cls)
+        pipe._take(models, settings, as_fixer)
+        return pipe
 
-    def _resolve_tta(self, tta: str | Sequence[str] | None) -> tuple[str, ...]:
-        """The coarse model's test-time flips: as given, else the preset's (chosen for its own
-        coarse model), else the weights' info, else none."""
-        if self.coarse is None:
-            if parse_tta(tta):
-                raise ConfigError(f"tta {tta!r}: test-time flips need a coarse model")
-            return ()
-        if tta is None:
-            if self.preset is not None and self.coarse_paths == self.preset.coarse_members:
-                tta = self.preset.tta
-            else:
-                tta = self.coarse.info.get("tta")
-        flips = parse_tta(tta)
-        check_tta(flips, self.coarse.info.get("class_names"))
-        return flips
+    def _take(self, models: PipelineModels, settings: RunSettings, as_fixer: bool = False
+              ) -> None:
+        """Set once, when the pipeline is made; a bad refinement setting fails here."""
+        self._models, self._settings, self._as_fixer = models, settings, as_fixer
+        settings.params_for(models.refiner)
 
     @classmethod
     def for_refinement(
@@ -298,7 +282,7 @@ class SegmentationPipeline:
         diffusion_weights: str | Path | None = None,
         preset: str | None = None,
         device: str = "auto",
-        refine: RefineParams | None = None,
+        refine: RefineParams | Mapping[str, Any] | None = None,
         postprocess: PostprocessConfig | None = None,
     ) -> SegmentationPipeline:
         """A pipeline that only refines given masks (``refine``): no coarse model is loaded;
@@ -310,25 +294,83 @@ class SegmentationPipeline:
             None, diffusion_weights, device, True, preset, refine, postprocess, load_coarse=False
         )
 
-    def fixer(self) -> SegmentationPipeline:
-        """This pipeline, or (for a preset that ships a separate refiner for other tools'
-        masks and boxes) a copy that runs that refiner, with its own defaults."""
-        if self._fixer_path is None:
-            return self
-        if self._fixer is None:
-            if self._onnx is not None:
-                from medrefine.export import onnx_refiner
+    def with_settings(
+        self,
+        refine: RefineParams | Mapping[str, Any] | None = None,
+        postprocess: PostprocessConfig | None = None,
+        *,
+        slice_batch: int | None = None,
+    ) -> SegmentationPipeline:
+        """Another pipeline over the same models, with these settings over this one's (None:
+        unchanged; a mapping of refinement changes goes on top). This one stays as it is."""
+        return self._view(self._models, self._settings.merged(refine, postprocess, slice_batch),
+                          self._as_fixer)
 
-                refiner = onnx_refiner(self._fixer_path, **self._onnx)
-            else:
-                refiner = Refiner.from_weights(self._fixer_path, self._device, fold_bn=True)
-            fixer = copy.copy(self)
-            fixer.refiner, fixer.refiner_path, fixer._fixer_path = refiner, self._fixer_path, None
-            fixer._boxes_from_coarse = False
-            if not self._user_refine:
-                fixer.refine_params = refiner.defaults
-            self._fixer = fixer
-        return self._fixer
+    def fixer(self) -> SegmentationPipeline:
+        """The view that runs other tools' masks and boxes: this pipeline, or (for a preset
+        that ships a separate refiner for them) the same models and settings with that
+        refiner in the refiner's place, at its own defaults."""
+        if self._models.fixer_path is None or self._as_fixer:
+            return self
+        return self._view(self._models, self._settings, as_fixer=True)
+
+    # -------------------------------------------------------------- what it runs
+    @property
+    def models(self) -> PipelineModels:
+        return self._models
+
+    @property
+    def settings(self) -> RunSettings:
+        return self._settings
+
+    @property
+    def coarse(self) -> CoarseSegmenter | None:
+        return self._models.coarse
+
+    @property
+    def refiner(self) -> Refiner | None:
+        return self._models.fixer if self._as_fixer else self._models.refiner
+
+    @property
+    def refiner_path(self) -> Path | None:
+        return self._models.fixer_path if self._as_fixer else self._models.refiner_path
+
+    @property
+    def coarse_paths(self) -> list[Path]:
+        return list(self._models.coarse_paths)
+
+    @property
+    def coarse_path(self) -> Path | None:
+        return self._models.coarse_paths[0] if self._models.coarse_paths else None
+
+    @property
+    def preset(self) -> Preset | None:
+        return self._models.preset
+
+    @property
+    def tta(self) -> tuple[str, ...]:
+        return self._models.tta
+
+    @property
+    def backend(self) -> dict[str, Any]:
+        return dict(self._models.backend)
+
+    @property
+    def pre_cfg(self) -> PreprocessConfig:
+        return self._models.pre_cfg
+
+    @property
+    def refine_params(self) -> RefineParams | None:
+        """The refinement settings a run of this view uses by default."""
+        return self._settings.params_for(self.refiner)
+
+    @property
+    def post(self) -> PostprocessConfig:
+        return self._settings.postprocess or self._models.postprocess
+
+    @property
+    def slice_batch(self) -> int:
+        return self._settings.slice_batch
 
     # -------------------------------------------------------------- provenance
     def provenance(self) -> dict[str, Any]:
@@ -465,13 +507,21 @@ class SegmentationPipeline:
         image: str | Path | np.ndarray | LoadedImage,
         coarse_mask: np.ndarray | None = None,
         boxes: Sequence[Sequence[float]] | None = None,
-        refine: RefineParams | None = None,
+        refine: RefineParams | Mapping[str, Any] | None = None,
         box_engine: str = "auto",
+        *,
+        postprocess: PostprocessConfig | None = None,
+        slice_batch: int | None = None,
     ) -> SegmentationResult:
         """Segment one image or volume (``coarse_mask``: refine this mask instead of the
         coarse model's, values 0/1, 0/255 or probabilities, same spatial size; ``boxes``:
         ``(x0, y0, x1, y1)`` pixel boxes around the objects of a 2D image, turned into a mask
-        by ``box_engine``; ``refine``: settings for this run only).
+        by ``box_engine``).
+
+        ``refine``, ``postprocess`` and ``slice_batch`` are settings for this run only, over
+        the pipeline's (``with_settings``): ``refine`` a ``RefineParams`` as it is, or a
+        mapping of changes (``{"strength": "auto"}``) over the settings of whichever refiner
+        runs. The pipeline itself is left as it was.
 
         Box engines: ``refiner``: with a coarse model, its mask inside the boxes where every
         box holds some of it, refined as ``segment`` refines it; else the boxes themselves,
@@ -491,13 +541,16 @@ class SegmentationPipeline:
         that model's own mask of the image (``fusion.second_opinion_score``; both parts in
         ``params["review"]``).
         """
+        if refine is not None or postprocess is not None or slice_batch is not None:
+            view = self.with_settings(refine, postprocess, slice_batch=slice_batch)
+            return view.run(image, coarse_mask, boxes, box_engine=box_engine)
         engine = self.box_engine(box_engine)
         if boxes is None:
-            return self._run(image, coarse_mask, boxes, refine)
+            return self._run(image, coarse_mask, boxes)
         if engine != "refiner":
-            return self._run_litemedsam(image, coarse_mask, boxes, refine,
+            return self._run_litemedsam(image, coarse_mask, boxes,
                                         keep=engine == "litemedsam-only")
-        result = self._run(image, coarse_mask, boxes, refine)
+        result = self._run(image, coarse_mask, boxes)
         result.params["box_engine"] = "refiner"
         return result
 
@@ -510,7 +563,7 @@ class SegmentationPipeline:
                               f"{list(BOX_ENGINES)}")
         return engine
 
-    def _run_litemedsam(self, image, coarse_mask, boxes, refine, keep: bool = False
+    def _run_litemedsam(self, image, coarse_mask, boxes, keep: bool = False
                         ) -> SegmentationResult:
         """LiteMedSAM's mask of ``boxes``, then ``_run`` on it as on a given mask (``keep``:
         the mask stays LiteMedSAM's; the refiner runs for its uncertainty only)."""
@@ -521,7 +574,7 @@ class SegmentationPipeline:
                                "LiteMedSAM's mask to the diffusion refiner")
         boxes = check_boxes(boxes, loaded.spatial_shape)
         t = time.perf_counter()
-        lite = load_litemedsam(self._device)
+        lite = load_litemedsam(self._models.device)
         t_load = time.perf_counter() - t
         t = time.perf_counter()
         mask = lite.predict(loaded.array, boxes, loaded.meta.get("source_dtype", "float32")) > 0.5
@@ -530,14 +583,12 @@ class SegmentationPipeline:
         if empty:  # a box LiteMedSAM sees nothing in would be lost: the refiner has it
             logger.warning("LiteMedSAM found no object in box %s; the refiner engine turns the "
                            "boxes into the mask", ",".join(f"{v:g}" for v in empty[0]))
-            result = self._run(loaded, None, boxes, refine)
+            result = self._run(loaded, None, boxes)
             result.params["box_engine"] = "refiner"
             result.params["box_engine_note"] = (f"LiteMedSAM found no object in {len(empty)} "
                                                 f"of {len(boxes)} boxes")
         else:
-            if keep:
-                base = refine or self.fixer().refine_params
-                refine = replace(base, keep_input=True)
+            refine = replace(self.fixer().refine_params, keep_input=True) if keep else None
             result = self._run(loaded, mask.astype(np.uint8), None, refine)
             result.params["boxes"] = [list(map(float, b)) for b in boxes]
             result.params["boxes_from"] = "litemedsam"
@@ -549,9 +600,10 @@ class SegmentationPipeline:
         result.timings["total"] = sum(v for k, v in result.timings.items() if k != "total")
         return result
 
-    def _run(self, image, coarse_mask, boxes, refine, own_probs: np.ndarray | None = None
-             ) -> SegmentationResult:
-        """``run``; ``own_probs``: the coarse model's probabilities on this image, when the
+    def _run(self, image, coarse_mask, boxes, refine: RefineParams | None = None,
+             own_probs: np.ndarray | None = None) -> SegmentationResult:
+        """``run`` with this pipeline's settings (``refine``: these refinement settings
+        instead); ``own_probs``: the coarse model's probabilities on this image, when the
         caller has them already (the second opinion)."""
         timings: dict[str, float] = {}
         t = time.perf_counter()
@@ -560,7 +612,7 @@ class SegmentationPipeline:
         own, prompt = coarse_mask is None and boxes is None, boxes
         given = not own  # a mask or boxes from the user: the review score takes a 2nd opinion
         if boxes is not None and coarse_mask is None and self.coarse is not None and \
-                self.refiner is not None and not loaded.is_volume and self._boxes_from_coarse:
+                self.refiner is not None and not loaded.is_volume and not self._as_fixer:
             # boxes with a coarse model: its mask inside the boxes, refined as its own masks
             # are, when every box holds some of it; else the boxes themselves are the prompt
             t = time.perf_counter()
@@ -572,9 +624,9 @@ class SegmentationPipeline:
             timings["coarse"] = time.perf_counter() - t
             if box_coverage(probs[0] > 0.5, boxes, loaded.spatial_shape) >= MIN_BOX_COVERAGE:
                 coarse_mask, boxes, own = probs[0] * within, None, True
-        if (coarse_mask is not None and not own or boxes is not None) and \
-                self.fixer() is not self:
-            return self.fixer()._run(loaded, coarse_mask, boxes, refine, own_probs)
+        fixer = self.fixer()
+        if (coarse_mask is not None and not own or boxes is not None) and fixer is not self:
+            return fixer._run(loaded, coarse_mask, boxes, refine, own_probs)
         params = refine or self.refine_params
         if boxes is not None:
             self._check_box_prompt(loaded, coarse_mask,
@@ -655,7 +707,7 @@ class SegmentationPipeline:
     def _doubt_weight(self) -> float:
         """The preset's weight of the coarse model's doubt in the review score, where the
         coarse model is the preset's own (the weight was chosen for that model); else 0."""
-        if self.preset is None or self.coarse_paths != self.preset.coarse_members:
+        if not self._models.preset_coarse:
             return 0.0
         return self.preset.review_doubt_weight
 

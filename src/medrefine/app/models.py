@@ -3,9 +3,7 @@ the pipeline built for one request over models shared by all sessions."""
 
 from __future__ import annotations
 
-import copy
 import functools
-from dataclasses import replace
 from typing import Any
 
 import gradio as gr
@@ -125,11 +123,9 @@ def build_pipeline(
             )
             use_diffusion = False
         cached = _cached_pipeline(source, None, None, use_diffusion, "")
-    pipe = copy.copy(cached)  # settings are per request; the models stay shared
-    if pipe.refiner is not None:
-        pipe.refine_params = replace(model_defaults(source, refiner_file)[0], **refine)
-    base = PostprocessConfig() if source == UPLOADED else get_preset(source).postprocess
-    pipe.post = postprocess_from(base, **post)
+    # settings are per request (the refiner's defaults with the request's changes, the
+    # preset's post-processing with its switches); the models stay shared
+    pipe = cached.with_settings(refine, postprocess_from(cached.models.postprocess, **post))
     return pipe, notes
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -244,22 +243,22 @@ def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
     preset = args.preset or (DEFAULT_PRESET if args.weights is None else None)
     base_post = get_preset(preset).postprocess if preset else PostprocessConfig()
     backend = getattr(args, "backend", "torch")
+    overrides = refine_overrides(args)
     pipe = SegmentationPipeline(
         cpunet_weights=args.weights,
         diffusion_weights=args.refiner_weights,
         device=args.device,
         use_diffusion=use_diffusion,
         preset=preset,
+        refine=overrides,
         postprocess=postprocess_config(args, base_post),
+        slice_batch=getattr(args, "slice_batch", 8),
         backend="onnx" if backend.startswith("onnx") else "torch",
         quantized=backend == "onnx-int8",
         tta=getattr(args, "tta", None),
     )
-    overrides = refine_overrides(args)
     if overrides and pipe.refiner is None:
         logger.warning("--%s ignored: refinement is off (--no-refine)", next(iter(overrides)))
-    elif overrides:
-        pipe.refine_params = replace(pipe.refine_params, **overrides)
     return pipe
 
 

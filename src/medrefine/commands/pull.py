@@ -69,7 +69,6 @@ def _pull(args, server, config, targets, formats, started) -> int:
     """Segment (and push) the ``targets`` into OUT."""
     with open_batch(args.out, quiet=getattr(args, "quiet", False), torchrun=False) as batch:
         pipe = build_pipeline(args)
-        pipe.slice_batch = args.slice_batch
         prov = provenance(pipe, args)
         warn_if_settings_changed(args.out, prov, formats, config.overwrite)
         head = {

@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -231,21 +230,18 @@ def _pipeline(args) -> SegmentationPipeline:
     refiner_path = args.weights or get_preset(preset).fixer_weights
     base_post = get_preset(preset).postprocess if args.weights is None else PostprocessConfig()
     post = postprocess_config(args, base_post)
+    refine = {"strength": "auto", **refine_overrides(args)}  # over each refiner's defaults
     if args.weights is None and get_preset(preset).refiner_weights.is_file():
         # a preset's full pipeline: boxes take its coarse model's mask inside each box where
         # it holds the object, refined as segment refines it (the refiner turns the other
         # boxes into masks); every given mask and box is compared with that model's own mask
         # for the review score's second opinion
-        pipe = SegmentationPipeline(preset=preset, device=args.device, postprocess=post)
-    else:
-        pipe = SegmentationPipeline.for_refinement(
-            refiner_path, preset=None if args.weights is not None else preset,
-            device=args.device, postprocess=post,
-        )
-    overrides = {"strength": "auto", **refine_overrides(args)}
-    for run_pipe in {id(p): p for p in (pipe, pipe.fixer())}.values():
-        run_pipe.refine_params = replace(run_pipe.refine_params, **overrides)
-    return pipe
+        return SegmentationPipeline(preset=preset, device=args.device, refine=refine,
+                                    postprocess=post)
+    return SegmentationPipeline.for_refinement(
+        refiner_path, preset=None if args.weights is not None else preset,
+        device=args.device, refine=refine, postprocess=post,
+    )
 
 
 class RefineTask:

@@ -115,7 +115,6 @@ def run(args: argparse.Namespace) -> int:
     with open_batch(args.out, overwrite=args.overwrite, quiet=quiet, device=args.device) as batch:
         args.device = batch.device  # under torchrun on GPUs: this rank's GPU
         pipe = build_pipeline(args)
-        pipe.slice_batch = args.slice_batch
         prov = provenance(pipe, args)
         warn_if_settings_changed(args.out, prov, formats, args.overwrite)
         batch.add_problems(problems)
