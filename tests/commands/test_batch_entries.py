@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medrefine.cli import main
 from medrefine.batch.inputs import expand_inputs
+from medrefine.cli import main
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from medrefine.cli import main
 from medrefine.batch.inputs import expand_inputs, unique_stems
+from medrefine.cli import main
 
 
 @pytest.fixture

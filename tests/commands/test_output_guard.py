@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medrefine.batch.guard import LOCK_NAME
 from medrefine.cli import main
 from medrefine.commands import segment
-from medrefine.batch.guard import LOCK_NAME
 
 
 def _tiny(weights: dict[str, Path]) -> list[str]:

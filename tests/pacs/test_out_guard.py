@@ -8,8 +8,8 @@ import json
 
 from orthanc_server import SAMPLES, uid_of
 
-from medrefine.cli import main
 from medrefine.batch.guard import LOCK_NAME
+from medrefine.cli import main
 
 
 def _tiny(tiny_weights) -> list[str]:
