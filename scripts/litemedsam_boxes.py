@@ -11,11 +11,11 @@ images of a split, turned into masks three ways in one run:
    the image to the refiner engine, and so does this row);
 4. LiteMedSAM kept: ``--box-engine litemedsam-only``, LiteMedSAM's mask post-processed as every
    mask is, the refiner run on it for its uncertainty and review score only;
-5. fused: the probabilities of 2 and 3 averaged, then post-processed;
+5. fused: ``--box-engine fuse``, the probabilities of 2 and 3 averaged, then post-processed;
 6. review-chosen: per image, whichever of 2 and 3 has the lower review score.
 
-The row with the best val Dice, among the engines (2 to 4), is the preset's ``box_engine``;
-5 and 6 are candidates for a per-image choice. OUT/cases.json holds each image's Dice per row,
+The row with the best val Dice, among the engines (2 to 5), is the preset's ``box_engine``;
+6 is a candidate for a per-image choice. OUT/cases.json holds each image's Dice per row,
 the two engines' review scores and the Dice between their masks, to study such choices on val.
 
 Each row: Dice and HD95 (pixels) means against the reference masks (as ``medrefine evaluate
@@ -47,7 +47,6 @@ from medrefine.io import read_image, stem_of, write_mask
 from medrefine.litemedsam import empty_boxes, load_litemedsam
 from medrefine.metrics import segmentation_metrics, summarize
 from medrefine.pipeline import SegmentationPipeline
-from medrefine.postprocess import postprocess
 from medrefine.presets import PRESETS
 from medrefine.prompts import jitter_box, mask_boxes
 from medrefine.training.data import find_pairs, read_label_map, split_pairs
@@ -57,11 +56,11 @@ ROWS = {
     "refiner": "refine --box (refiner engine)",
     "litemedsam+refiner": "LiteMedSAM + refiner (litemedsam engine)",
     "litemedsam-only": "LiteMedSAM kept (litemedsam-only engine)",
-    "fused": "mean of refiner and LiteMedSAM + refiner",
+    "fused": "fuse engine: mean of the two engines",
     "review-chosen": "lower review score of the two",
 }
 ENGINES = {"refiner": "refiner", "litemedsam+refiner": "litemedsam",
-           "litemedsam-only": "litemedsam-only"}
+           "litemedsam-only": "litemedsam-only", "fused": "fuse"}
 
 
 def box_cases(data: str, split: str, n: int, seed: int) -> list[tuple[object, list]]:
@@ -93,7 +92,6 @@ def run_case(pipe: SegmentationPipeline, lite, pair, boxes: list
     by_refiner = by_refiner_result.mask
     t_refiner = time.perf_counter() - t
     out = {"litemedsam": (lite_mask, t_lite), "refiner": (by_refiner, t_refiner)}
-    probs = {}
     # what the two litemedsam engines run on LiteMedSAM's mask (tests/test_litemedsam.py
     # checks that they are these calls), without running LiteMedSAM again
     keep = replace(pipe.fixer().refine_params, keep_input=True)
@@ -104,18 +102,18 @@ def run_case(pipe: SegmentationPipeline, lite, pair, boxes: list
         else:  # the engines' fallback
             result = by_refiner_result
         out[key] = (result.mask, t_lite + time.perf_counter() - t)
-        probs[key] = _probs(result)
         if key == "litemedsam+refiner":
             result_lite = result
-    # both engines' probabilities averaged, then post-processed as every mask is
-    fused = postprocess((_probs(by_refiner_result) + probs["litemedsam+refiner"]) / 2,
-                        pipe.fixer().post)
-    out["fused"] = (fused, out["litemedsam+refiner"][1] + t_refiner)
+    # the fuse engine: both engines' probabilities averaged, post-processed as every mask is
+    t = time.perf_counter()
+    fused = pipe.run(loaded, boxes=boxes, box_engine="fuse")
+    out["fused"] = (fused.mask, time.perf_counter() - t)
     scores = {"refiner": by_refiner_result.review_score,
               "litemedsam+refiner": result_lite.review_score}
     chosen = min(scores, key=lambda k: (scores[k] is None, scores[k] or 0.0))
     out["review-chosen"] = (out[chosen][0], out["litemedsam+refiner"][1] + t_refiner)
     facts = {"review_" + k: v for k, v in scores.items()}
+    facts["review_fused"] = fused.review_score
     facts["agreement"] = dice_of(out["refiner"][0] > 0, out["litemedsam+refiner"][0] > 0)
     return out, facts
 
@@ -123,10 +121,6 @@ def run_case(pipe: SegmentationPipeline, lite, pair, boxes: list
 def dice_of(a: np.ndarray, b: np.ndarray) -> float:
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
-def _probs(result) -> np.ndarray:
-    return result.refined_probs if result.refined_probs is not None else result.coarse_probs
 
 
 def main() -> int:

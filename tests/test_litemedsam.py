@@ -234,3 +234,36 @@ def test_empty_boxes_clips_a_box_that_starts_outside_the_image():
     mask[0:5, 3:8] = True
     assert litemedsam.empty_boxes(mask, [(-4.4, -4.4, 10.0, 12.0)]) == []
     assert litemedsam.empty_boxes(mask, [(20.0, 10.0, 29.0, 19.0)]) == [(20.0, 10.0, 29.0, 19.0)]
+
+
+def test_the_fuse_engine_averages_the_two_engines(tiny_weights, monkeypatch):
+    from medrefine.pipeline import SegmentationPipeline
+    from medrefine.postprocess import postprocess
+    from medrefine.refine import RefineParams
+
+    h, w = 40, 48
+    rng = np.random.default_rng(1)
+    image = rng.normal(60, 10, (3, h, w)).clip(0, 255).astype(np.float32)
+    image[:, 10:25, 12:30] += 40
+    probs = np.zeros((h, w), np.float32)
+    probs[10:25, 12:30] = 0.9
+    fake = _FakeLite(probs)
+    monkeypatch.setattr(litemedsam, "load_litemedsam", lambda device="auto": fake)
+    pipe = SegmentationPipeline.for_refinement(tiny_weights["refiner"], device="cpu",
+                                               refine=RefineParams(steps=1, seed=0))
+    box = [8, 8, 32, 28]
+    fused = pipe.run(image, boxes=[box], box_engine="fuse")
+    by_lite = pipe.run(image, boxes=[box], box_engine="litemedsam")
+    by_refiner = pipe.run(image, boxes=[box], box_engine="refiner")
+    assert fused.params["box_engine"] == "fuse"
+    mean = (by_lite.refined_probs + by_refiner.refined_probs) / 2
+    np.testing.assert_allclose(fused.refined_probs, mean, atol=1e-6)
+    assert np.array_equal(fused.mask, postprocess(mean, pipe.fixer().post))
+    assert fused.review_score == max(by_lite.review_score, by_refiner.review_score)
+    np.testing.assert_array_equal(
+        fused.uncertainty, np.maximum(by_lite.uncertainty, by_refiner.uncertainty))
+    # nothing found in a box: the refiner engine alone, as the litemedsam engine falls back
+    fake.probs = np.zeros((h, w), np.float32)
+    fell_back = pipe.run(image, boxes=[box], box_engine="fuse")
+    assert fell_back.params["box_engine"] == "refiner"
+    assert np.array_equal(fell_back.mask, by_refiner.mask)

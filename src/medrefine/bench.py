@@ -160,7 +160,7 @@ def _box_engines(pipe: SegmentationPipeline, image_path: Path, loaded, boxes, re
         return {}
     dtype = loaded.meta["source_dtype"]
     rows = {"litemedsam_alone": timeit(lambda: lite.predict(loaded.array, boxes, dtype), reps)}
-    for engine in ("refiner", "litemedsam"):
+    for engine in ("refiner", "litemedsam", "fuse"):
         rows[f"refine_boxes_{engine}"] = timeit(
             lambda engine=engine: pipe.run(image_path, boxes=boxes, box_engine=engine), reps)
     return rows

@@ -547,6 +547,8 @@ class SegmentationPipeline:
         engine = self.box_engine(box_engine)
         if boxes is None:
             return self._run(image, coarse_mask, boxes)
+        if engine == "fuse":
+            return self._run_fused(image, coarse_mask, boxes)
         if engine != "refiner":
             return self._run_litemedsam(image, coarse_mask, boxes,
                                         keep=engine == "litemedsam-only")
@@ -599,6 +601,36 @@ class SegmentationPipeline:
         result.timings["litemedsam"] = t_lite
         result.timings["total"] = sum(v for k, v in result.timings.items() if k != "total")
         return result
+
+    def _run_fused(self, image, coarse_mask, boxes) -> SegmentationResult:
+        """The ``litemedsam`` and ``refiner`` engines on the same boxes, their probabilities
+        averaged and post-processed as a given mask is; the uncertainty is the larger of the
+        two maps at each pixel and the review score the larger of the two (the fused mask is
+        as doubtful as the more doubtful engine). Where LiteMedSAM finds nothing in a box,
+        the refiner engine's result as ``_run_litemedsam`` falls back to it."""
+        loaded = as_loaded(image)
+        by_lite = self._run_litemedsam(loaded, coarse_mask, boxes)
+        if by_lite.params["box_engine"] == "refiner":
+            return by_lite
+        by_refiner = self._run(loaded, coarse_mask, boxes)
+        pair = (by_lite, by_refiner)
+        probs = [r.refined_probs if r.refined_probs is not None else r.coarse_probs
+                 for r in pair]
+        fused = np.clip((probs[0] + probs[1]) / 2, 0.0, 1.0).astype(np.float32)
+        mask = postprocess(fused, self.fixer().post, loaded.spacing)
+        maps = [r.uncertainty for r in pair]
+        uncertainty = None if any(m is None for m in maps) else np.maximum(*maps)
+        scores = [r.review_score for r in pair]
+        review = None if any(v is None for v in scores) else max(scores)
+        params = {**by_lite.params, "box_engine": "fuse",
+                  "fused_review_scores": {"litemedsam": scores[0], "refiner": scores[1]}}
+        timings = {f"litemedsam_engine_{k}": v for k, v in by_lite.timings.items()
+                   if k != "total"}
+        timings |= {f"refiner_engine_{k}": v for k, v in by_refiner.timings.items()
+                    if k != "total"}
+        timings["total"] = by_lite.timings["total"] + by_refiner.timings["total"]
+        return replace(by_lite, mask=mask, refined_probs=fused, uncertainty=uncertainty,
+                       review_score=review, timings=timings, params=params)
 
     def _run(self, image, coarse_mask, boxes, refine: RefineParams | None = None,
              own_probs: np.ndarray | None = None) -> SegmentationResult:

@@ -112,7 +112,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         choices=["auto", *BOX_ENGINES],
         help="what turns the boxes into a mask: litemedsam (LiteMedSAM's mask, then refined and "
         "reviewed as a given mask), litemedsam-only (LiteMedSAM's mask kept; the refiner gives "
-        "its uncertainty and review score), refiner (the preset's coarse model inside the "
+        "its uncertainty and review score), fuse (the probabilities of litemedsam and refiner "
+        "averaged), refiner (the preset's coarse model inside the "
         "boxes, else the refiner from the boxes) or auto (default: the preset's engine, "
         "chosen on val)",
     )
@@ -193,7 +194,7 @@ def _refine_pairs(args, batch, formats, jobs, problems, started) -> int:
     pipe = _pipeline(args)
     box_engine = None if args.mask is not None else pipe.box_engine(args.box_engine or "auto")
     lite = None
-    if box_engine in ("litemedsam", "litemedsam-only"):
+    if box_engine in ("litemedsam", "litemedsam-only", "fuse"):
         # loaded before the images: a missing package is one line, not one per image
         from medrefine.litemedsam import load_litemedsam
 
