@@ -138,6 +138,8 @@ def refine_prompt(
     what = "the boxes" if boxes else ("the uploaded mask" if mask_file else "the painted region")
     if result.params.get("boxes_from") == "litemedsam":
         what = "LiteMedSAM's mask of the boxes"
+        if result.params.get("box_engine") == "fuse":
+            what += " (averaged with the refiner's own mask of them: box engine fuse)"
     status = (
         f"Refined {what} (orange) into the blue mask: strength {info.get('strength', 0):.2f}"
         + (" (auto)" if params.strength == "auto" else "")
