@@ -169,9 +169,10 @@ class _FakeLite:
         return {"model": "LiteMedSAM (test stand-in)"}
 
 
-def test_the_litemedsam_engine_refines_its_mask_as_a_given_mask(tiny_weights, monkeypatch):
+def _with_fake_lite(tiny_weights, monkeypatch):
+    """(image, LiteMedSAM's stand-in probabilities, the stand-in, a refiner-only pipeline):
+    a bright rectangle on a 40 x 48 image, which the stand-in finds at 0.9."""
     from medrefine.pipeline import SegmentationPipeline
-    from medrefine.postprocess import postprocess
     from medrefine.refine import RefineParams
 
     h, w = 40, 48
@@ -183,7 +184,15 @@ def test_the_litemedsam_engine_refines_its_mask_as_a_given_mask(tiny_weights, mo
     fake = _FakeLite(probs)
     monkeypatch.setattr(litemedsam, "load_litemedsam", lambda device="auto": fake)
     pipe = SegmentationPipeline.for_refinement(tiny_weights["refiner"], device="cpu",
-                                               refine=RefineParams(steps=1))
+                                               refine=RefineParams(steps=1, seed=0))
+    return image, probs, fake, pipe
+
+
+def test_the_litemedsam_engine_refines_its_mask_as_a_given_mask(tiny_weights, monkeypatch):
+    from medrefine.postprocess import postprocess
+
+    image, probs, fake, pipe = _with_fake_lite(tiny_weights, monkeypatch)
+    h, w = probs.shape
     assert pipe.box_engine("auto") == "refiner"  # no preset: today's engine
     box = [8, 8, 32, 28]
     by_lite = pipe.run(image, boxes=[box], box_engine="litemedsam")
@@ -237,20 +246,10 @@ def test_empty_boxes_clips_a_box_that_starts_outside_the_image():
 
 
 def test_the_fuse_engine_averages_the_two_engines(tiny_weights, monkeypatch):
-    from medrefine.pipeline import SegmentationPipeline
     from medrefine.postprocess import postprocess
-    from medrefine.refine import RefineParams
 
-    h, w = 40, 48
-    rng = np.random.default_rng(1)
-    image = rng.normal(60, 10, (3, h, w)).clip(0, 255).astype(np.float32)
-    image[:, 10:25, 12:30] += 40
-    probs = np.zeros((h, w), np.float32)
-    probs[10:25, 12:30] = 0.9
-    fake = _FakeLite(probs)
-    monkeypatch.setattr(litemedsam, "load_litemedsam", lambda device="auto": fake)
-    pipe = SegmentationPipeline.for_refinement(tiny_weights["refiner"], device="cpu",
-                                               refine=RefineParams(steps=1, seed=0))
+    image, probs, fake, pipe = _with_fake_lite(tiny_weights, monkeypatch)
+    h, w = probs.shape
     box = [8, 8, 32, 28]
     fused = pipe.run(image, boxes=[box], box_engine="fuse")
     by_lite = pipe.run(image, boxes=[box], box_engine="litemedsam")
