@@ -182,7 +182,7 @@ def load_litemedsam(device: str | torch.device = "auto", backend: str = "auto") 
     ``backend``: where the image encoder (nine tenths of the time) runs. ``onnx``: ONNX
     Runtime, on the CPU only, about 3x faster than torch there (0.40 vs 1.17 s for one image
     on this project's 2 cores; the embedding within 1e-5 of torch's), the graph exported on
-    first use into the ONNX cache (``export.runtime.cache_root``, keyed by the weights'
+    first use into the ONNX cache (``export.loading.cache_root``, keyed by the weights'
     SHA-256); ``torch``; ``auto``: ``onnx`` on the CPU, else ``torch``."""
     from medrefine.inference import resolve_device
 
@@ -213,7 +213,8 @@ def _onnx_image_encoder(net: nn.Module) -> _OrtEncoder | None:
     import secrets
     import warnings
 
-    from medrefine.export.runtime import OnnxGraph, cache_root
+    from medrefine.export.loading import cache_root
+    from medrefine.export.runtime import OnnxGraph
 
     path = cache_root() / f"litemedsam-{WEIGHTS_SHA256[:16]}" / "image_encoder.onnx"
     try:

@@ -9,10 +9,10 @@ Graphs (float32; B is a dynamic axis, H x W the weights' preprocessing grid, fix
                             -> out (B, 1, H, W): the denoiser's x0 logits or epsilon
 
 The split mirrors ``Denoiser.encode_condition`` (once per image) and ``Denoiser.forward`` (every
-step). ``manifest.json`` holds, per model, the medrefine info of its weights file (configs,
-refinement defaults, preprocessing), the weights' SHA-256 and each graph's SHA-256, so a folder
-describes itself and a runner can refuse graphs that no longer match their weights. Each graph
-also carries ``medrefine`` metadata (part, graph, weights SHA-256).
+step). ``manifest.json`` (its format is ``manifest``'s) holds, per model, the medrefine info of
+its weights file (configs, refinement defaults, preprocessing), the weights' SHA-256 and each
+graph's SHA-256, so a folder describes itself and a runner can refuse graphs that no longer
+match their weights. Each graph also carries ``medrefine`` metadata (part, graph, weights SHA-256).
 
 The exporter is torch's ``torch.export``-based one (``dynamo=True``, needs onnxscript): the
 TorchScript tracer (``dynamo=False``) cannot export ``ConditionEncoder``'s
@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,20 +33,20 @@ from torch import nn
 
 from medrefine import __version__
 from medrefine.checkpoint import file_sha256
-from medrefine.errors import ConfigError, InputError
+from medrefine.errors import ConfigError
+from medrefine.export.manifest import (
+    COND_NAMES,
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPHS,
+    atomic_path,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
 OPSET = 18
-MANIFEST = "manifest.json"
-FORMAT = "medrefine-onnx"
-FORMAT_VERSION = 1
 QUANTIZE_MODES = ("int8",)
-COND_NAMES = ("full", "f0", "f1", "f2", "f3")
-GRAPHS = {
-    "coarse": {"coarse": "coarse.onnx"},
-    "refiner": {"condition": "refiner_condition.onnx", "step": "refiner_step.onnx"},
-}
 MAX_BATCH = 4096
 
 
@@ -172,7 +170,7 @@ def _export_coarse(weights: Path, out_dir: Path, opset: int) -> dict[str, Any]:
         (2, seg.model_cfg.in_channels, h, w), generator=torch.Generator().manual_seed(0)
     )
     meta = {"part": "coarse", "weights_sha256": sha}
-    graph = _export_graph(
+    graph = export_graph(
         CoarseProbs(seg.model),
         (image01,),
         ["image01"],
@@ -199,7 +197,7 @@ def _export_refiner(weights: Path, out_dir: Path, opset: int) -> dict[str, Any]:
     coarse = torch.rand((2, 1, h, w), generator=gen)
     meta = {"part": "refiner", "weights_sha256": sha}
     files = GRAPHS["refiner"]
-    condition = _export_graph(
+    condition = export_graph(
         RefinerCondition(denoiser),
         (image01, coarse),
         ["image01", "coarse"],
@@ -212,7 +210,7 @@ def _export_refiner(weights: Path, out_dir: Path, opset: int) -> dict[str, Any]:
         full, feats = denoiser.encode_condition(image01, coarse)
     x_t = torch.randn((2, 1, h, w), generator=gen)
     t = torch.tensor([10, 500], dtype=torch.long)
-    step = _export_graph(
+    step = export_graph(
         RefinerStep(denoiser),
         (x_t, t, full, *feats),
         ["x_t", "t", *COND_NAMES],
@@ -228,7 +226,7 @@ def _export_refiner(weights: Path, out_dir: Path, opset: int) -> dict[str, Any]:
     }
 
 
-def _export_graph(
+def export_graph(
     module: nn.Module,
     args: tuple[torch.Tensor, ...],
     input_names: list[str],
@@ -297,103 +295,3 @@ def _shapes(values) -> dict[str, list[int | str]]:
     return {
         v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values
     }
-
-
-# ---------------------------------------------------------------- manifest
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
-    path = Path(out_dir) / MANIFEST
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
-
-
-def read_manifest(onnx_dir: str | Path) -> dict[str, Any]:
-    """``onnx_dir/manifest.json``, checked to be a medrefine ONNX manifest."""
-    onnx_dir = Path(onnx_dir)
-    hint = "create it with `medrefine export --onnx DIR --preset NAME` (or --weights ...)"
-    if not onnx_dir.is_dir():
-        raise InputError(f"{onnx_dir}: ONNX folder not found; {hint}")
-    path = onnx_dir / MANIFEST
-    if not path.is_file():
-        raise InputError(
-            f"{onnx_dir}: has no {MANIFEST}, so it was not written by medrefine export; {hint}"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: cannot read the manifest ({err}); re-export: {hint}") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InputError(
-            f"{path}: not a medrefine ONNX manifest (format "
-            f"{manifest.get('format') if isinstance(manifest, dict) else None!r}, "
-            f"expected {FORMAT!r}); {hint}"
-        )
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(
-            f"{path}: format version {manifest.get('format_version')} is newer "
-            f"than this medrefine reads ({FORMAT_VERSION}); update medrefine or "
-            "re-export"
-        )
-    if not isinstance(manifest.get("models"), dict):
-        raise InputError(f"{path}: the manifest lists no models; re-export: {hint}")
-    return manifest
-
-
-def graph_files(
-    onnx_dir: str | Path, part: str, weights: str | Path, quantized: bool = False
-) -> dict[str, Path]:
-    """The checked graph files of ``part`` (``coarse`` or ``refiner``) in ``onnx_dir``.
-
-    Raises:
-        InputError: no manifest, no such model in it, graphs exported from other weights than
-            ``weights`` (their SHA-256 differs), no int8 graphs, or a missing/changed file.
-    """
-    onnx_dir, weights = Path(onnx_dir), Path(weights)
-    manifest = read_manifest(onnx_dir)
-    entry = manifest["models"].get(part)
-    if entry is None:
-        raise InputError(
-            f"{onnx_dir}: holds no {part} model (it has "
-            f"{sorted(manifest['models'])}); export it with `medrefine export "
-            f"--onnx {onnx_dir}` and the {part} weights"
-        )
-    sha = file_sha256(weights)
-    exported = entry.get("weights", {}).get("sha256", "")
-    if exported != sha:
-        raise InputError(
-            f"{onnx_dir}: its {part} graphs were exported from weights with sha256 "
-            f"{exported[:12]}..., but {weights} has sha256 {sha[:12]}...: the weights changed "
-            f"since the export. Re-run `medrefine export --onnx {onnx_dir}` with these weights, "
-            "or leave the ONNX folder out to use the per-user cache"
-        )
-    graphs = entry.get("int8") if quantized else entry.get("graphs")
-    if not graphs:
-        raise InputError(
-            f"{onnx_dir}: has no {'int8' if quantized else 'float32'} {part} "
-            f"graphs; re-export with `medrefine export --onnx {onnx_dir}"
-            f"{' --quantize int8' if quantized else ''}`"
-        )
-    files = {}
-    for name, graph in graphs.items():
-        path = onnx_dir / graph["file"]
-        if not path.is_file():
-            raise InputError(f"{path}: missing, but {MANIFEST} lists it; re-run medrefine export")
-        if file_sha256(path) != graph["sha256"]:
-            raise InputError(
-                f"{path}: changed or damaged since the export (its sha256 differs "
-                f"from {MANIFEST}); re-run medrefine export"
-            )
-        files[name] = path
-    return files
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """A temporary name beside ``path``, renamed onto it when the block succeeds."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()

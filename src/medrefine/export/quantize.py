@@ -29,7 +29,7 @@ import torch
 
 from medrefine.checkpoint import file_sha256
 from medrefine.errors import InputError
-from medrefine.export.graphs import COND_NAMES, atomic_path, read_manifest, write_manifest
+from medrefine.export.manifest import atomic_path, read_manifest, write_manifest
 from medrefine.io import read_image, read_mask
 from medrefine.preprocess import PreprocessConfig, preprocess, to_grid
 
@@ -65,7 +65,7 @@ def add_int8(onnx_dir: str | Path, calibration: str | Path | None = None) -> dic
         int8 = {}
         for name, source in graphs.items():
             target = source.with_name(source.name.replace(".onnx", ".int8.onnx"))
-            _quantize_static(source, target, feeds[name])
+            quantize_static(source, target, feeds[name])
             int8[name] = {"file": target.name, "sha256": file_sha256(target)}
         entry["int8"] = int8
         entry["int8_calibration"] = {
@@ -126,16 +126,11 @@ def _refiner_feeds(
 ) -> dict[str, list[dict[str, np.ndarray]]]:
     """Inputs of both refiner graphs, recorded while the float32 graphs refine ``cases``."""
     from medrefine.diffusion import DiffusionConfig
-    from medrefine.export.runtime import OnnxDenoiser, OnnxGraph
+    from medrefine.export.runtime import OnnxDenoiser
     from medrefine.inference import preprocess_config_from
-    from medrefine.models.denoiser import DenoiserConfig
     from medrefine.refine import Refiner
 
-    denoiser = OnnxDenoiser(
-        OnnxGraph(graphs["condition"], ("image01", "coarse")),
-        OnnxGraph(graphs["step"], ("x_t", "t", *COND_NAMES)),
-        DenoiserConfig.from_dict(info["denoiser"]),
-    )
+    denoiser = OnnxDenoiser.from_graphs(graphs, info)
     recorder = _Recorder(denoiser)
     pre = preprocess_config_from(info["preprocess"])
     refiner = Refiner(recorder, DiffusionConfig.from_dict(info["diffusion"]), pre, "cpu", info)
@@ -179,7 +174,7 @@ class _Recorder:
         return self.denoiser(x_t, t, cond)
 
 
-def _quantize_static(source: Path, target: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+def quantize_static(source: Path, target: Path, feeds: list[dict[str, np.ndarray]]) -> None:
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,

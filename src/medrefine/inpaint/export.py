@@ -23,7 +23,7 @@ from torch import nn
 
 from medrefine import __version__
 from medrefine.checkpoint import file_sha256
-from medrefine.export.graphs import OPSET, _export_graph
+from medrefine.export.graphs import OPSET, export_graph
 from medrefine.inpaint import masks as M
 from medrefine.inpaint.model import build_schedule, load_inpainter, prefill
 from medrefine.training.runlog import atomic_write_text
@@ -83,17 +83,17 @@ def export_inpaint_onnx(weights: str | Path, out_dir: str | Path, opset: int = O
             torch.rand((2, 1, s, s), generator=gen), (torch.rand((2, 1, s, s)) > 0.8).float(),
             torch.rand((2, 1, s, s), generator=gen))
     meta = {"part": "inpaint", "weights_sha256": sha}
-    graphs = {"step": _export_graph(_Step(model), args, INPUTS, ["logits"],
-                                    out_dir / "inpaint_step.onnx", opset,
-                                    {**meta, "graph": "step"})}
+    graphs = {"step": export_graph(_Step(model), args, INPUTS, ["logits"],
+                                   out_dir / "inpaint_step.onnx", opset,
+                                   {**meta, "graph": "step"})}
     feeds = step_feeds(weights)
     check = feeds[len(feeds) // 2]
     diffs = {"step": _max_x0_diff(model, out_dir / "inpaint_step.onnx", check)}
     if quantize == "int8":
-        from medrefine.export.quantize import _quantize_static
+        from medrefine.export.quantize import quantize_static
 
         target = out_dir / "inpaint_step.int8.onnx"
-        _quantize_static(out_dir / "inpaint_step.onnx", target, feeds)
+        quantize_static(out_dir / "inpaint_step.onnx", target, feeds)
         graphs["step_int8"] = {"file": target.name, "sha256": file_sha256(target),
                                "calibration_inputs": len(feeds)}
         diffs["step_int8"] = _max_x0_diff(model, target, check)
