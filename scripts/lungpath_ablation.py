@@ -114,10 +114,8 @@ def make_pipeline(method: str, args, weights=None):
     )
     if weights is None:
         weights = args.stage1 if method == "diffusion_gmm" else args.stage2
-    pipe = LungPathologyPipeline(weights, cfg)
-    if method == "radiomics_kmeans":
-        pipe.featurize = radiomic_featurize()
-    return pipe
+    featurize = radiomic_featurize() if method == "radiomics_kmeans" else None
+    return LungPathologyPipeline(weights, cfg, featurize=featurize)
 
 
 def load_cache(cache):

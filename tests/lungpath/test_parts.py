@@ -109,3 +109,28 @@ def test_shipped_config_inference_sections_are_the_defaults():
 
     root = Path(__file__).resolve().parents[2]
     assert load_inference_config(root / "configs" / "lungpath.yaml") == InferenceConfig()
+
+
+def test_a_replacement_featurize_is_a_constructor_setting():
+    """The ablation's radiomics row: the pipeline built with its own 2D featuriser, which then
+    sees every batch of lung slices in place of the model's bottleneck features."""
+    from medrefine.io import LoadedImage
+    from medrefine.lungpath.pipeline import InferenceConfig, LungPathologyPipeline
+
+    calls = []
+
+    def featurize(x, lung):
+        calls.append(x.shape)
+        return np.stack([x, x**2])[:, :, ::8, ::8].transpose(1, 0, 2, 3).astype(np.float32)
+
+    rng = np.random.default_rng(0)
+    image = np.full((128, 128), 200.0, np.float32)
+    image[24:104, 16:112] = rng.uniform(20, 120, (80, 96))
+    lung = np.zeros((128, 128), bool)
+    lung[24:104, 16:112] = True
+    pipe = LungPathologyPipeline(config=InferenceConfig(intensity="rank"), featurize=featurize)
+    loaded = LoadedImage(image[None], None, {"format": "png", "source_dtype": "uint8"}, None)
+    result = pipe.run(loaded, lung)
+    assert calls and all(len(shape) == 3 for shape in calls)
+    assert result.labels.shape == (128, 128) and (result.labels[~lung] == 0).all()
+    assert (result.labels[lung] > 0).all()

@@ -49,7 +49,7 @@ from medrefine.lungpath.lungmask import (
     lung_coverage,
 )
 from medrefine.lungpath.naming import NamingConfig, emphysema_pixels
-from medrefine.lungpath.segment import cluster_slices, name_map
+from medrefine.lungpath.segment import Featurize, cluster_slices, name_map
 
 MODES = ("hu", "rank")
 MODEL_SECTIONS = ("stage", "net", "diffusion", "radiomics", "train")  # training only
@@ -133,6 +133,9 @@ class LungPathologyPipeline:
         config: an ``InferenceConfig`` or a YAML path (its inference sections).
         intensity: ``hu`` (CT in Hounsfield units) or ``rank`` (8-bit slices); overrides the
             config.
+        featurize: 2D models only: ``featurize(x, lung)`` ((B, H, W) slices in [-1, 1] and
+            their lung masks -> (B, F, h, w) feature maps) in place of the model's bottleneck
+            features, e.g. the ablation's radiomic descriptors; everything else is the same.
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class LungPathologyPipeline:
         weights: str | Path | None = None,
         config: InferenceConfig | str | Path | None = None,
         intensity: str | None = None,
+        featurize: Featurize | None = None,
     ):
         from medrefine.lungpath.model import load_model, shipped_weights, torch_threads
 
@@ -157,10 +161,18 @@ class LungPathologyPipeline:
                 f"features.timesteps {cfg.features.timesteps} must be below the "
                 f"model's {self.schedule.num_timesteps} diffusion steps"
             )
+        if featurize is not None and self.model.cfg.dims != 2:
+            raise ConfigError(
+                f"{self.weights}: a {self.model.cfg.dims}D model featurises z-stacks; a "
+                "replacement featurize is for 2D models only"
+            )
+        self._featurize = featurize
         self._sha = None
 
     # ------------------------------------------------------------ the steps
     def featurize(self, x: np.ndarray, lung: np.ndarray) -> np.ndarray:
+        if self._featurize is not None:
+            return self._featurize(x, lung)
         return bottleneck_features(self.model, self.schedule, x, self.cfg.features)
 
     def featurize_3d(self, x: np.ndarray, lung: np.ndarray, z0: int) -> np.ndarray:
