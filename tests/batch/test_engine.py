@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from medrefine.batch import SKIPPED, Batch, Job, open_batch
+from medrefine.batch import SKIPPED, Batch, Job, open_batch, sigterm_as_interrupt
 from medrefine.errors import InputError
 from medrefine.io import atomic_output
 
@@ -118,6 +118,24 @@ def test_sigterm_mid_batch_leaves_no_partial_file_and_an_interrupted_report(tmp_
     (tmp_path / "in" / "b.in").write_text("y")
     report, task, code = run(out, jobs)  # resumed where it stopped
     assert code == 0 and task.made == ["b", "c"]
+
+
+def test_sigterm_once_interrupts_on_the_first_sigterm_only():
+    """``once`` (the web server's stop): a second SIGTERM during the clean-up is ignored."""
+    caught = 0
+    with sigterm_as_interrupt(once=True):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            caught += 1
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: no second interrupt
+    assert caught == 1 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)  # without ``once``: every SIGTERM interrupts
 
 
 def test_progress_callback_and_names(tmp_path):

@@ -8,8 +8,6 @@ import atexit
 import contextlib
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +25,7 @@ from medrefine.app.guard import (
 )
 from medrefine.app.layout import FONTS, build_app
 from medrefine.app.models import default_source, use_model_lane, warm_up
+from medrefine.batch import sigterm_as_interrupt
 from medrefine.io.limits import current_limits
 from medrefine.presets import PRESETS, sample_path
 
@@ -181,19 +180,8 @@ def _sigterm_stops_the_server(blocking: bool) -> Iterator[None]:
     """SIGTERM stops a blocking server like Ctrl-C, so ``launch`` deletes the server's folder
     instead of leaving it behind. A second SIGTERM while it stops is ignored (it would cut
     the deletion short); SIGKILL still ends it, and the next start deletes the rest."""
-    if not blocking or threading.current_thread() is not threading.main_thread():
+    if not blocking:
         yield
         return
-    stopping = False
-
-    def stop(signum, frame):
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
+    with sigterm_as_interrupt(once=True):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -233,13 +233,20 @@ def open_batch(
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's stop, ``kill``) ends the batch like Ctrl-C: report written."""
+def sigterm_as_interrupt(once: bool = False) -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, ``kill``) ends the batch like Ctrl-C: report written.
+    ``once``: only the first SIGTERM interrupts, later ones are ignored (they would cut the
+    clean-up that the first set off short). Outside the main thread: nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    interrupted = False
 
     def handler(signum, frame):
+        nonlocal interrupted
+        if once and interrupted:
+            return
+        interrupted = True
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, handler)

@@ -43,6 +43,25 @@ def finish_report(
     return report
 
 
+def run_head(
+    command: str,
+    started: str,
+    out: Path | str,
+    provenance: dict[str, Any],
+    *,
+    world_size: int,
+    formats: list[str] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The head of a command's report.json: the command, when it started, its own ``fields``
+    (inputs, options, in order), the output folder, the output formats (where the command has
+    them), how many processes ran it and the run's provenance."""
+    head = {"command": command, "started": started, **fields, "out": str(out)}
+    if formats is not None:
+        head["formats"] = formats
+    return {**head, "world_size": world_size, "provenance": provenance}
+
+
 def provenance_cells(prov: dict[str, Any], weights: tuple[str, ...]) -> dict[str, Any]:
     """The provenance columns of report.csv: the medrefine version, each weights file's
     SHA-256 (``<name>_sha256`` for each of ``weights``) and the seed."""
@@ -52,6 +71,12 @@ def provenance_cells(prov: dict[str, Any], weights: tuple[str, ...]) -> dict[str
         **{f"{name}_sha256": (files.get(name) or {}).get("sha256") for name in weights},
         "seed": prov.get("seed"),
     }
+
+
+def weights_extra(prov: dict[str, Any]) -> dict[str, Any]:
+    """What each input's JSON summary adds from the run's provenance: the weights' SHA-256
+    by model (the ``file_extra`` of ``segment.SegmentTask`` and of the PACS front ends)."""
+    return {"weights": {k: v["sha256"] for k, v in prov["weights"].items()}}
 
 
 def write_reports(

@@ -24,7 +24,6 @@ far; under torchrun the images are shared out.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +40,8 @@ from medrefine.batch.guard import (
     refuse_replacing_reads,
 )
 from medrefine.batch.inputs import expand_inputs, probe_kind, unique_stems
-from medrefine.batch.report import summary_line
+from medrefine.batch.report import run_head, summary_line
+from medrefine.commands.options import run_environment
 from medrefine.errors import ConfigError, InputError
 from medrefine.presets import DEFAULT_PRESETS
 
@@ -100,20 +100,10 @@ def run(args) -> int:
         pipe = InpaintingPipeline(args.preset, weights=args.weights, steps=args.steps,
                                   samples=args.samples, blend=args.blend, seed=args.seed)
         batch.add_problems(problems)
-        head = {
-            "command": "inpaint",
-            "started": started,
-            "synthetic": True,
-            "note": SYNTHETIC_NOTE,
-            "image": args.image[0] if len(args.image) == 1 else list(args.image),
-            "out": str(out_dir),
-            "world_size": batch.ranks.world_size,
-            "provenance": {**pipe.provenance(), "seed": args.seed,
-                           "python_version": platform.python_version(),
-                           "torch_version": _torch_version(),
-                           "arguments": {k: (str(v) if isinstance(v, Path) else v)
-                                         for k, v in sorted(vars(args).items()) if k != "func"}},
-        }
+        prov = {**pipe.provenance(), "seed": args.seed, **run_environment(args)}
+        head = run_head("inpaint", started, out_dir, prov, world_size=batch.ranks.world_size,
+                        synthetic=True, note=SYNTHETIC_NOTE,
+                        image=args.image[0] if len(args.image) == 1 else list(args.image))
         report = batch.run(InpaintTask(pipe, args, out_dir), jobs, head)
         if batch.ranks.is_main:
             lead = f"inpainted {report['n_ok']} of {report['n_inputs']} images into {out_dir}"
@@ -239,9 +229,3 @@ def mask_for(args, loaded, mask: Path | None = None, seg=None) -> np.ndarray:
         r = max(1, round(margin * max(hole.shape)))
         hole = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
     return check_mask(hole, loaded.spatial_shape, f"--mask-from {args.mask_from}")
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__

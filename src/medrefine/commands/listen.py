@@ -41,9 +41,8 @@ from medrefine.commands.options import (
     add_mask_options,
     add_model_options,
     add_out_option,
-    build_pipeline,
     parse_formats,
-    provenance,
+    series_run,
 )
 from medrefine.errors import ConfigError
 from medrefine.io.formats import OUTPUT_FORMATS
@@ -140,27 +139,17 @@ def _serve(args: argparse.Namespace, config, send_to, formats: list[str]) -> int
     """Receive and segment into OUT (held by this process) until Ctrl-C or SIGTERM."""
     from medrefine.pacs.listen import Listener
 
-    pipe = build_pipeline(args)
-    prov = provenance(pipe, args)
-    head = {
-        "command": "listen",
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "inputs": [],
-        "listen": {
-            "port": config.port,
-            "ae_title": config.ae_title,
-            "bind": config.bind,
-            "quiet_seconds": config.quiet_seconds,
-            "send_to": str(send_to) if send_to else None,
-            "timeout": config.timeout,
-            "max_store_gb": config.max_store_gb,
-        },
-        "out": str(args.out),
-        "formats": formats,
-        "world_size": 1,
-        "provenance": prov,
+    listening = {
+        "port": config.port,
+        "ae_title": config.ae_title,
+        "bind": config.bind,
+        "quiet_seconds": config.quiet_seconds,
+        "send_to": str(send_to) if send_to else None,
+        "timeout": config.timeout,
+        "max_store_gb": config.max_store_gb,
     }
-    file_extra = {"weights": {k: v["sha256"] for k, v in prov["weights"].items()}}
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    pipe, head, file_extra = series_run(args, "listen", started, formats, listen=listening)
     listener = Listener(
         config, args.out, pipe, formats, head, file_extra, overwrite=args.overwrite
     )

@@ -40,7 +40,7 @@ from medrefine.batch.guard import (
     refuse_replacing_reads,
 )
 from medrefine.batch.inputs import expand_inputs, probe_kind, unique_stems
-from medrefine.batch.report import summary_line
+from medrefine.batch.report import run_head, summary_line
 from medrefine.commands.options import add_series_option
 from medrefine.errors import ConfigError
 
@@ -130,16 +130,16 @@ def run(args) -> int:
 
         pipe = LungPathologyPipeline(args.weights, args.config, args.intensity)
         batch.add_problems(problems)
-        head = {
-            "command": "lung-pathology",
-            "started": started,
-            "inputs": [str(s) for s in args.inputs],
-            "out": str(args.out),
-            "formats": formats,
-            "ignored": [{"input": e, "why": w} for e, w in ignored],
-            "world_size": batch.ranks.world_size,
-            "provenance": {**pipe.provenance(), "seed": pipe.cfg.cluster.seed},
-        }
+        head = run_head(
+            "lung-pathology",
+            started,
+            args.out,
+            {**pipe.provenance(), "seed": pipe.cfg.cluster.seed},
+            world_size=batch.ranks.world_size,
+            formats=formats,
+            inputs=[str(s) for s in args.inputs],
+            ignored=[{"input": e, "why": w} for e, w in ignored],
+        )
         report = batch.run(LungPathologyTask(pipe, args, formats), jobs, head)
         if batch.ranks.is_main:
             n_ok, n = report["n_ok"], report["n_inputs"]

@@ -14,6 +14,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from medrefine.batch.report import run_head, weights_extra
 from medrefine.errors import ConfigError
 from medrefine.fusion import FUSIONS
 from medrefine.inference import parse_tta
@@ -266,10 +267,31 @@ def provenance(pipe: SegmentationPipeline, args: argparse.Namespace) -> dict[str
     """``pipe.provenance()`` (kept as a hook for command-specific additions)."""
     prov = pipe.provenance()
     prov["seed"] = prov["refine"]["seed"] if prov.get("refine") else None
-    prov["python_version"] = platform.python_version()
-    prov["torch_version"] = _torch_version()
-    prov["arguments"] = {k: v for k, v in sorted(vars(args).items()) if k != "func"}
-    return prov
+    return {**prov, **run_environment(args)}
+
+
+def series_run(
+    args: argparse.Namespace, command: str, started: str, formats: list[str], **source: Any
+) -> tuple[SegmentationPipeline, dict[str, Any], dict[str, Any]]:
+    """What a PACS front end (``listen``, ``pull``) segments series with: the pipeline, the
+    head of its report (one process, no input files: the series come from ``source``) and
+    what each series' JSON summary adds (``weights_extra``)."""
+    pipe = build_pipeline(args)
+    prov = provenance(pipe, args)
+    head = run_head(
+        command, started, args.out, prov, world_size=1, formats=formats, inputs=[], **source
+    )
+    return pipe, head, weights_extra(prov)
+
+
+def run_environment(args: argparse.Namespace) -> dict[str, Any]:
+    """What a run's provenance records of where it ran: the Python and torch versions and the
+    command's arguments."""
+    return {
+        "python_version": platform.python_version(),
+        "torch_version": _torch_version(),
+        "arguments": {k: v for k, v in sorted(vars(args).items()) if k != "func"},
+    }
 
 
 def _torch_version() -> str:

@@ -11,7 +11,7 @@ from medrefine.batch import open_batch
 from medrefine.batch.guard import check_writable
 from medrefine.batch.report import summary_line
 from medrefine.batch.segment import warn_if_settings_changed
-from medrefine.commands.options import build_pipeline, parse_formats, provenance
+from medrefine.commands.options import parse_formats, series_run
 from medrefine.errors import ConfigError
 from medrefine.pacs.config import DicomwebConfig, parse_query
 from medrefine.pacs.dicomweb import DicomwebServer, ServerUnreachable
@@ -68,26 +68,15 @@ def run(args: argparse.Namespace) -> int:
 def _pull(args, server, config, targets, formats, started) -> int:
     """Segment (and push) the ``targets`` into OUT."""
     with open_batch(args.out, quiet=getattr(args, "quiet", False), torchrun=False) as batch:
-        pipe = build_pipeline(args)
-        prov = provenance(pipe, args)
-        warn_if_settings_changed(args.out, prov, formats, config.overwrite)
-        head = {
-            "command": "segment",
-            "started": started,
-            "inputs": [],
-            "dicomweb": {
-                "url": config.url,
-                "study": config.study,
-                "series": config.series,
-                "query": config.query,
-                "push": config.push,
-            },
-            "out": str(args.out),
-            "formats": formats,
-            "world_size": 1,
-            "provenance": prov,
+        dicomweb = {
+            "url": config.url,
+            "study": config.study,
+            "series": config.series,
+            "query": config.query,
+            "push": config.push,
         }
-        file_extra = {"weights": {k: v["sha256"] for k, v in prov["weights"].items()}}
+        pipe, head, file_extra = series_run(args, "segment", started, formats, dicomweb=dicomweb)
+        warn_if_settings_changed(args.out, head["provenance"], formats, config.overwrite)
         runner = SeriesRunner(
             server,
             config,

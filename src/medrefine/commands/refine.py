@@ -45,7 +45,7 @@ from medrefine.batch.guard import (
 )
 from medrefine.batch.inputs import folder_inputs, unique_stems
 from medrefine.batch.records import failure_record
-from medrefine.batch.report import summary_line
+from medrefine.batch.report import run_head, summary_line
 from medrefine.batch.segment import (
     SegmentTask,
     check_formats_fit,
@@ -204,18 +204,18 @@ def _refine_pairs(args, batch, formats, jobs, problems, started) -> int:
     prov["coarse"] = "given masks (--mask)" if args.mask is not None else "boxes"
     if lite is not None:
         prov["litemedsam"] = lite.provenance()
-    head = {
-        "command": "refine",
-        "started": started,
-        "image": str(args.image),
-        "mask": None if args.mask is None else str(args.mask),
-        "boxes": str(args.boxes) if args.boxes else args.box,
-        "box_engine": box_engine,
-        "out": str(args.out),
-        "formats": formats,
-        "world_size": batch.ranks.world_size,
-        "provenance": prov,
-    }
+    head = run_head(
+        "refine",
+        started,
+        args.out,
+        prov,
+        world_size=batch.ranks.world_size,
+        formats=formats,
+        image=str(args.image),
+        mask=None if args.mask is None else str(args.mask),
+        boxes=str(args.boxes) if args.boxes else args.box,
+        box_engine=box_engine,
+    )
     task = RefineTask(pipe, args.out, formats, args.box_engine or "auto")
     report = batch.run(task, jobs, head)
     if batch.ranks.is_main:

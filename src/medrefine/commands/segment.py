@@ -44,7 +44,7 @@ from medrefine.batch.guard import (
     refuse_replacing_reads,
 )
 from medrefine.batch.inputs import expand_inputs, unique_stems
-from medrefine.batch.report import summary_line
+from medrefine.batch.report import run_head, summary_line, weights_extra
 from medrefine.batch.segment import SegmentTask, planned_names, warn_if_settings_changed
 from medrefine.commands.options import (
     add_mask_options,
@@ -118,17 +118,17 @@ def run(args: argparse.Namespace) -> int:
         prov = provenance(pipe, args)
         warn_if_settings_changed(args.out, prov, formats, args.overwrite)
         batch.add_problems(problems)
-        head = {
-            "command": "segment",
-            "started": started,
-            "inputs": args.inputs,
-            "out": str(args.out),
-            "formats": formats,
-            "ignored": [{"input": entry, "why": why} for entry, why in ignored],
-            "world_size": batch.ranks.world_size,
-            "provenance": prov,
-        }
-        file_extra = {"weights": {k: v["sha256"] for k, v in prov["weights"].items()}}
+        head = run_head(
+            "segment",
+            started,
+            args.out,
+            prov,
+            world_size=batch.ranks.world_size,
+            formats=formats,
+            inputs=args.inputs,
+            ignored=[{"input": entry, "why": why} for entry, why in ignored],
+        )
+        file_extra = weights_extra(prov)
         task = SegmentTask(pipe, args.out, formats, file_extra, allow_gaps=args.allow_gaps)
         report = batch.run(task, jobs, head)
         if batch.ranks.is_main:

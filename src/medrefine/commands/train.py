@@ -67,6 +67,7 @@ def add_parser(sub) -> None:
 
 def _coarse_config(args, base: dict):
     from medrefine.training.coarse import CoarseTrainConfig
+    from medrefine.training.loop import switch_overrides
 
     data = dict(base["coarse"] if "coarse" in base else
                 {k: v for k, v in base.items() if k not in ("stage", "refiner")})
@@ -94,12 +95,7 @@ def _coarse_config(args, base: dict):
     if args.size:
         pre["size"] = [args.size, args.size]
     data.update(model=model, preprocess=pre)
-    if args.resume:
-        data["resume"] = True
-    if args.no_amp:
-        data["amp"] = False
-    if args.no_pretrained:
-        data["pretrained"] = False
+    data.update(switch_overrides(args))
     if "data_dir" not in data:
         raise ConfigError("train needs --data DIR (a folder with images/ and masks/)")
     return build_dataclass(CoarseTrainConfig, data, "coarse config")

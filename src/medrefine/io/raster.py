@@ -17,17 +17,10 @@ from PIL import Image, UnidentifiedImageError
 from medrefine.errors import InputError, UnsupportedFormatError
 from medrefine.io.base import MAX_PIXELS_2D, LoadedImage, check_size, finite_float32
 from medrefine.io.limits import check_decoded_size
+from medrefine.io.sniff import RASTER_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-RASTER_SUFFIXES = {
-    ".png": "png",
-    ".jpg": "jpeg",
-    ".jpeg": "jpeg",
-    ".bmp": "bmp",
-    ".tif": "tiff",
-    ".tiff": "tiff",
-}
 RASTER_FORMATS = ("png", "jpeg", "bmp", "tiff")
 # Pillow modes we hand over as they are (after np.asarray) and the ones we convert.
 _KEEP_MODES = ("1", "L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")

@@ -17,14 +17,18 @@ from medrefine.io.base import full_suffix
 
 logger = logging.getLogger(__name__)
 
-# Format names returned by ``sniff_format``.
-SUFFIX_FORMATS = {
+# The raster images' suffixes (read by ``raster``) and their format names.
+RASTER_SUFFIXES = {
     ".png": "png",
     ".jpg": "jpeg",
     ".jpeg": "jpeg",
     ".bmp": "bmp",
     ".tif": "tiff",
     ".tiff": "tiff",
+}
+# Format names returned by ``sniff_format``.
+SUFFIX_FORMATS = {
+    **RASTER_SUFFIXES,
     ".dcm": "dicom",
     ".dicom": "dicom",
     ".ima": "dicom",

@@ -20,6 +20,14 @@ from medrefine.training.runlog import RunLog, load_resume_state, save_resume_sta
 logger = logging.getLogger(__name__)
 
 
+def switch_overrides(args) -> dict[str, bool]:
+    """The config keys ``medrefine train``'s switches set where given: ``--resume``,
+    ``--no-amp``, ``--no-pretrained`` (the coarse and the refiner stage alike)."""
+    switches = (("resume", "resume", True), ("no_amp", "amp", False),
+                ("no_pretrained", "pretrained", False))
+    return {key: value for flag, key, value in switches if getattr(args, flag, False)}
+
+
 def make_loader(dataset: Dataset, batch_size: int, seed: int, workers: int,
                 dist_info: D.DistInfo) -> tuple[DataLoader, DistributedSampler | RandomSampler]:
     sampler = (DistributedSampler(dataset, seed=seed) if dist_info.enabled

@@ -55,6 +55,7 @@ from medrefine.training.loop import (
     make_loader,
     make_optimizer,
     maybe_resume,
+    switch_overrides,
     time_is_up,
     use_bf16,
 )
@@ -349,12 +350,7 @@ def train_refiner_from_args(args, base: dict) -> Path:
     data.setdefault("data_dir", base.get("coarse", {}).get("data_dir"))
     out = Path(args.output_dir or data.get("output_dir", "checkpoints"))
     data["output_dir"] = str(out / "refiner" if args.stage == "both" else out)
-    if args.resume:
-        data["resume"] = True
-    if args.no_amp:
-        data["amp"] = False
-    if args.no_pretrained:
-        data["pretrained"] = False
+    data.update(switch_overrides(args))
     if not data.get("coarse_weights"):
         raise ConfigError("training the refiner needs --coarse-weights (the coarse model whose "
                           "masks it learns to correct), or --stage both")
