@@ -133,6 +133,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="box jitter seed")
     ap.add_argument("--out", type=Path, required=True, help="folder for LiteMedSAM's masks")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tta", default=None,
+                    help="the coarse model's test-time flips (default: the preset's; none: off)")
     args = ap.parse_args()
 
     cases = box_cases(args.data, args.split, args.n, args.seed)
@@ -141,7 +143,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     # refine's default strength, over the defaults of whichever refiner runs
     pipe = SegmentationPipeline(preset=args.preset, device=args.device,
-                                refine={"strength": "auto"})
+                                refine={"strength": "auto"}, tta=args.tta)
     lite = load_litemedsam(args.device)
     run_case(pipe, lite, *cases[0])  # warm-up: the first call of each path is not timed
 
