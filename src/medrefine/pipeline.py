@@ -10,7 +10,8 @@ The models are chosen and loaded once (``medrefine.resolve``: ``resolve_models``
 ``PipelineModels``, or ``SegmentationPipeline.from_models``); a built pipeline is never
 changed: settings go in the call, ``with_settings`` and ``fixer`` are views over the same models.
 
-Volumes ((C, D, H, W): NIfTI, multi-frame or series DICOM) are segmented slice by slice and
+Volumes ((C, D, H, W): NIfTI, multi-frame or series DICOM) are segmented slice by slice
+(``medrefine.slices``: an image's or a volume's way through the models on the model grid) and
 post-processed in 3D.
 """
 
@@ -38,11 +39,12 @@ from medrefine.fusion import (
 from medrefine.inference import CoarseSegmenter
 from medrefine.io import LoadedImage, read_image
 from medrefine.postprocess import PostprocessConfig, postprocess, postprocess_labels
-from medrefine.preprocess import PreprocessConfig, from_grid, preprocess, to_grid
+from medrefine.preprocess import PreprocessConfig, to_grid
 from medrefine.presets import BOX_ENGINES, Preset, get_preset
 from medrefine.prompts import boxes_to_mask, check_boxes
 from medrefine.refine import RefineParams, Refiner
 from medrefine.resolve import PipelineModels, resolve_models
+from medrefine.slices import refinement_summary, slice_probs, volume_probs
 
 logger = logging.getLogger(__name__)
 
@@ -402,106 +404,6 @@ class SegmentationPipeline:
         }
 
     # -------------------------------------------------------------- core
-    def _slice_probs(
-        self,
-        image: np.ndarray,
-        source_dtype: str,
-        timings: dict,
-        coarse_mask: np.ndarray | None = None,
-        params: RefineParams | None = None,
-        log: list | None = None,
-        own: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """One 2D (C, H, W) image -> coarse, refined, uncertainty on the original grid."""
-        t = time.perf_counter()
-        image01, grid = preprocess(image, self.pre_cfg, source_dtype)
-        _add_time(timings, "preprocess", t)
-        t = time.perf_counter()
-        if coarse_mask is None:
-            coarse_grid = self._coarse_model().predict_grid(image01[None], self.tta)[0]
-            coarse_grid = coarse_grid.cpu().numpy()
-        else:
-            coarse_grid = to_grid(coarse_mask[None].astype(np.float32), grid.grid_size, grid.mode)
-            coarse_grid = coarse_grid[0]
-        _add_time(timings, "coarse", t)
-        coarse = from_grid(coarse_grid, grid)
-        if self.refiner is None:
-            return coarse, None, None
-        refined, uncertainty = self._refine_slice(image01, coarse_grid[0], grid, timings,
-                                                  params, log, own=own)
-        return coarse, refined, uncertainty
-
-    def _volume_probs(
-        self,
-        volume: np.ndarray,
-        source_dtype: str,
-        timings: dict,
-        coarse_mask: np.ndarray | None = None,
-        params: RefineParams | None = None,
-        log: list | None = None,
-        own: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """(C, D, H, W) -> coarse (K, D, H, W), refined and uncertainty (D, H, W).
-
-        Slices are preprocessed one by one (as 2D images are) and go through the coarse model
-        ``slice_batch`` at a time; refinement runs per slice, each with the same seed, so a
-        slice gets the mask it would get as a 2D image. Outputs are filled in place, so memory
-        holds the volume's probabilities once, not a list of per-slice copies.
-        """
-        depth = volume.shape[1]
-        coarse = refined = uncertainty = None
-        for start in range(0, depth, self.slice_batch):
-            slices = range(start, min(start + self.slice_batch, depth))
-            t = time.perf_counter()
-            prepared = [preprocess(volume[:, d], self.pre_cfg, source_dtype) for d in slices]
-            image01 = np.stack([p[0] for p in prepared])  # (B, C, h, w) on the model grid
-            _add_time(timings, "preprocess", t)
-            t = time.perf_counter()
-            if coarse_mask is None:
-                coarse_grid = self._coarse_model().predict_grid(image01, self.tta).cpu().numpy()
-            else:
-                grid = prepared[0][1]
-                given = [coarse_mask[d][None].astype(np.float32) for d in slices]
-                coarse_grid = np.stack([to_grid(m, grid.grid_size, grid.mode)[0] for m in given])
-            _add_time(timings, "coarse", t)  # coarse_grid: (B, K, h, w)
-            for i, d in enumerate(slices):
-                grid = prepared[i][1]
-                slice_coarse = from_grid(coarse_grid[i], grid)  # (K, H, W)
-                if coarse is None:
-                    coarse = np.empty(
-                        (slice_coarse.shape[0], depth, *slice_coarse.shape[1:]), np.float32
-                    )
-                    if self.refiner is not None:
-                        refined = np.empty((depth, *slice_coarse.shape[1:]), np.float32)
-                        uncertainty = np.empty_like(refined)
-                coarse[:, d] = slice_coarse
-                if self.refiner is not None:
-                    refined[d], uncertainty[d] = self._refine_slice(
-                        image01[i], coarse_grid[i, 0], grid, timings, params, log,
-                        own=own,
-                    )
-        return coarse, refined, uncertainty
-
-    def _refine_slice(
-        self, image01: np.ndarray, coarse_grid: np.ndarray, grid, timings: dict,
-        params: RefineParams | None = None, log: list | None = None, own: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """image01 (C, h, w) and coarse probs (h, w) on the grid -> refined, uncertainty (H, W);
-        ``own``: the coarse model's mask, not a given one."""
-        t = time.perf_counter()
-        out = self.refiner.refine_grid(image01, coarse_grid, params or self.refine_params,
-                                       own=own)
-        _add_time(timings, "refine", t)
-        if log is not None:
-            log.append(out.summary())
-        both = from_grid(np.stack([out.probs, out.uncertainty]), grid)
-        return both[0], both[1]
-
-    def _coarse_model(self) -> CoarseSegmenter:
-        if self.coarse is None:
-            raise ConfigError("this pipeline has no coarse model; pass a mask to refine")
-        return self.coarse
-
     def run(
         self,
         image: str | Path | np.ndarray | LoadedImage,
@@ -668,9 +570,9 @@ class SegmentationPipeline:
         if coarse_mask is not None:
             coarse_mask = _as_probability_mask(coarse_mask, loaded)
         dtype = loaded.meta.get("source_dtype", "float32")
-        slices_of = self._volume_probs if loaded.is_volume else self._slice_probs
+        slices_of = volume_probs if loaded.is_volume else slice_probs
         log: list[dict] = []
-        coarse, refined, uncertainty = slices_of(loaded.array, dtype, timings, coarse_mask,
+        coarse, refined, uncertainty = slices_of(self, loaded.array, dtype, timings, coarse_mask,
                                                  params, log, own=own)
         t = time.perf_counter()
         spacing = loaded.spacing
@@ -719,7 +621,7 @@ class SegmentationPipeline:
         if review is not None:
             run_params["review"] = review
         if log:
-            run_params["refinement"] = _refinement_summary(log)
+            run_params["refinement"] = refinement_summary(log)
         if prompt is not None:
             run_params["boxes"] = [list(map(float, b)) for b in prompt]
             run_params["boxes_from"] = "coarse model" if boxes is None else "refiner"
@@ -831,24 +733,6 @@ def box_coverage(mask: np.ndarray, boxes, shape: tuple[int, int]) -> float:
         inside = mask[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))]
         shares.append(float(inside.mean()) if inside.size else 0.0)
     return min(shares)
-
-
-def _refinement_summary(log: list[dict]) -> dict[str, Any]:
-    """What refinement did: for one slice its strength, disagreement and whether it left the
-    input alone; for a volume, the same over its slices."""
-    if len(log) == 1:
-        return log[0]
-    strengths = [e["strength"] for e in log]
-    decisions: dict[str, int] = {}
-    for e in log:
-        decisions[e["decision"]] = decisions.get(e["decision"], 0) + 1
-    return {"slices": len(log), "strength_min": min(strengths), "strength_max": max(strengths),
-            "left_alone_slices": int(sum(e["left_alone"] for e in log)),
-            "decisions": decisions}
-
-
-def _add_time(timings: dict[str, float], key: str, since: float) -> None:
-    timings[key] = timings.get(key, 0.0) + time.perf_counter() - since
 
 
 def replace_range(image: np.ndarray, source_dtype: str) -> np.ndarray:
