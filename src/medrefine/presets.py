@@ -169,7 +169,7 @@ PRESETS: dict[str, Preset] = {
         sample="cxr_lungs.jpg",
         # review_doubt_weight stays 0: val chose 2 (worst source 0.499 -> 0.731), but on test
         # it lowered the two held-out segmenters' Spearman (0.513 -> 0.453, 0.535 -> 0.444;
-        # boxes 0.476 -> 0.482), so the confirmation on test vetoed it (README)
+        # boxes 0.476 -> 0.482), so the confirmation on test vetoed it (docs/refiner_studies.md)
         # val (first 40): the refiner engine 0.956, LiteMedSAM + refiner 0.952, LiteMedSAM 0.840
         box_engine="refiner",
     ),

@@ -12,8 +12,8 @@ oldest call is the oldest waiting), so the queue's fairness holds here too.
 
 On a CPU this is also the cheapest way to share the cores: one network at a time uses them all
 (``torch.set_num_threads(cores)`` in the lane), instead of several requests each running on a
-share of them and competing for memory bandwidth. The figures are in README ("Web interface
-under load"): ``scripts/app_load.py`` with ``--max-batch 1`` (no lane) and the default side by
+share of them and competing for memory bandwidth. The figures are in docs/web.md ("Under
+load"): ``scripts/app_load.py`` with ``--max-batch 1`` (no lane) and the default side by
 side.
 """
 

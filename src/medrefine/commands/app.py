@@ -80,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="N",
         help="the networks of concurrent requests run in one thread, up to N waiting calls as "
         f"one batch (default {DEFAULT_MAX_BATCH}: each request runs its own; on 2 CPU cores "
-        "batching measured no faster, see README)",
+        "batching measured no faster, see docs/web.md)",
     )
     parser.add_argument(
         "--queue-size",
