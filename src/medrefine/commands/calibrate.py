@@ -29,8 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="choose a refiner's defaults on a val split",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, required=True, help="refiner weights")
-    p.add_argument("--coarse-weights", type=Path, required=True,
-                   help="the coarse model whose masks are the 'coarse' inputs")
+    p.add_argument("--coarse-weights", type=Path, nargs="+", required=True,
+                   help="the coarse model whose masks are the 'coarse' inputs (several files "
+                   "of one kind: their ensemble, as a preset with coarse_2.safetensors runs)")
     p.add_argument("--data", type=Path, required=True, help="folder with images/, masks/")
     p.add_argument("--split", default="val", choices=["train", "val"],
                    help="split to calibrate on (default val; test is never used)")
@@ -51,14 +52,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from medrefine.errors import ConfigError
-    from medrefine.inference import CoarseSegmenter
+    from medrefine.inference import coarse_from_weights
     from medrefine.refine import RefineParams
     from medrefine.training.calibrate import ValSet, calibrate_weights
     from medrefine.training.data import find_pairs, split_pairs
 
     if not all(0 < s <= 1 for s in args.strengths) or min(args.steps) < 1:
         raise ConfigError("--strengths must lie in (0, 1] and --steps be >= 1")
-    coarse = CoarseSegmenter.from_weights(args.coarse_weights, args.device)
+    coarse = coarse_from_weights(args.coarse_weights, args.device)
     pairs = split_pairs(args.data, find_pairs(args.data), args.seed)[args.split]
     if args.max_cases:
         pairs = pairs[:args.max_cases]
