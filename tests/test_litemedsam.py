@@ -246,15 +246,25 @@ def test_empty_boxes_clips_a_box_that_starts_outside_the_image():
 
 
 def test_the_fuse_engine_averages_the_two_engines(tiny_weights, monkeypatch):
+    from medrefine import pipeline as pipeline_module
+    from medrefine.fusion import mask_disagreement
     from medrefine.postprocess import postprocess
 
     image, probs, fake, pipe = _with_fake_lite(tiny_weights, monkeypatch)
     h, w = probs.shape
     box = [8, 8, 32, 28]
-    fused = pipe.run(image, boxes=[box], box_engine="fuse")
     by_lite = pipe.run(image, boxes=[box], box_engine="litemedsam")
     by_refiner = pipe.run(image, boxes=[box], box_engine="refiner")
-    assert fused.params["box_engine"] == "fuse"
+    agreement = 1.0 - mask_disagreement(by_lite.mask > 0, by_refiner.mask > 0)
+    # masks that agree less than FUSE_MIN_AGREEMENT: the litemedsam engine's, not averaged
+    monkeypatch.setattr(pipeline_module, "FUSE_MIN_AGREEMENT", agreement + 1e-6)
+    apart = pipe.run(image, boxes=[box], box_engine="fuse")
+    assert apart.params["box_engine"] == "fuse" and "disagree" in apart.params["box_engine_note"]
+    assert np.array_equal(apart.mask, by_lite.mask)
+    assert apart.review_score == by_lite.review_score
+    monkeypatch.setattr(pipeline_module, "FUSE_MIN_AGREEMENT", agreement)  # they agree enough
+    fused = pipe.run(image, boxes=[box], box_engine="fuse")
+    assert fused.params["box_engine"] == "fuse" and fused.params["fuse_agreement"] == agreement
     mean = (by_lite.refined_probs + by_refiner.refined_probs) / 2
     np.testing.assert_allclose(fused.refined_probs, mean, atol=1e-6)
     assert np.array_equal(fused.mask, postprocess(mean, pipe.fixer().post))
@@ -266,3 +276,48 @@ def test_the_fuse_engine_averages_the_two_engines(tiny_weights, monkeypatch):
     fell_back = pipe.run(image, boxes=[box], box_engine="fuse")
     assert fell_back.params["box_engine"] == "refiner"
     assert np.array_equal(fell_back.mask, by_refiner.mask)
+
+
+def _guarded(tiny_weights, monkeypatch, unfamiliar_doubt: float):
+    """A coarse + refiner pipeline on the skin preset's defaults, with this
+    ``unfamiliar_doubt``."""
+    from medrefine import presets
+    from medrefine.pipeline import SegmentationPipeline
+    from medrefine.refine import RefineParams
+
+    monkeypatch.setitem(presets.PRESETS, "skin", dataclasses.replace(
+        presets.PRESETS["skin"], unfamiliar_doubt=unfamiliar_doubt, box_engine="fuse"))
+    return SegmentationPipeline(tiny_weights["coarse"], tiny_weights["refiner"], preset="skin",
+                                device="cpu", refine=RefineParams(steps=1, seed=0))
+
+
+def test_a_given_mask_on_an_unfamiliar_image_is_kept(tiny_weights, monkeypatch):
+    """Above the preset's ``unfamiliar_doubt`` (the coarse model's doubt on the image), a mask
+    from elsewhere is kept as it is and judged; below it, refined; the coarse model's own
+    masks and box prompts are never held to it."""
+    image, probs, fake, _ = _with_fake_lite(tiny_weights, monkeypatch)
+    given = (probs > 0.5).astype(np.uint8)
+    given[10:14, 12:30] = 0  # a mask the refiner would move
+    watched = _guarded(tiny_weights, monkeypatch, 1e-9)  # every image is unfamiliar
+    kept = watched.run(image, coarse_mask=given)
+    assert kept.params["refinement"]["decision"] == "kept: unfamiliar image"
+    facts = kept.params["unfamiliar_image"]
+    assert facts["coarse_doubt"] > facts["unfamiliar_doubt"] == 1e-9
+    assert kept.uncertainty is not None and kept.review_score is not None
+    assert kept.params["review"]["coarse_doubt"] == facts["coarse_doubt"]  # computed once
+    plain = _guarded(tiny_weights, monkeypatch, 0.0)  # off
+    asked = plain.run(image, coarse_mask=given,
+                      refine=dataclasses.replace(plain.refine_params, keep_input=True))
+    assert np.array_equal(kept.mask, asked.mask) and kept.review_score == asked.review_score
+    refined = plain.run(image, coarse_mask=given)
+    assert "unfamiliar_image" not in refined.params
+    assert refined.params["refinement"]["decision"] != "kept: unfamiliar image"
+    for result in (watched.run(image), watched.run(image, boxes=[[8, 8, 32, 28]],
+                                                   box_engine="refiner")):
+        assert "unfamiliar_image" not in result.params  # own masks and box prompts
+    # the fuse engine: LiteMedSAM's mask kept, the refiner engine's not averaged in
+    fused = watched.run(image, boxes=[[8, 8, 32, 28]], box_engine="fuse")
+    assert fused.params["box_engine"] == "fuse" and "unfamiliar" in fused.params[
+        "box_engine_note"]
+    lite_mask = (probs > 0.5).astype(np.uint8)
+    assert np.array_equal(fused.mask, watched.run(image, coarse_mask=lite_mask).mask)

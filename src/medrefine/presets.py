@@ -69,6 +69,13 @@ class Preset:
     # probabilities averaged over the image and these views; () = off. On only where own val
     # gains and the external archive does not lose (the model card's "Test-time flips").
     tta: tuple[str, ...] = ()
+    # A mask from elsewhere (``refine --mask``, LiteMedSAM's in the box engines) on an image
+    # the coarse model finds unfamiliar, its doubt (``fusion.review_score`` of its own entropy
+    # over its own mask) above this, is kept as it is: the refiner, trained beside that coarse
+    # model on one archive, is not trusted to move it there, and runs for the uncertainty and
+    # the review score only. The most doubt the coarse model showed on the preset's val
+    # images (the model card's "Unfamiliar images"); 0 = off.
+    unfamiliar_doubt: float = 0.0
     task: str = "segmentation"  # one of TASKS
 
     def __post_init__(self):
@@ -76,11 +83,11 @@ class Preset:
             raise ConfigError(f"preset {self.name!r}: task {self.task!r}; choose from {TASKS}")
         segmentation_only = (self.postprocess != PostprocessConfig() or self.review_doubt_weight
                              or self.box_engine != "refiner" or self.hu_lung_margin_mm
-                             or self.tta)
+                             or self.tta or self.unfamiliar_doubt)
         if self.task != "segmentation" and segmentation_only:
             raise ConfigError(f"preset {self.name!r} ({self.task}): postprocess, "
-                              "review_doubt_weight, box_engine, hu_lung_margin_mm and tta are "
-                              "segmentation defaults; leave them out")
+                              "review_doubt_weight, box_engine, hu_lung_margin_mm, tta and "
+                              "unfamiliar_doubt are segmentation defaults; leave them out")
         if not set(self.tta) <= {"hflip", "vflip"}:
             raise ConfigError(f"preset {self.name!r}: tta {self.tta!r}; use hflip and/or vflip")
         if self.box_engine not in BOX_ENGINES:
@@ -153,6 +160,8 @@ PRESETS: dict[str, Preset] = {
         # coarse Dice (MODEL_CARD.md "Test-time flips"): Kvasir val 0.8836 -> 0.8884 (hflip
         # alone 0.8800), ETIS-Larib 0.571 -> 0.599; test 0.905 -> 0.908; 2.5x the network time
         tta=("hflip", "vflip"),
+        # the coarse model's doubt on the 99 Kvasir val images: median 0.38, max 3.377
+        unfamiliar_doubt=3.38,
     ),
     "skin": Preset(
         "skin", "dermoscopy skin lesions (trained on PH2)",
@@ -160,8 +169,15 @@ PRESETS: dict[str, Preset] = {
         # (external val) it dropped a second lesion the annotators count (0.637 -> 0.681 off)
         PostprocessConfig(fill_holes=True),
         sample="ph2_lesion.jpg",
-        # val (20 images): the refiner engine 0.951, LiteMedSAM + refiner 0.946, LiteMedSAM 0.939
-        box_engine="refiner",
+        # val (20 images): the refiner engine 0.951, fuse 0.949, LiteMedSAM + refiner 0.946,
+        # LiteMedSAM 0.939; ISIC 2017 (external val, 9): fuse 0.903 (LiteMedSAM's masks kept on
+        # the 7 unfamiliar images), the refiner engine 0.824 (the coarse model's mask in the box,
+        # which does not travel): fuse, the val difference being within its noise (2026-12-04)
+        box_engine="fuse",
+        # the coarse model's doubt on the 20 PH2 val images: median 1.08, max 2.113; on ISIC
+        # 2017 7 of 9 above it, among them the two where the fixer made LiteMedSAM's masks worse
+        # (0.909 -> 0.453, 0.935 -> 0.901)
+        unfamiliar_doubt=2.12,
     ),
     "lung": Preset(
         "lung", "lung fields on chest X-rays (trained on COVID CXR with V7 masks)",
@@ -172,6 +188,8 @@ PRESETS: dict[str, Preset] = {
         # boxes 0.476 -> 0.482), so the confirmation on test vetoed it (docs/refiner_studies.md)
         # val (first 40): the refiner engine 0.956, LiteMedSAM + refiner 0.952, LiteMedSAM 0.840
         box_engine="refiner",
+        # the coarse model's doubt on the 42 V7 val images: median 0.41, max 0.608
+        unfamiliar_doubt=0.61,
     ),
     "chest": Preset(
         "chest", "right lung, left lung and heart on chest X-rays, a label map 1/2/3 "
