@@ -467,10 +467,11 @@ class SegmentationPipeline:
                               f"{list(BOX_ENGINES)}")
         return engine
 
-    def _run_litemedsam(self, image, coarse_mask, boxes, keep: bool = False
-                        ) -> SegmentationResult:
+    def _run_litemedsam(self, image, coarse_mask, boxes, keep: bool = False,
+                        own_probs: np.ndarray | None = None) -> SegmentationResult:
         """LiteMedSAM's mask of ``boxes``, then ``_run`` on it as on a given mask (``keep``:
-        the mask stays LiteMedSAM's; the refiner runs for its uncertainty only)."""
+        the mask stays LiteMedSAM's; the refiner runs for its uncertainty only; ``own_probs``:
+        the coarse model's probabilities on the image, where the caller has them)."""
         from medrefine.litemedsam import empty_boxes, load_litemedsam
 
         loaded = as_loaded(image)
@@ -487,13 +488,13 @@ class SegmentationPipeline:
         if empty:  # a box LiteMedSAM sees nothing in would be lost: the refiner has it
             logger.warning("LiteMedSAM found no object in box %s; the refiner engine turns the "
                            "boxes into the mask", ",".join(f"{v:g}" for v in empty[0]))
-            result = self._run(loaded, None, boxes)
+            result = self._run(loaded, None, boxes, own_probs=own_probs)
             result.params["box_engine"] = "refiner"
             result.params["box_engine_note"] = (f"LiteMedSAM found no object in {len(empty)} "
                                                 f"of {len(boxes)} boxes")
         else:
             refine = replace(self.fixer().refine_params, keep_input=True) if keep else None
-            result = self._run(loaded, mask.astype(np.uint8), None, refine)
+            result = self._run(loaded, mask.astype(np.uint8), None, refine, own_probs)
             result.params["boxes"] = [list(map(float, b)) for b in boxes]
             result.params["boxes_from"] = "litemedsam"
             result.params["box_engine"] = "litemedsam-only" if keep else "litemedsam"
@@ -513,7 +514,15 @@ class SegmentationPipeline:
         coarse model finds unfamiliar (``Preset.unfamiliar_doubt``), LiteMedSAM's mask kept;
         where the two masks agree less than ``FUSE_MIN_AGREEMENT``, the litemedsam engine's."""
         loaded = as_loaded(image)
-        by_lite = self._run_litemedsam(loaded, coarse_mask, boxes)
+        own, t_own = None, 0.0  # the coarse model runs once for both engines
+        if coarse_mask is None and self._has_second_opinion(loaded):
+            t = time.perf_counter()
+            own = self.coarse.predict(loaded.array, loaded.meta.get("source_dtype", "float32"),
+                                      self.tta)
+            t_own = time.perf_counter() - t
+        by_lite = self._run_litemedsam(loaded, coarse_mask, boxes, own_probs=own)
+        by_lite.timings["coarse_shared"] = t_own
+        by_lite.timings["total"] += t_own
         if by_lite.params["box_engine"] == "refiner":
             return by_lite
         if "unfamiliar_image" in by_lite.params:
@@ -523,7 +532,7 @@ class SegmentationPipeline:
             by_lite.params["box_engine_note"] = ("unfamiliar image: LiteMedSAM's mask kept, "
                                                  "the refiner engine's not fused in")
             return by_lite
-        by_refiner = self._run(loaded, coarse_mask, boxes)
+        by_refiner = self._run(loaded, coarse_mask, boxes, own_probs=own)
         agreement = 1.0 - mask_disagreement(by_lite.mask > 0, by_refiner.mask > 0)
         if agreement < FUSE_MIN_AGREEMENT:
             # the two engines see different objects: an average would keep neither (a
@@ -546,9 +555,10 @@ class SegmentationPipeline:
         params = {**by_lite.params, "box_engine": "fuse", "fuse_agreement": agreement,
                   "fused_review_scores": {"litemedsam": scores[0], "refiner": scores[1]}}
         timings = {f"litemedsam_engine_{k}": v for k, v in by_lite.timings.items()
-                   if k != "total"}
+                   if k not in ("total", "coarse_shared")}
         timings |= {f"refiner_engine_{k}": v for k, v in by_refiner.timings.items()
                     if k != "total"}
+        timings["coarse_shared"] = t_own
         timings["total"] = by_lite.timings["total"] + by_refiner.timings["total"]
         return replace(by_lite, mask=mask, refined_probs=fused, uncertainty=uncertainty,
                        review_score=review, timings=timings, params=params)
@@ -571,10 +581,11 @@ class SegmentationPipeline:
             # are, when every box holds some of it; else the boxes themselves are the prompt
             t = time.perf_counter()
             within = boxes_to_mask(boxes, loaded.spatial_shape)
-            probs = self.coarse.predict(
-                loaded.array, loaded.meta.get("source_dtype", "float32"), self.tta
-            )
-            own_probs = probs
+            if own_probs is None:
+                own_probs = self.coarse.predict(
+                    loaded.array, loaded.meta.get("source_dtype", "float32"), self.tta
+                )
+            probs = own_probs
             timings["coarse"] = time.perf_counter() - t
             if box_coverage(probs[0] > 0.5, boxes, loaded.spatial_shape) >= MIN_BOX_COVERAGE:
                 coarse_mask, boxes, own = probs[0] * within, None, True
