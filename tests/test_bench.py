@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 import medrefine.bench as bench
+from medrefine.presets import PRESETS
 
 
 def test_bench_reports_every_stage_and_the_refine_paths(monkeypatch):
@@ -23,7 +24,8 @@ def test_bench_reports_every_stage_and_the_refine_paths(monkeypatch):
     assert set(out["end_to_end"]) == {"coarse_only", "refined_default", "refine_mask_auto",
                                       "refine_boxes_auto", "refine_mask_auto_refiner_only",
                                       *(engines if lite else ())}
-    assert out["box_engine_auto"] == "refiner"  # skin's, chosen on val
+    engine = PRESETS["skin"].box_engine
+    assert out["box_engine_auto"] == engine == "fuse"  # skin's, chosen on val and ISIC 2017
     assert {"coarse", "refine_default", "refine_one_step"} <= set(out["stages"])
     results = [c for c in calls if hasattr(c, "review_score") and c.review_score is not None]
     # refine --preset (mask and boxes) carries the coarse model's second opinion; the refiner
@@ -32,4 +34,4 @@ def test_bench_reports_every_stage_and_the_refine_paths(monkeypatch):
     assert out["peak_rss_mb"] > 0
     text = bench.format_table(out)
     assert "refine_mask_auto_refiner_only" in text and "peak resident memory" in text
-    assert "box engine auto = refiner" in text
+    assert f"box engine auto = {engine}" in text
