@@ -149,6 +149,9 @@ def refine_prompt(
             "kept: good as it is": ". The refiner found the mask good as it is and kept it.",
             "kept: as asked": ". LiteMedSAM's mask is kept as it is (box engine "
             "litemedsam-only); the refiner gives its uncertainty.",
+            "kept: unfamiliar image": ". The image is unlike the preset's training images "
+            "(the coarse model's doubt is above any it showed on val), so the mask is kept as "
+            "given; the refiner gives its uncertainty.",
         }.get(info.get("decision", ""), ".")
         + _second_opinion_text(result.params.get("review"))
         + "".join(f" {n}" for n in notes)
