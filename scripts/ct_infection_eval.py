@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medrefine.commands.evaluate import reference_labels
 from medrefine.pipeline import SegmentationPipeline
-from medrefine.training.data import find_pairs, split_pairs
+from medrefine.training.data import find_pairs, reference_labels, split_pairs
 
 
 def volume_of(manifest: dict) -> Callable[[str], str]:

@@ -42,14 +42,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medrefine.commands.evaluate import reference
 from medrefine.io import read_image, stem_of, write_mask
 from medrefine.litemedsam import empty_boxes, load_litemedsam
 from medrefine.metrics import segmentation_metrics, summarize
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.presets import PRESETS
 from medrefine.prompts import jitter_box, mask_boxes
-from medrefine.training.data import find_pairs, read_label_map, split_pairs
+from medrefine.training.data import find_pairs, read_label_map, reference, split_pairs
 
 ROWS = {
     "litemedsam": "LiteMedSAM alone",

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medrefine.commands.evaluate import reference
 from medrefine.metrics import dice
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import PostprocessConfig, postprocess
-from medrefine.training.data import find_pairs, split_pairs
+from medrefine.training.data import find_pairs, reference, split_pairs
 
 OBJECTIVES = {
     # Dice over every image, empty references included (what a user sees on average)

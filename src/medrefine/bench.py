@@ -102,9 +102,16 @@ def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
         one = replace(params, steps=1)
         stages["refine_one_step"] = timeit(
             lambda: refiner.refine_grid(image01, coarse_grid[0], one), reps)
+    gate = pipe.models.presence
+    if gate is not None:  # the preset's image-level gate (medrefine.presence)
+        stages["presence"] = timeit(lambda: gate.probability(image01, pipe.tta), reps)
     out["stages"] = stages
     pipe_coarse = SegmentationPipeline(preset=preset, device=device, use_diffusion=False)
     out["end_to_end"] = {"coarse_only": timeit(lambda: pipe_coarse.run(image_path), reps)}
+    if gate is not None:  # side by side: the same run without the gate
+        ungated = SegmentationPipeline.from_models(replace(pipe_coarse.models, presence=None))
+        out["end_to_end"]["coarse_only_without_presence"] = timeit(
+            lambda: ungated.run(image_path), reps)
     if refiner is not None:
         out["end_to_end"]["refined_default"] = timeit(lambda: pipe.run(image_path), reps)
         # ``medrefine refine --preset`` on another tool's mask and on boxes: the sample's

@@ -21,9 +21,15 @@ META_KEY = "medrefine"
 
 def save_weights(path: str | Path, model: torch.nn.Module, info: dict[str, Any]) -> Path:
     """Write ``model``'s state dict and ``info`` (JSON-serialisable) atomically."""
+    return save_tensors(path, unwrap(model).state_dict(), info)
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], info: dict[str, Any]
+                 ) -> Path:
+    """Write named tensors and ``info`` (JSON-serialisable) atomically, as ``save_weights``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {META_KEY: json.dumps({**info, "medrefine_version": __version__})}
     with atomic_output(path) as tmp:
         tmp.touch()  # the mode the umask gives every output...

@@ -226,6 +226,8 @@ class SegmentationPipeline:
             ``"none"``): its probabilities averaged over the image and the flipped views;
             default: the preset's ``tta`` for the preset's own coarse model, else the weights'
             info ``"tta"``, else off.
+        presence: use the preset's presence gate where it ships one (``medrefine.presence``:
+            the own mask of a 2D image judged to hold no object is left empty); False: off.
     """
 
     def __init__(
@@ -244,12 +246,13 @@ class SegmentationPipeline:
         onnx_dir: str | Path | None = None,
         quantized: bool = False,
         tta: str | Sequence[str] | None = None,
+        presence: bool = True,
     ):
         settings = RunSettings(refine, postprocess, slice_batch)
         models = resolve_models(
             cpunet_weights, diffusion_weights, preset=preset, device=device,
             use_diffusion=use_diffusion, load_coarse=load_coarse, backend=backend,
-            onnx_dir=onnx_dir, quantized=quantized, tta=tta,
+            onnx_dir=onnx_dir, quantized=quantized, tta=tta, presence=presence,
         )
         self._take(models, settings)
 
@@ -391,6 +394,11 @@ class SegmentationPipeline:
                 "path": str(self.refiner_path),
                 "sha256": file_sha256(self.refiner_path),
             }
+        gate = self._models.presence
+        if gate is not None:
+            path = self.preset.presence_weights
+            weights["presence"] = {"path": str(path), "sha256": file_sha256(path),
+                                   "threshold": gate.threshold}
         return {
             "medrefine_version": __version__,
             "preset": self.preset.name if self.preset else None,
@@ -630,6 +638,15 @@ class SegmentationPipeline:
         if self.preset is not None and self.preset.hu_lung_margin_mm > 0 and is_hu_ct(loaded):
             mask, gate = hu_lung_gate(mask, loaded, self.preset.hu_lung_margin_mm)
         timings["postprocess"] = time.perf_counter() - t
+        presence = None
+        if not given and self._models.presence is not None and not loaded.is_volume:
+            # the preset's own mask of an image it judges to hold no object is left empty
+            t = time.perf_counter()
+            image01, _ = self.coarse.prepare(loaded.array, dtype)
+            presence = self._models.presence.decide(image01, self.tta)
+            if presence["emptied"]:
+                mask = np.zeros_like(mask)
+            timings["presence"] = time.perf_counter() - t
         score, review = None, None
         if uncertainty is not None:
             t = time.perf_counter()
@@ -661,6 +678,8 @@ class SegmentationPipeline:
             run_params["hu_lung_gate"] = gate
         if unfamiliar is not None:
             run_params["unfamiliar_image"] = unfamiliar
+        if presence is not None:
+            run_params["presence"] = presence
         if review is not None:
             run_params["review"] = review
         if log:

@@ -130,6 +130,12 @@ class Preset:
         return [self.coarse_weights, *extra]
 
     @property
+    def presence_weights(self) -> Path:
+        """``presence.safetensors``: where the preset ships one, the image-level gate that
+        leaves the mask of an image without an object empty (``medrefine.presence``)."""
+        return self.folder / "presence.safetensors"
+
+    @property
     def refiner_weights(self) -> Path:
         """The refiner ``segment`` runs on the preset's own coarse masks."""
         return self.folder / "refiner.safetensors"

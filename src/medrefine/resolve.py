@@ -24,6 +24,7 @@ from medrefine.errors import ConfigError, InputError
 from medrefine.inference import CoarseSegmenter, as_one, check_tta, coarse_from_weights, parse_tta
 from medrefine.postprocess import PostprocessConfig
 from medrefine.preprocess import PreprocessConfig
+from medrefine.presence import PresenceGate
 from medrefine.presets import DEFAULT_PRESET, Preset, get_preset
 from medrefine.refine import Refiner
 
@@ -48,6 +49,9 @@ class PipelineModels:
         tta: the coarse model's test-time flips.
         backend: ``{"name": "torch" | "onnx", "quantized": bool, "onnx_dir": str | None}``.
         device: the device asked for (``auto``, ``cpu``, ``cuda``).
+        presence: the preset's image-level gate (``Preset.presence_weights``), which leaves the
+            own mask of an image without an object empty; loaded with the preset's own coarse
+            model only (it reads that model's encoder), else None.
     """
 
     coarse: CoarseSegmenter | None
@@ -60,6 +64,7 @@ class PipelineModels:
     backend: dict[str, Any] = field(
         default_factory=lambda: {"name": "torch", "quantized": False, "onnx_dir": None})
     device: str = "auto"
+    presence: PresenceGate | None = None
 
     def __post_init__(self):
         if self.coarse is None and self.refiner is None:
@@ -101,6 +106,7 @@ def resolve_models(
     onnx_dir: str | Path | None = None,
     quantized: bool = False,
     tta: str | Sequence[str] | None = None,
+    presence: bool = True,
 ) -> PipelineModels:
     """The models that the arguments name, checked and loaded.
 
@@ -117,6 +123,8 @@ def resolve_models(
             graphs from ``onnx_dir`` or the per-user cache; int8 graphs with ``quantized``).
         tta: test-time flips; default: the preset's for its own coarse model, else the
             weights' info ``"tta"``, else off.
+        presence: load the preset's presence gate where it ships one (with its own coarse
+            model); False: masks are never emptied by it.
 
     Returns:
         ``PipelineModels``. Raises ``InputError`` for a missing or foreign weights file and
@@ -167,11 +175,12 @@ def resolve_models(
                     _checked_info(fixer_path, "refiner", chosen))
     coarse = _load_coarse(coarse_paths, backend_info, device) if coarse_paths else None
     refiner = _load_refiner(refiner_path, backend_info, device) if refiner_path else None
+    own = chosen is not None and coarse_paths == chosen.coarse_members
+    presence = (PresenceGate.load(chosen.presence_weights, coarse_paths[0], device)
+                if presence and own and chosen.presence_weights.is_file() else None)
     return PipelineModels(
         coarse, refiner, tuple(coarse_paths), refiner_path, fixer_path, chosen,
-        _tta(tta, coarse, chosen.tta if chosen is not None and
-             coarse_paths == chosen.coarse_members else None),
-        backend_info, device,
+        _tta(tta, coarse, chosen.tta if own else None), backend_info, device, presence,
     )
 
 

@@ -422,3 +422,16 @@ def test_launch_defaults_are_loopback_with_an_upload_limit(monkeypatch):
     )
     assert captured["max_file_size"] == "200mb" and captured["ssr_mode"] is False
     assert demo.delete_cache == (1800, 3600)  # Gradio's upload/output cache is swept
+
+
+def test_the_status_says_when_the_presence_gate_left_the_mask_empty(data_dir):
+    image = data_dir / "busi" / "images" / "normal_004.jpg"  # a val frame without a lesion
+    if not image.is_file():
+        pytest.skip("the BUSI data set is not beside the repository")
+    args = [app.PRESETS["breast-us"].name, None, None, False, 2, 0.3, False, 2, 0, 0.4, False,
+            True, 0]
+    out = dict(zip(OUT, app.segment_image(None, str(image), None, None, "PNG", *args),
+                   strict=True))
+    assert "No object found: the preset's presence gate gives" in out["status"]
+    assert not read_mask(out["mask_dl"]["value"]).any()
+    out["session"].close()

@@ -136,6 +136,12 @@ def segment_image(
         if refined
         else "Coarse mask only (diffusion refinement off)."
     )
+    presence = result.params.get("presence")
+    if presence and presence["emptied"]:
+        status += (" No object found: the preset's presence gate gives "
+                   f"{presence['probability']:.2f} for one, below its threshold "
+                   f"{presence['threshold']:.2f}, so the mask is left empty (the coarse model's "
+                   "own mask is drawn in orange).")
     for note in notes:
         gr.Warning(note)
     return (

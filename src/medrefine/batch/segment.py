@@ -261,6 +261,8 @@ def segment_one(
     measures: dict[str, Any] = {"foreground_fraction": fraction}
     if loaded.meta.get("filled_slices"):
         measures["filled_slices"] = loaded.meta["filled_slices"]
+    if "presence" in result.params:  # the preset's gate: P(an object), and whether it emptied
+        measures["presence"] = result.params["presence"]
     extra = skipped_formats(result.image, formats)  # DICOM-SEG asked of a non-DICOM input
     return result_record(path, result, written, t0, t_write, measures, **extra)
 

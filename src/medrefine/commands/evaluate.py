@@ -65,7 +65,7 @@ from medrefine.io import atomic_output, read_image, read_mask, stem_of, write_ma
 from medrefine.metrics import per_class_metrics, segmentation_metrics, summarize
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import postprocess
-from medrefine.training.data import Pair, find_pairs, read_layers, split_pairs
+from medrefine.training.data import Pair, find_pairs, reference, reference_labels, split_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -283,19 +283,6 @@ def mask_index(pred_dir: Path) -> dict[str, Path]:
     for path in sorted(p for p in pred_dir.iterdir() if p.is_file()):
         index.setdefault(stem_of(path), path)
     return index
-
-
-def reference_labels(case: Pair, like) -> np.ndarray:
-    """The case's mask as it is stored (a label map), or stacked from its layers."""
-    if isinstance(case.mask, tuple):
-        return read_layers(case.mask, like=like)
-    return read_mask(case.mask, like=like)
-
-
-def reference(case: Pair, like, mask_labels: tuple[int, ...] = ()) -> np.ndarray:
-    """The case's reference foreground: any non-zero label, or the labels ``mask_labels``."""
-    labels = reference_labels(case, like)
-    return np.isin(np.rint(labels), mask_labels) if mask_labels else labels > 0
 
 
 def score_case(case: Pair, mask_path: Path | None, pred_dir: Path,

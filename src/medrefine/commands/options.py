@@ -67,6 +67,14 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = False
         "--no-refine", action="store_true", help="coarse model only, no diffusion refinement"
     )
     parser.add_argument(
+        "--no-presence-gate",
+        dest="presence",
+        action="store_false",
+        help="keep the coarse model's own mask on every image: without this, a preset that "
+        "ships a presence gate (breast-us) leaves the mask of a frame it judges to hold no "
+        "object empty (report.json: presence)",
+    )
+    parser.add_argument(
         "--tta",
         type=tta_arg,
         metavar="FLIPS",
@@ -257,6 +265,7 @@ def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
         backend="onnx" if backend.startswith("onnx") else "torch",
         quantized=backend == "onnx-int8",
         tta=getattr(args, "tta", None),
+        presence=getattr(args, "presence", True),
     )
     if overrides and pipe.refiner is None:
         logger.warning("--%s ignored: refinement is off (--no-refine)", next(iter(overrides)))

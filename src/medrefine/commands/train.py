@@ -3,6 +3,7 @@
 Keeps the design's flags (``--model cpunet|diffusion|both``, ``--data_dir``, ``--output_dir``,
 ``--epochs``, ``--batch_size``, ``--lr``, ``--device``) beside ``--stage coarse|refiner|both``.
 A ``--config`` YAML/JSON file holds everything else; explicit flags override it.
+``--stage presence`` fits a binary preset's image-level gate (``training.presence``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 STAGE_ALIASES = {"cpunet": "coarse", "coarse": "coarse", "diffusion": "refiner",
                  "refiner": "refiner", "both": "both", "inpaint": "inpaint",
-                 "lungpath": "lungpath"}
+                 "lungpath": "lungpath", "presence": "presence"}
 
 
 def add_parser(sub) -> None:
@@ -101,6 +102,23 @@ def _coarse_config(args, base: dict):
     return build_dataclass(CoarseTrainConfig, data, "coarse config")
 
 
+def _presence_config(args, base: dict):
+    from medrefine.training.presence import PresenceTrainConfig
+
+    data = dict(base.get("presence", {}))
+    for key, value in [("data_dir", args.data_dir), ("device", args.device), ("seed", args.seed),
+                       ("mask_dir", args.mask_dir)]:
+        if value is not None:
+            data[key] = value
+    if args.coarse_weights:
+        data["coarse_weights"] = [args.coarse_weights]
+    data["output_dir"] = str(args.output_dir or data.get("output_dir", "checkpoints"))
+    if "data_dir" not in data:
+        raise ConfigError("train --stage presence needs --data DIR (images/ and masks/, some "
+                          "masks empty)")
+    return build_dataclass(PresenceTrainConfig, data, "presence config")
+
+
 def run(args) -> int:
     base = load_config_file(args.config) if args.config else {}
     args.stage = STAGE_ALIASES[args.stage or base.get("stage", "both")]
@@ -115,6 +133,14 @@ def run(args) -> int:
         run_dir = train_lungpath(args, base)
         if os.environ.get("RANK", "0") == "0":
             print(f"lung-pathology model: {run_dir / 'stage2.safetensors'}")
+        return 0
+    if args.stage == "presence":  # the image-level gate of a binary preset (empty frames)
+        from medrefine.training.presence import fit_presence, summary_lines
+
+        path = fit_presence(_presence_config(args, base))
+        if os.environ.get("RANK", "0") == "0":
+            print("\n".join(summary_lines(path)))
+            print(f"presence gate: {path}")
         return 0
     if args.stage in ("coarse", "both"):
         from medrefine.training.coarse import train_coarse

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medrefine.errors import ConfigError, InputError
-from medrefine.io import read_image, stem_of
+from medrefine.io import read_image, read_mask, stem_of
 from medrefine.preprocess import PreprocessConfig, preprocess
 
 logger = logging.getLogger(__name__)
@@ -96,6 +96,20 @@ def read_layers(paths: tuple[Path, ...], like=None) -> np.ndarray:
                              f"{labels.shape}; the layers of a case must have one size")
         labels[layer] = k
     return labels
+
+
+def reference_labels(case: Pair, like) -> np.ndarray:
+    """The case's mask as it is stored (a label map), or stacked from its layers, on the grid
+    of ``like`` (the case's loaded image)."""
+    if isinstance(case.mask, tuple):
+        return read_layers(case.mask, like=like)
+    return read_mask(case.mask, like=like)
+
+
+def reference(case: Pair, like, mask_labels: tuple[int, ...] = ()) -> np.ndarray:
+    """The case's reference foreground: any non-zero label, or the labels ``mask_labels``."""
+    labels = reference_labels(case, like)
+    return np.isin(np.rint(labels), mask_labels) if mask_labels else labels > 0
 
 
 def split_pairs(data_dir: str | Path, pairs: dict[str, Pair], seed: int = 0
