@@ -315,3 +315,23 @@ def test_hu_lung_gate_keeps_labels_near_the_lungs_only():
     mr = LoadedImage(hu[None], (5.0, 2.0, 2.0), {"modality": "MR", "source_dtype": "int16"},
                      None)
     assert not is_hu_ct(mr)
+
+
+def test_a_given_mask_kept_by_the_refiner_is_the_input_to_the_pixel(tiny_weights):
+    from medrefine.refine import RefineParams
+
+    pipe = SegmentationPipeline.for_refinement(tiny_weights["refiner"], device="cpu")
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 53, 71)).astype(np.float32)  # not the 32 x 32 grid's aspect
+    given = np.zeros((53, 71), np.uint8)
+    given[10:40, 7] = 1  # a one-pixel line the grid's round trip would blur away
+    given[20:30, 30:60] = 1
+    kept = pipe.run(image, coarse_mask=given, refine=RefineParams(steps=1, keep_input=True))
+    np.testing.assert_array_equal(kept.mask, given)
+    np.testing.assert_array_equal(kept.coarse_mask, given)
+    meta = {"format": "array", "source_dtype": "float32", "modality": "OT"}
+    volume = LoadedImage((rng.random((3, 3, 53, 71)) * 255).astype(np.float32), (2.0, 1.0, 1.0),
+                         meta, None)
+    stack = np.stack([given, given[::-1], given[:, ::-1]])
+    kept = pipe.run(volume, coarse_mask=stack, refine=RefineParams(steps=1, keep_input=True))
+    np.testing.assert_array_equal(kept.mask, stack)

@@ -604,6 +604,10 @@ class SegmentationPipeline:
         if boxes is not None:
             self._check_box_prompt(loaded, coarse_mask,
                                    "boxes are turned into masks by the diffusion refiner")
+            if params.keep_input:
+                raise ConfigError("keep_input keeps a given mask as it is, and boxes are not "
+                                  "one; to judge LiteMedSAM's mask of the boxes unchanged use "
+                                  "box engine litemedsam-only")
             coarse_mask = boxes_to_mask(boxes, loaded.spatial_shape)
             params = replace(params, leave_alone=False)
         if coarse_mask is not None:
@@ -624,6 +628,8 @@ class SegmentationPipeline:
         log: list[dict] = []
         coarse, refined, uncertainty = slices_of(self, loaded.array, dtype, timings, coarse_mask,
                                                  params, log, own=own)
+        if coarse_mask is not None and not own:
+            coarse, refined = _given_kept(coarse_mask, coarse, refined, log, loaded.is_volume)
         if unfamiliar is not None:
             log[-1]["decision"] = "kept: unfamiliar image"
         t = time.perf_counter()
@@ -800,6 +806,23 @@ class SegmentationPipeline:
 # engine finds nothing in two boxes and the average erased LiteMedSAM's polyp
 FUSE_MIN_AGREEMENT = 0.9
 MIN_BOX_COVERAGE = 0.1  # share of each box the coarse mask must fill to stand for the box
+
+
+def _given_kept(given: np.ndarray, coarse: np.ndarray, refined: np.ndarray | None,
+                log: list[dict], volume: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A given mask (H, W) or (D, H, W) as it came, not its round trip through the model grid:
+    as the input shown (``coarse``) and where the refiner kept it (``left_alone``: its image, or
+    its slices of a volume), as the result, so a kept mask is the input to the pixel."""
+    coarse = given[None].astype(np.float32)
+    if refined is None:
+        return coarse, None
+    kept = [bool(entry.get("left_alone")) for entry in log]
+    if not volume:
+        return coarse, (coarse[0].copy() if kept and kept[-1] else refined)
+    for d, left_alone in enumerate(kept):
+        if left_alone:
+            refined[d] = given[d]
+    return coarse, refined
 
 
 def box_coverage(mask: np.ndarray, boxes, shape: tuple[int, int]) -> float:

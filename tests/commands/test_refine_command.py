@@ -296,3 +296,22 @@ def test_refine_boxes_report_the_refiner_engine_by_default(tiny_weights, tiny_da
     report = json.loads((out / "report.json").read_text())
     assert report["box_engine"] == "refiner" and report["files"][0]["box_engine"] == "refiner"
     assert "litemedsam" not in report["provenance"]
+
+
+def test_keep_input_judges_the_mask_without_changing_it(tiny_weights, tiny_data, tmp_path,
+                                                        capsys):
+    image, mask = tiny_data / "images" / "case0.png", tiny_data / "masks" / "case0.png"
+    base = ["--weights", str(tiny_weights["refiner"]), "--device", "cpu", "--steps", "1"]
+    out = tmp_path / "kept"
+    code = main(["refine", "--image", str(image), "--mask", str(mask), "-o", str(out),
+                 "--keep-input", "--format", "png,uncertainty", *base])
+    assert code == 0, capsys.readouterr().err
+    given = np.asarray(Image.open(mask)) > 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "case0.png")) > 0, given)
+    entry = json.loads((out / "report.json").read_text())["files"][0]
+    assert entry["changed_pixels"] == 0 and entry["refinement"]["decision"] == "kept: as asked"
+    assert entry["review_score"] is not None and (out / "case0_uncertainty.png").is_file()
+    # boxes are not a mask to keep: one line, exit code 2
+    code = main(["refine", "--image", str(image), "--box", "5,5,30,25", "-o",
+                 str(tmp_path / "boxes"), "--keep-input", *base])
+    assert code == 2 and "litemedsam-only" in capsys.readouterr().err

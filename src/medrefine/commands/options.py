@@ -136,6 +136,14 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
         help="keep the input mask where the refiner is unsure of its own correction (default: "
         "on; the threshold was calibrated on val)",
     )
+    g.add_argument(
+        "--keep-input",
+        action="store_true",
+        default=None,
+        help="judge only: keep every mask as it is; the refiner gives its uncertainty map and "
+        "review score (report.json decision 'kept: as asked'), e.g. for masks drawn to another "
+        "annotation convention than the preset's",
+    )
 
 
 def tta_arg(text: str) -> tuple[str, ...]:
@@ -235,7 +243,7 @@ def postprocess_config(args: argparse.Namespace, base: PostprocessConfig) -> Pos
 def refine_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         k: getattr(args, k)
-        for k in ("steps", "strength", "samples", "seed", "fusion", "leave_alone")
+        for k in ("steps", "strength", "samples", "seed", "fusion", "leave_alone", "keep_input")
         if getattr(args, k, None) is not None
     }
 
