@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset")
-    ap.add_argument("--weights", type=Path, help="a coarse model instead of the preset's")
+    ap.add_argument("--weights", type=Path, nargs="+",
+                    help="a coarse model instead of the preset's (several: their ensemble)")
+    ap.add_argument("--tta", help="test-time flips (hflip, vflip, hflip,vflip; default none)")
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--split", default="test", choices=("train", "val", "test"))
     ap.add_argument("--mask-dir", default="masks")
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     pipe = SegmentationPipeline(cpunet_weights=args.weights, preset=args.preset,
-                                use_diffusion=False)
+                                use_diffusion=False, tta=args.tta)
     manifest_path = args.data / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     volume = volume_of(manifest)
