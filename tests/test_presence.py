@@ -102,6 +102,7 @@ def test_the_pipeline_empties_its_own_mask_where_the_gate_finds_no_object(
     assert after.params["presence"]["emptied"] is emptied
     assert after.params["presence"]["threshold"] == 0.5
     assert after.mask.any() is not emptied
+    assert gated.provenance()["weights"]["presence"]["threshold"] == 0.5
     if not emptied:
         np.testing.assert_array_equal(after.mask, before.mask)
     np.testing.assert_array_equal(after.coarse_probs, before.coarse_probs)  # shown as it was

@@ -395,9 +395,8 @@ class SegmentationPipeline:
                 "sha256": file_sha256(self.refiner_path),
             }
         gate = self._models.presence
-        if gate is not None:
-            path = self.preset.presence_weights
-            weights["presence"] = {"path": str(path), "sha256": file_sha256(path),
+        if gate is not None and gate.path is not None:
+            weights["presence"] = {"path": str(gate.path), "sha256": file_sha256(gate.path),
                                    "threshold": gate.threshold}
         return {
             "medrefine_version": __version__,

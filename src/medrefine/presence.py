@@ -88,11 +88,13 @@ class PresenceGate:
     """A presence rule with the encoder it reads (from the coarse weights it was fitted to)."""
 
     def __init__(self, rule: PresenceRule, encoder: torch.nn.Module,
-                 levels: Sequence[int] = PRESENCE_LEVELS, info: dict | None = None):
+                 levels: Sequence[int] = PRESENCE_LEVELS, info: dict | None = None,
+                 path: Path | None = None):
         self.rule = rule
         self.encoder = encoder.eval()
         self.levels = tuple(levels)
         self.info = info or {}
+        self.path = path  # the file it was loaded from, for provenance
 
     @property
     def threshold(self) -> float:
@@ -123,7 +125,8 @@ class PresenceGate:
         except KeyError as err:
             raise InputError(f"{path}: presence gate without {err}; use an intact copy") from err
         coarse = CoarseSegmenter.from_weights(coarse_path, device, fold_bn=True)
-        return cls(rule, coarse.model.encoder, info.get("levels", PRESENCE_LEVELS), info)
+        return cls(rule, coarse.model.encoder, info.get("levels", PRESENCE_LEVELS), info,
+                   Path(path))
 
     def probability(self, image01: np.ndarray, tta: Sequence[str] = ()) -> float:
         """image01 (C, H, W) on the coarse model's grid -> P(the image holds an object)."""
