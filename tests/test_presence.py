@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -208,3 +210,18 @@ def test_segment_reports_the_gate_and_turns_it_off_on_request(data_dir, tmp_path
         gate = entry["presence"]
         assert gate["emptied"] is True and gate["probability"] < gate["threshold"]
         assert weights["presence"]["sha256"] == file_sha256(PRESETS["breast-us"].presence_weights)
+
+
+def test_train_stage_presence_runs_unchanged_under_torchrun(tmp_path, tiny_weights,
+                                                            torchrun_env):
+    data = _folder(tmp_path / "data")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "medrefine.cli", "train", "--stage", "presence", "--data", str(data), "-o",
+           str(out), "--coarse-weights", str(tiny_weights["coarse"]), "--device", "cpu"]
+    proc = subprocess.run(cmd, env=torchrun_env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("presence gate: C") == 1  # rank 0 fits and prints, once
+    assert PresenceGate.load(out / "presence.safetensors", tiny_weights["coarse"], "cpu")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
