@@ -50,7 +50,7 @@ class PresenceTrainConfig:
     preset: str = ""  # the coarse model, post-processing and flips of this preset
     coarse_weights: tuple[str, ...] = ()  # or these coarse files (with the preset's settings)
     mask_dir: str = "masks"
-    target_empty: float = 0.9  # object-free train images the gated masks must leave empty
+    target_empty: float = 0.9  # share of object-free train images the gate alone must empty
     cs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03)  # inverse L2 strengths tried
     thresholds: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 11))
     folds: int = 5
