@@ -36,6 +36,7 @@ from medrefine.inference import CoarseSegmenter, coarse_from_weights, parse_tta
 from medrefine.io import atomic_output, read_image
 from medrefine.metrics import dice
 from medrefine.postprocess import PostprocessConfig, postprocess
+from medrefine.preprocess import from_grid
 from medrefine.presence import PRESENCE_LEVELS, PresenceRule, pooled_features
 from medrefine.presets import get_preset
 from medrefine.training.data import find_pairs, reference, split_pairs
@@ -133,14 +134,15 @@ def _cases(coarse: _Coarse, pairs, desc: str) -> tuple[list[dict], np.ndarray]:
     rows, feats = [], []
     for case in tqdm(pairs, desc=desc, leave=False):
         image = read_image(case.image)
-        dtype = image.meta.get("source_dtype", "float32")
-        probs = coarse.model.predict(image.array, dtype, coarse.tta)  # (1, H, W)
+        image01, grid = coarse.model.prepare(image.array, image.meta.get("source_dtype",
+                                                                         "float32"))
+        probs = coarse.model.predict_grid(image01[None], coarse.tta)[0].cpu().numpy()
+        probs = from_grid(probs, grid)  # (1, H, W), as CoarseSegmenter.predict gives it
         pred = postprocess(probs[0], coarse.post, spacing=image.spacing) > 0
         truth = reference(case, image)
         rows.append({"stem": case.stem, "has_object": bool(truth.any()),
                      "empty": not pred.any(),
                      "dice": float(dice(pred, truth)) if truth.any() else float(not pred.any())})
-        image01, _ = coarse.model.prepare(image.array, dtype)
         feats.append(pooled_features(coarse.encoder, image01, coarse.tta))
     return rows, np.stack(feats)
 
