@@ -4,14 +4,19 @@ Keeps the design's flags (``--model cpunet|diffusion|both``, ``--data_dir``, ``-
 ``--epochs``, ``--batch_size``, ``--lr``, ``--device``) beside ``--stage coarse|refiner|both``.
 A ``--config`` YAML/JSON file holds everything else; explicit flags override it.
 ``--stage presence`` fits a binary preset's image-level gate (``training.presence``).
+``--dry-run`` builds the configs a run would use, checks that the data folders and weights
+files they name exist, prints them as JSON and trains nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from medrefine.config import build_dataclass, load_config_file
 from medrefine.errors import ConfigError
@@ -63,6 +68,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-pretrained", action="store_true",
                    help="do not load ImageNet encoder weights")
     p.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the configs this run would use, check that the data folders "
+                        "and weights files they name exist, print them as JSON; train nothing")
     p.set_defaults(func=run)
 
 
@@ -119,9 +127,69 @@ def _presence_config(args, base: dict):
     return build_dataclass(PresenceTrainConfig, data, "presence config")
 
 
+def stage_configs(args, base: dict) -> dict[str, Any]:
+    """The config of each stage ``args.stage`` trains, built as the run builds it (stage name
+    -> dataclass; ``both``: coarse and refiner, the refiner reading the coarse run's
+    ``best.safetensors``)."""
+    if args.stage == "inpaint":
+        from medrefine.inpaint.train import config_from_args
+
+        return {"inpaint": config_from_args(args, base)}
+    if args.stage == "lungpath":
+        from medrefine.lungpath.train import configs_from_args
+
+        train, model = configs_from_args(args, base)
+        return {"lungpath": train, "lungpath model": model}
+    if args.stage == "presence":
+        return {"presence": _presence_config(args, base)}
+    out: dict[str, Any] = {}
+    if args.stage in ("coarse", "both"):
+        out["coarse"] = _coarse_config(args, base)
+    if args.stage in ("refiner", "both"):
+        from medrefine.training.refiner import refiner_config_from_args
+
+        if args.stage == "both" and not args.coarse_weights:
+            args.coarse_weights = str(Path(out["coarse"].output_dir) / "best.safetensors")
+        out["refiner"] = refiner_config_from_args(args, base)
+    return out
+
+
+# config fields that name inputs: data folders and weights files (never the outputs)
+_INPUT_SUFFIXES = ("data_dir", "data_dirs", "device_dir", "_weights")
+
+
+def missing_inputs(configs: dict[str, Any]) -> list[str]:
+    """``stage.field: path`` for each data folder or weights file the configs (from
+    ``stage_configs``) name that does not exist, less the coarse model the same run writes."""
+    produced = [str(Path(configs["coarse"].output_dir) / "best.safetensors")] \
+        if "coarse" in configs else []
+    missing = []
+    for stage, cfg in configs.items():
+        for name, value in dataclasses.asdict(cfg).items():
+            if not name.endswith(_INPUT_SUFFIXES) or not value:
+                continue
+            for path in [value] if isinstance(value, str) else value:
+                if str(path) not in produced and not Path(path).exists():
+                    missing.append(f"{stage}.{name}: {path}")
+    return missing
+
+
+def _dry_run(args, base: dict) -> int:
+    configs = stage_configs(args, base)
+    print(json.dumps({s: dataclasses.asdict(c) for s, c in configs.items()}, indent=2))
+    missing = missing_inputs(configs)
+    if missing:
+        where = f"{args.config}: " if args.config else ""
+        raise ConfigError(f"{where}{len(missing)} input(s) not found: {'; '.join(missing)} "
+                          "(paths are relative to the folder train runs in)")
+    return 0
+
+
 def run(args) -> int:
     base = load_config_file(args.config) if args.config else {}
     args.stage = STAGE_ALIASES[args.stage or base.get("stage", "both")]
+    if getattr(args, "dry_run", False):
+        return _dry_run(args, base)
     if args.stage == "inpaint":  # the X-ray inpainting model (medrefine.inpaint)
         from medrefine.inpaint.train import train_from_args
 

@@ -242,6 +242,11 @@ def train_from_args(args, base: dict) -> Path:
     """``medrefine train --stage inpaint``: the config file's ``inpaint`` section (or the whole
     file), then the explicit flags that apply (-o, --epochs, --batch-size, --lr, --seed,
     --max-minutes, --data for a single data folder)."""
+    return train_inpaint(config_from_args(args, base))
+
+
+def config_from_args(args, base: dict) -> InpaintTrainConfig:
+    """The inpainting model's training config (``train_from_args``), built, not run."""
     from medrefine.config import build_dataclass
 
     data = dict(base.get("inpaint", {k: v for k, v in base.items() if k != "stage"}))
@@ -253,5 +258,4 @@ def train_from_args(args, base: dict) -> Path:
             data[key] = value
     if args.data_dir:
         data["data_dirs"] = [args.data_dir]
-    cfg = build_dataclass(InpaintTrainConfig, data, "inpaint config")
-    return train_inpaint(cfg)
+    return build_dataclass(InpaintTrainConfig, data, "inpaint config")

@@ -354,6 +354,12 @@ def train_from_args(args, base: dict) -> Path:
     """``medrefine train --stage lungpath``: the config file's ``train`` section plus ``net``,
     ``diffusion`` and ``radiomics``; flags -o, --steps... override (--epochs sets both stages'
     steps, --batch-size, --lr, --seed, --max-minutes, --data for one data folder)."""
+    cfg, mcfg = configs_from_args(args, base)
+    return train_lungpath(cfg, mcfg, {"train": asdict(cfg), **asdict(mcfg)})
+
+
+def configs_from_args(args, base: dict) -> tuple[TrainConfig, ModelConfig]:
+    """The training and model configs ``train_from_args`` runs, built, not run."""
     from medrefine.config import build_dataclass
 
     sections = {k: v for k, v in base.items() if k != "stage"}
@@ -374,4 +380,4 @@ def train_from_args(args, base: dict) -> Path:
     cfg = build_dataclass(TrainConfig, train, "lungpath train")
     model = {k: sections[k] for k in ("net", "diffusion", "radiomics") if k in sections}
     mcfg = build_dataclass(ModelConfig, model, "lungpath model")
-    return train_lungpath(cfg, mcfg, {"train": asdict(cfg), **asdict(mcfg)})
+    return cfg, mcfg

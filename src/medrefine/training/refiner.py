@@ -339,6 +339,14 @@ def tune_defaults(weights: Path, val: ValSet, cfg: RefinerTrainConfig, device: s
 
 def train_refiner_from_args(args, base: dict) -> Path:
     """``medrefine train --stage refiner`` (called by commands/train.py)."""
+    run_dir = train_refiner(refiner_config_from_args(args, base))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"refiner: {run_dir / 'best.safetensors'}")
+    return run_dir
+
+
+def refiner_config_from_args(args, base: dict) -> RefinerTrainConfig:
+    """The refiner's training config: the file's ``refiner`` section, then the flags."""
     from medrefine.config import build_dataclass
 
     data = dict(base.get("refiner", {}))
@@ -356,8 +364,4 @@ def train_refiner_from_args(args, base: dict) -> Path:
                           "masks it learns to correct), or --stage both")
     if not data.get("data_dir"):
         raise ConfigError("train needs --data DIR (a folder with images/ and masks/)")
-    cfg = build_dataclass(RefinerTrainConfig, data, "refiner config")
-    run_dir = train_refiner(cfg)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"refiner: {run_dir / 'best.safetensors'}")
-    return run_dir
+    return build_dataclass(RefinerTrainConfig, data, "refiner config")
