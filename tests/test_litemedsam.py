@@ -141,6 +141,28 @@ def test_the_onnx_image_encoder_gives_torchs_masks_and_falls_back_to_torch(
         litemedsam.load_litemedsam("cpu", backend="tensorrt")
 
 
+@needs_package
+def test_the_int8_image_encoder_is_made_once_and_keeps_the_mask(fresh_load, monkeypatch,
+                                                                 tmp_path):
+    """``quantized`` (what ``--backend onnx-int8`` asks for): the encoder graph quantised to
+    int8 beside the float one in the cache; its mask of the polyp sample stays the float
+    encoder's (Dice >= 0.98 between them); torch ignores it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    image, gt = polyp_sample()
+    boxes = mask_boxes(gt)
+    int8 = litemedsam.load_litemedsam("cpu", quantized=True)
+    assert int8.backend == "onnx-int8" and int8.provenance()["image_encoder"] == "onnx-int8"
+    graphs = sorted(p.name for p in (tmp_path / "cache").rglob("*.onnx"))
+    assert graphs == ["image_encoder.int8.onnx", "image_encoder.onnx"]  # no temporary left
+    float32 = litemedsam.load_litemedsam("cpu")
+    assert float32.backend == "onnx" and float32 is not int8
+    dtype = image.meta["source_dtype"]
+    a = float32.predict(image.array, boxes, dtype) > 0.5
+    b = int8.predict(image.array, boxes, dtype) > 0.5
+    assert dice(a, b) >= 0.98 and dice(b, gt) > 0.8
+    assert litemedsam.load_litemedsam("cpu", backend="torch", quantized=True).backend == "torch"
+
+
 def test_the_image_must_be_2d_with_one_to_four_channels():
     with pytest.raises(InputError, match="2D image"):
         litemedsam._as_rgb(np.zeros((1, 4, 8, 8), np.float32), "float32")
@@ -182,7 +204,12 @@ def _with_fake_lite(tiny_weights, monkeypatch):
     probs = np.zeros((h, w), np.float32)
     probs[10:25, 12:30] = 0.9
     fake = _FakeLite(probs)
-    monkeypatch.setattr(litemedsam, "load_litemedsam", lambda device="auto": fake)
+
+    def load(device="auto", backend="auto", quantized=False):
+        fake.quantized = quantized  # what the pipeline's backend asked for
+        return fake
+
+    monkeypatch.setattr(litemedsam, "load_litemedsam", load)
     pipe = SegmentationPipeline.for_refinement(tiny_weights["refiner"], device="cpu",
                                                refine=RefineParams(steps=1, seed=0))
     return image, probs, fake, pipe
@@ -196,7 +223,7 @@ def test_the_litemedsam_engine_refines_its_mask_as_a_given_mask(tiny_weights, mo
     assert pipe.box_engine("auto") == "refiner"  # no preset: today's engine
     box = [8, 8, 32, 28]
     by_lite = pipe.run(image, boxes=[box], box_engine="litemedsam")
-    assert fake.calls == 1
+    assert fake.calls == 1 and fake.quantized is False  # the torch backend: float LiteMedSAM
     assert by_lite.params["box_engine"] == "litemedsam"
     assert by_lite.params["boxes_from"] == "litemedsam" and by_lite.params["boxes"] == [box]
     assert by_lite.uncertainty is not None and by_lite.review_score is not None

@@ -131,6 +131,14 @@ def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
             lambda: fixer.run(image_path, coarse_mask=given), reps)
         out["box_engine_auto"] = full.box_engine("auto")
         out["end_to_end"].update(_box_engines(full, image_path, loaded, boxes, reps, device))
+        if "onnx-int8" in (backends or ()) and device == "cpu":
+            # side by side: the preset's default box engine with every model on int8 ONNX
+            # graphs, LiteMedSAM's image encoder among them (litemedsam.load_litemedsam)
+            int8 = SegmentationPipeline(preset=preset, device=device, refine=auto,
+                                        backend="onnx", quantized=True)
+            out["end_to_end"].update(_box_engines(int8, image_path, loaded, boxes, reps,
+                                                  device, engines=("auto",),
+                                                  suffix="_onnx-int8"))
     for batch in (1, 4, 8) if not quick else (1, 4):
         x = np.repeat(image01[None], batch, 0)
         t = timeit(lambda x=x: coarse.predict_grid(x), max(3, reps // 2))
@@ -154,21 +162,24 @@ def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
 
 
 def _box_engines(pipe: SegmentationPipeline, image_path: Path, loaded, boxes, reps: int,
-                 device: str) -> dict[str, Any]:
+                 device: str, engines: tuple[str, ...] = ("refiner", "litemedsam", "fuse"),
+                 suffix: str = "") -> dict[str, Any]:
     """``refine --box`` with each engine, side by side with LiteMedSAM alone (its mask of the
-    boxes from the loaded image, without the refiner): the figures of ``--box-engine``. Empty
-    where LiteMedSAM is not installed (the refiner engine is ``refine_boxes_auto`` then)."""
+    boxes from the loaded image, without the refiner, on ``pipe``'s backend): the figures of
+    ``--box-engine``, named with ``suffix``. Empty where LiteMedSAM is not installed (the
+    refiner engine is ``refine_boxes_auto`` then)."""
     from medrefine.litemedsam import load_litemedsam
 
     try:
-        lite = load_litemedsam(device)
+        lite = load_litemedsam(device, quantized=pipe.backend.get("quantized", False))
     except ConfigError as err:
         logger.warning("bench: no LiteMedSAM rows (%s)", err)
         return {}
     dtype = loaded.meta["source_dtype"]
-    rows = {"litemedsam_alone": timeit(lambda: lite.predict(loaded.array, boxes, dtype), reps)}
-    for engine in ("refiner", "litemedsam", "fuse"):
-        rows[f"refine_boxes_{engine}"] = timeit(
+    rows = {f"litemedsam_alone{suffix}": timeit(lambda: lite.predict(loaded.array, boxes, dtype),
+                                                reps)}
+    for engine in engines:
+        rows[f"refine_boxes_{engine}{suffix}"] = timeit(
             lambda engine=engine: pipe.run(image_path, boxes=boxes, box_engine=engine), reps)
     return rows
 

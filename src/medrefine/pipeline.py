@@ -486,7 +486,8 @@ class SegmentationPipeline:
                                "LiteMedSAM's mask to the diffusion refiner")
         boxes = check_boxes(boxes, loaded.spatial_shape)
         t = time.perf_counter()
-        lite = load_litemedsam(self._models.device)
+        lite = load_litemedsam(self._models.device,
+                               quantized=self._models.backend.get("quantized", False))
         t_load = time.perf_counter() - t
         t = time.perf_counter()
         mask = lite.predict(loaded.array, boxes, loaded.meta.get("source_dtype", "float32")) > 0.5

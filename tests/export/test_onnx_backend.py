@@ -310,3 +310,34 @@ def test_an_ensemble_runs_on_onnx_from_the_cache_but_not_from_one_folder(
     monkeypatch.setattr(Preset, "folder", property(lambda self: tmp_path))
     assert main(["export", "--onnx", str(tmp_path / "x"), "--preset", "chest"]) == 2
     assert "runs an ensemble of 2 coarse models" in capsys.readouterr().err
+
+
+def test_the_int8_backend_asks_for_litemedsams_int8_encoder(onnx_weights, onnx_dir,
+                                                            monkeypatch):
+    """``--backend onnx-int8`` quantises every model in the loop, LiteMedSAM's image encoder
+    among them (``litemedsam.load_litemedsam(quantized=True)``); the float backends do not."""
+    from medrefine import litemedsam
+
+    asked = []
+
+    class Lite:
+        def predict(self, image, boxes, source_dtype="float32"):
+            out = np.zeros(image.shape[-2:], np.float32)
+            x0, y0, x1, y1 = (int(v) for v in boxes[0])
+            out[y0:y1, x0:x1] = 0.9
+            return out
+
+        def provenance(self):
+            return {"model": "LiteMedSAM (test stand-in)"}
+
+    def load(device="auto", backend="auto", quantized=False):
+        asked.append(quantized)
+        return Lite()
+
+    monkeypatch.setattr(litemedsam, "load_litemedsam", load)
+    for quantized in (True, False):
+        pipe = SegmentationPipeline(onnx_weights["coarse"], onnx_weights["refiner"],
+                                    device="cpu", backend="onnx", onnx_dir=onnx_dir,
+                                    quantized=quantized)
+        pipe.run(_image(), boxes=[(10, 8, 30, 28)], box_engine="litemedsam")
+    assert asked == [True, False]

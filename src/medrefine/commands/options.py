@@ -88,7 +88,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = False
         default="torch",
         help="what runs the models: torch (default), onnx (ONNX Runtime on the CPU; the graphs "
         "are exported to ~/.cache/medrefine/onnx on first use) or onnx-int8 (its int8 graphs, "
-        "faster, slightly different masks)",
+        "faster, slightly different masks; LiteMedSAM's image encoder too, for the box engines)",
     )
     add_device_option(parser)
 

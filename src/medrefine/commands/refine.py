@@ -198,7 +198,7 @@ def _refine_pairs(args, batch, formats, jobs, problems, started) -> int:
         # loaded before the images: a missing package is one line, not one per image
         from medrefine.litemedsam import load_litemedsam
 
-        lite = load_litemedsam(args.device)
+        lite = load_litemedsam(args.device, quantized=pipe.backend.get("quantized", False))
     batch.add_problems(problems)
     prov = provenance(pipe, args)
     prov["coarse"] = "given masks (--mask)" if args.mask is not None else "boxes"
