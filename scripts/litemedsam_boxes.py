@@ -132,6 +132,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="box jitter seed")
     ap.add_argument("--out", type=Path, required=True, help="folder for LiteMedSAM's masks")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                    help="what runs the models (onnx-int8: LiteMedSAM's image encoder too)")
     ap.add_argument("--tta", default=None,
                     help="the coarse model's test-time flips (default: the preset's; none: off)")
     args = ap.parse_args()
@@ -141,9 +143,12 @@ def main() -> int:
         sys.exit(f"{args.data}: no {args.split} image with an object")
     args.out.mkdir(parents=True, exist_ok=True)
     # refine's default strength, over the defaults of whichever refiner runs
+    int8 = args.backend == "onnx-int8"
     pipe = SegmentationPipeline(preset=args.preset, device=args.device,
-                                refine={"strength": "auto"}, tta=args.tta)
-    lite = load_litemedsam(args.device)
+                                refine={"strength": "auto"}, tta=args.tta,
+                                backend="torch" if args.backend == "torch" else "onnx",
+                                quantized=int8)
+    lite = load_litemedsam(args.device, quantized=int8)
     run_case(pipe, lite, *cases[0])  # warm-up: the first call of each path is not timed
 
     rows: dict[str, list[dict]] = {k: [] for k in ROWS}
@@ -167,7 +172,7 @@ def main() -> int:
 
     print(f"box prompts, preset {args.preset}, {Path(args.data).name} {args.split}: first "
           f"{len(cases)} images with an object, one box per object, sides jittered up to 5% "
-          f"(seed {args.seed}); torch threads {torch.get_num_threads()}, device {args.device}")
+          f"(seed {args.seed}); torch threads {torch.get_num_threads()}, device {args.device}, backend {args.backend}")
     print(f"{'':42s} {'Dice':>6s} {'HD95 px':>8s} {'ms/image':>9s}")
     ms_note = "(LiteMedSAM's time included in its engines' rows)"
     table = {}
