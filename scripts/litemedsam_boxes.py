@@ -172,7 +172,8 @@ def main() -> int:
 
     print(f"box prompts, preset {args.preset}, {Path(args.data).name} {args.split}: first "
           f"{len(cases)} images with an object, one box per object, sides jittered up to 5% "
-          f"(seed {args.seed}); torch threads {torch.get_num_threads()}, device {args.device}, backend {args.backend}")
+          f"(seed {args.seed}); torch threads {torch.get_num_threads()}, device {args.device}, "
+          f"backend {args.backend}")
     print(f"{'':42s} {'Dice':>6s} {'HD95 px':>8s} {'ms/image':>9s}")
     ms_note = "(LiteMedSAM's time included in its engines' rows)"
     table = {}
