@@ -190,9 +190,10 @@ def load_litemedsam(device: str | torch.device = "auto", backend: str = "auto",
 
     ``quantized``: on ONNX Runtime, the encoder's matrix products in int8 (dynamic
     quantisation, weights per channel at 7 bits, so AVX2 CPUs without VNNI do not saturate):
-    1.24x faster on this project's AMD CPU (587 vs 725 ms, 2 threads), with LiteMedSAM's box
-    Dice 0.9386 -> 0.9384 on PH2 val and 0.9408 -> 0.9398 on Kvasir val (docs/performance.md).
-    What ``--backend onnx-int8`` runs; elsewhere ignored (torch, CUDA)."""
+    the encoder alone 1.24x faster on this project's AMD CPU (587 vs 725 ms, 2 threads), with
+    LiteMedSAM's box Dice 0.9386 -> 0.9384 on PH2 val and 0.9408 -> 0.9398 on Kvasir val; end
+    to end in ``medrefine bench`` no faster there (docs/performance.md). What ``--backend
+    onnx-int8`` runs; elsewhere ignored (torch, CUDA)."""
     from medrefine.inference import resolve_device
 
     if backend not in ("auto", "onnx", "torch"):
