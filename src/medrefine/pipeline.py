@@ -228,6 +228,10 @@ class SegmentationPipeline:
             info ``"tta"``, else off.
         presence: use the preset's presence gate where it ships one (``medrefine.presence``:
             the own mask of a 2D image judged to hold no object is left empty); False: off.
+        empty_rescue: where the coarse model's own mask of a 2D image is empty, look again
+            over overlapping tiles (``medrefine.tiling``) for an object too small for the
+            whole frame: ``auto`` (default: the preset's ``empty_rescue`` for its own coarse
+            model), ``on`` or ``off``; report.json's ``empty_rescue`` says what it found.
     """
 
     def __init__(
@@ -247,12 +251,14 @@ class SegmentationPipeline:
         quantized: bool = False,
         tta: str | Sequence[str] | None = None,
         presence: bool = True,
+        empty_rescue: str | bool | None = None,
     ):
         settings = RunSettings(refine, postprocess, slice_batch)
         models = resolve_models(
             cpunet_weights, diffusion_weights, preset=preset, device=device,
             use_diffusion=use_diffusion, load_coarse=load_coarse, backend=backend,
             onnx_dir=onnx_dir, quantized=quantized, tta=tta, presence=presence,
+            empty_rescue=empty_rescue,
         )
         self._take(models, settings)
 
@@ -357,6 +363,11 @@ class SegmentationPipeline:
         return self._models.tta
 
     @property
+    def empty_rescue(self) -> tuple[int, float]:
+        """``(n, fraction)`` of the tiles looked at where the own mask is empty; () = off."""
+        return self._models.empty_rescue
+
+    @property
     def backend(self) -> dict[str, Any]:
         return dict(self._models.backend)
 
@@ -406,6 +417,7 @@ class SegmentationPipeline:
             "refine": asdict(self.refine_params) if self.refine_params else None,
             "postprocess": asdict(self.post),
             "tta": list(self.tta),
+            "empty_rescue": list(self.empty_rescue) or None,
             "device": str((self.coarse or self.refiner).device),
             "backend": self.backend,
         }
@@ -624,10 +636,15 @@ class SegmentationPipeline:
                 unfamiliar = {"coarse_doubt": opinion[2],
                               "unfamiliar_doubt": self.preset.unfamiliar_doubt}
                 params = replace(params, keep_input=True)
-        slices_of = volume_probs if loaded.is_volume else slice_probs
         log: list[dict] = []
-        coarse, refined, uncertainty = slices_of(self, loaded.array, dtype, timings, coarse_mask,
-                                                 params, log, own=own)
+        notes: dict[str, Any] = {}
+        if loaded.is_volume:
+            coarse, refined, uncertainty = volume_probs(self, loaded.array, dtype, timings,
+                                                        coarse_mask, params, log, own=own)
+        else:
+            coarse, refined, uncertainty = slice_probs(self, loaded.array, dtype, timings,
+                                                       coarse_mask, params, log, own=own,
+                                                       notes=notes)
         if coarse_mask is not None and not own:
             coarse, refined = _given_kept(coarse_mask, coarse, refined, log, loaded.is_volume)
         if unfamiliar is not None:
@@ -686,6 +703,8 @@ class SegmentationPipeline:
             run_params["unfamiliar_image"] = unfamiliar
         if presence is not None:
             run_params["presence"] = presence
+        if "empty_rescue" in notes:
+            run_params["empty_rescue"] = notes["empty_rescue"]
         if review is not None:
             run_params["review"] = review
         if log:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from medrefine.errors import ConfigError
 from medrefine.postprocess import PostprocessConfig
+from medrefine.tiling import check_tiles
 
 # What turns box prompts into a mask (``refine --box-engine``): ``refiner``: the preset's coarse
 # model inside the boxes where it holds the object, else the refiner from the boxes themselves;
@@ -31,6 +32,10 @@ MAIN_WEIGHTS = {
     "inpainting": "inpaint.safetensors",
     "lung-pathology": "lungpath.safetensors",
 }
+
+# The tiles of ``--empty-rescue on`` for a preset (or weights) without its own
+# (``Preset.empty_rescue``): 3 x 3 tiles of 0.45 of the frame, chosen for polyps on ETIS-Larib.
+DEFAULT_EMPTY_RESCUE = (3, 0.45)
 
 # The segmentation preset a command or the API runs when neither a preset nor weights are named.
 DEFAULT_PRESET = "polyp"
@@ -76,6 +81,12 @@ class Preset:
     # the review score only. The most doubt the coarse model showed on the preset's val
     # images (the model card's "Unfamiliar images"); 0 = off.
     unfamiliar_doubt: float = 0.0
+    # Where the coarse model's own mask of a 2D image comes out empty, look again over
+    # ``(n, fraction)``: n x n overlapping tiles, each that fraction of the frame's side
+    # (``medrefine.tiling``), for objects too small for the grid at the whole frame; () = off
+    # (``--empty-rescue on`` then uses ``DEFAULT_EMPTY_RESCUE``). The model card's "Tiles for
+    # an empty frame" says where it is on and why.
+    empty_rescue: tuple[int, float] = ()
     task: str = "segmentation"  # one of TASKS
 
     def __post_init__(self):
@@ -83,11 +94,14 @@ class Preset:
             raise ConfigError(f"preset {self.name!r}: task {self.task!r}; choose from {TASKS}")
         segmentation_only = (self.postprocess != PostprocessConfig() or self.review_doubt_weight
                              or self.box_engine != "refiner" or self.hu_lung_margin_mm
-                             or self.tta or self.unfamiliar_doubt)
+                             or self.tta or self.unfamiliar_doubt or self.empty_rescue)
         if self.task != "segmentation" and segmentation_only:
             raise ConfigError(f"preset {self.name!r} ({self.task}): postprocess, "
-                              "review_doubt_weight, box_engine, hu_lung_margin_mm, tta and "
-                              "unfamiliar_doubt are segmentation defaults; leave them out")
+                              "review_doubt_weight, box_engine, hu_lung_margin_mm, tta, "
+                              "unfamiliar_doubt and empty_rescue are segmentation defaults; "
+                              "leave them out")
+        if self.empty_rescue:
+            check_tiles(*self.empty_rescue)
         if not set(self.tta) <= {"hflip", "vflip"}:
             raise ConfigError(f"preset {self.name!r}: tta {self.tta!r}; use hflip and/or vflip")
         if self.box_engine not in BOX_ENGINES:

@@ -25,7 +25,7 @@ from medrefine.inference import CoarseSegmenter, as_one, check_tta, coarse_from_
 from medrefine.postprocess import PostprocessConfig
 from medrefine.preprocess import PreprocessConfig
 from medrefine.presence import PresenceGate
-from medrefine.presets import DEFAULT_PRESET, Preset, get_preset
+from medrefine.presets import DEFAULT_EMPTY_RESCUE, DEFAULT_PRESET, Preset, get_preset
 from medrefine.refine import Refiner
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class PipelineModels:
         presence: the preset's image-level gate (``Preset.presence_weights``), which leaves the
             own mask of an image without an object empty; loaded with the preset's own coarse
             model only (it reads that model's encoder), else None.
+        empty_rescue: ``(n, fraction)``: the tiles the coarse model looks at again where its
+            own mask of a 2D image is empty (``Preset.empty_rescue``); () = off.
     """
 
     coarse: CoarseSegmenter | None
@@ -65,6 +67,7 @@ class PipelineModels:
         default_factory=lambda: {"name": "torch", "quantized": False, "onnx_dir": None})
     device: str = "auto"
     presence: PresenceGate | None = None
+    empty_rescue: tuple[int, float] = ()
 
     def __post_init__(self):
         if self.coarse is None and self.refiner is None:
@@ -107,6 +110,7 @@ def resolve_models(
     quantized: bool = False,
     tta: str | Sequence[str] | None = None,
     presence: bool = True,
+    empty_rescue: str | bool | None = None,
 ) -> PipelineModels:
     """The models that the arguments name, checked and loaded.
 
@@ -125,6 +129,9 @@ def resolve_models(
             weights' info ``"tta"``, else off.
         presence: load the preset's presence gate where it ships one (with its own coarse
             model); False: masks are never emptied by it.
+        empty_rescue: ``auto`` (or None): the preset's ``empty_rescue`` for its own coarse
+            model, else off; ``on`` (or True): the preset's tiles, else
+            ``DEFAULT_EMPTY_RESCUE``; ``off`` (or False).
 
     Returns:
         ``PipelineModels``. Raises ``InputError`` for a missing or foreign weights file and
@@ -181,7 +188,26 @@ def resolve_models(
     return PipelineModels(
         coarse, refiner, tuple(coarse_paths), refiner_path, fixer_path, chosen,
         _tta(tta, coarse, chosen.tta if own else None), backend_info, device, presence,
+        _empty_rescue(empty_rescue, coarse, chosen, own),
     )
+
+
+def _empty_rescue(choice: str | bool | None, coarse: CoarseSegmenter | None,
+                  preset: Preset | None, own: bool) -> tuple[int, float]:
+    """The tiles of ``resolve_models``'s ``empty_rescue`` (() = off)."""
+    choice = {None: "auto", True: "on", False: "off"}.get(choice, choice)
+    if choice not in ("auto", "on", "off"):
+        raise ConfigError(f"empty_rescue {choice!r}; choose auto, on or off")
+    tiles = tuple(preset.empty_rescue) if preset is not None else ()
+    if choice == "off" or coarse is None or (choice == "auto" and not own):
+        return ()
+    binary = coarse.model_cfg.num_classes == 1
+    if choice == "on":
+        if not binary:
+            raise ConfigError("empty_rescue: looking again over tiles needs a binary coarse "
+                              "model (an empty label map of a multi-class model is not a miss)")
+        return tiles or DEFAULT_EMPTY_RESCUE
+    return tiles if binary else ()
 
 
 def _coarse_paths(weights, preset: Preset | None) -> list[Path]:

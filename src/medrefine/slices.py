@@ -9,6 +9,9 @@ functions read only the pipeline's public settings (``PipelineView``), never cha
 
 Refined and uncertainty are None for a pipeline without a refiner. ``log`` collects each
 refined slice's summary (``RefineOutput.summary``), which ``refinement_summary`` condenses.
+Where the pipeline's ``empty_rescue`` is on and the coarse model's own mask of a 2D image is
+empty, the model looks again over tiles (``medrefine.tiling``); ``notes["empty_rescue"]``
+says what it found, and a mask found there is the coarse mask the refiner starts from.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from medrefine.errors import ConfigError
-from medrefine.preprocess import PreprocessConfig, from_grid, preprocess, to_grid
+from medrefine.postprocess import PostprocessConfig, postprocess
+from medrefine.preprocess import GridInfo, PreprocessConfig, from_grid, preprocess, to_grid
+from medrefine.tiling import tiled_probs
 
 if TYPE_CHECKING:
     from medrefine.inference import CoarseSegmenter
@@ -49,6 +54,12 @@ class PipelineView(Protocol):
     @property
     def slice_batch(self) -> int: ...
 
+    @property
+    def post(self) -> PostprocessConfig: ...
+
+    @property
+    def empty_rescue(self) -> tuple[int, float]: ...
+
 
 def slice_probs(
     pipe: PipelineView,
@@ -59,8 +70,10 @@ def slice_probs(
     params: RefineParams | None = None,
     log: list | None = None,
     own: bool = True,
+    notes: dict | None = None,
 ) -> Probs:
-    """One 2D (C, H, W) image -> coarse, refined, uncertainty on the original grid."""
+    """One 2D (C, H, W) image -> coarse, refined, uncertainty on the original grid
+    (``notes``: filled with ``empty_rescue`` where the tiles were looked at)."""
     t = time.perf_counter()
     image01, grid = preprocess(image, pipe.pre_cfg, source_dtype)
     add_time(timings, "preprocess", t)
@@ -73,11 +86,35 @@ def slice_probs(
         coarse_grid = coarse_grid[0]
     add_time(timings, "coarse", t)
     coarse = from_grid(coarse_grid, grid)
+    if coarse_mask is None and pipe.empty_rescue and coarse.shape[0] == 1 and \
+            not postprocess(coarse[0], pipe.post).any():
+        t = time.perf_counter()
+        coarse, coarse_grid, found = _rescue(pipe, image, source_dtype, coarse, coarse_grid,
+                                             grid)
+        add_time(timings, "empty_rescue", t)
+        if notes is not None:
+            n, fraction = pipe.empty_rescue
+            notes["empty_rescue"] = {"tiles": n, "tile_fraction": fraction, "found": found}
     if pipe.refiner is None:
         return coarse, None, None
     refined, uncertainty = refine_slice(pipe, image01, coarse_grid[0], grid, timings,
                                         params, log, own=own)
     return coarse, refined, uncertainty
+
+
+def _rescue(pipe: PipelineView, image: np.ndarray, source_dtype: str, coarse: np.ndarray,
+            coarse_grid: np.ndarray, grid: GridInfo
+            ) -> tuple[np.ndarray, np.ndarray, bool | None]:
+    """The tiles' probabilities in place of the whole frame's where they hold a mask after
+    post-processing (found True), else the frame's as they were (False; None: the image is
+    too small to tile)."""
+    tiled = tiled_probs(coarse_model(pipe), image, source_dtype, pipe.tta, *pipe.empty_rescue)
+    if tiled is None:
+        return coarse, coarse_grid, None
+    if not postprocess(tiled[0], pipe.post).any():
+        return coarse, coarse_grid, False
+    tiled_grid, _ = to_grid(tiled, grid.grid_size, grid.mode)
+    return tiled, tiled_grid, True
 
 
 def volume_probs(

@@ -263,6 +263,8 @@ def segment_one(
         measures["filled_slices"] = loaded.meta["filled_slices"]
     if "presence" in result.params:  # the preset's gate: P(an object), and whether it emptied
         measures["presence"] = result.params["presence"]
+    if "empty_rescue" in result.params:  # the whole frame's mask was empty: the tiles' look
+        measures["empty_rescue"] = result.params["empty_rescue"]
     extra = skipped_formats(result.image, formats)  # DICOM-SEG asked of a non-DICOM input
     return result_record(path, result, written, t0, t_write, measures, **extra)
 

@@ -75,6 +75,14 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = False
         "object empty (report.json: presence)",
     )
     parser.add_argument(
+        "--empty-rescue",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="where the coarse model's own mask of a 2D image is empty, look again over "
+        "overlapping tiles for an object too small for the whole frame (report.json: "
+        "empty_rescue): auto (default: the preset's choice, see its model card), on or off",
+    )
+    parser.add_argument(
         "--tta",
         type=tta_arg,
         metavar="FLIPS",
@@ -274,6 +282,7 @@ def build_pipeline(args: argparse.Namespace) -> SegmentationPipeline:
         quantized=backend == "onnx-int8",
         tta=getattr(args, "tta", None),
         presence=getattr(args, "presence", True),
+        empty_rescue=getattr(args, "empty_rescue", "auto"),
     )
     if overrides and pipe.refiner is None:
         logger.warning("--%s ignored: refinement is off (--no-refine)", next(iter(overrides)))

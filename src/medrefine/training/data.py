@@ -218,6 +218,12 @@ class AugmentConfig:
         jpeg_quality: (lo, hi) JPEG re-encoding quality range; (0, 0) = off.
         border: what fills the grid outside the moved image: ``reflect`` (mirrored copies)
             or ``constant`` (black, as a camera's or dermatoscope's field-of-view edge).
+        zoom_prob: the share of samples that are a zoomed-in view instead: scaled by
+            ``zoom_scale`` (log-uniform) about a point anywhere in the frame, so the view may
+            hold only part of an object or none (its mask then empty): what a tile of a frame
+            looks like (``medrefine.tiling``), and frames with nothing to segment. The image
+            cache is then kept at twice the grid, so a zoomed view keeps its detail.
+        zoom_scale: (lo, hi) magnification of a zoomed-in view (>= 1).
     """
 
     hflip: bool = True
@@ -236,6 +242,8 @@ class AugmentConfig:
     downscale: float = 0.0
     jpeg_quality: tuple[int, int] = (0, 0)
     border: str = "reflect"
+    zoom_prob: float = 0.0
+    zoom_scale: tuple[float, float] = (1.8, 2.8)
 
     def __post_init__(self):
         if self.border not in ("reflect", "constant"):
@@ -250,6 +258,14 @@ class AugmentConfig:
                               f"<= 100, got {self.jpeg_quality}")
         if min(self.aspect, self.hue_deg, self.saturation, self.blur_sigma) < 0:
             raise ConfigError("augment.aspect, hue_deg, saturation and blur_sigma must be >= 0")
+        if not 0 <= self.zoom_prob <= 1:
+            raise ConfigError(f"augment.zoom_prob must be in [0, 1], got {self.zoom_prob}")
+        if not 1 <= self.zoom_scale[0] <= self.zoom_scale[1]:
+            raise ConfigError(f"augment.zoom_scale must be 1 <= lo <= hi, got {self.zoom_scale}")
+
+
+# The image cache's size over the grid when some samples are zoomed-in views.
+ZOOM_CACHE_SCALE = 2.0
 
 
 class SegmentationDataset(Dataset):
@@ -263,6 +279,8 @@ class SegmentationDataset(Dataset):
                  mask_labels: tuple[int, ...] = ()):
         self.pairs, self.pre, self.num_classes, self.augment = pairs, pre, num_classes, augment
         size = pre.size
+        if augment is not None and augment.zoom_prob > 0:  # zoomed views keep their detail
+            cache_scale = max(cache_scale, ZOOM_CACHE_SCALE)
         self.cache_size = ((round(size[0] * cache_scale), round(size[1] * cache_scale))
                            if augment else size)
         self.items = [load_pair(p, pre, num_classes, self.cache_size, mask_labels)
@@ -288,7 +306,9 @@ def augment_pair(image01: np.ndarray, labels: np.ndarray, size: tuple[int, int],
     _, h, w = image01.shape
     oh, ow = size
     angle = rng.uniform(-aug.rotate_deg, aug.rotate_deg)
-    scale = np.exp(rng.uniform(np.log(aug.scale[0]), np.log(aug.scale[1]))) * (oh / h)
+    zoom = aug.zoom_prob > 0 and rng.random() < aug.zoom_prob
+    lo, hi = aug.zoom_scale if zoom else aug.scale
+    scale = np.exp(rng.uniform(np.log(lo), np.log(hi))) * (oh / h)
     matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
     if aug.aspect:  # stretch one axis, squeeze the other, about the same centre
         stretch = np.exp(rng.uniform(-aug.aspect, aug.aspect) / 2)
@@ -297,7 +317,12 @@ def augment_pair(image01: np.ndarray, labels: np.ndarray, size: tuple[int, int],
         centre = np.array([w / 2, h / 2])
         matrix[:, 2] = centre - matrix[:, :2] @ centre
     matrix[:, 2] += (ow / 2 - w / 2, oh / 2 - h / 2)
-    matrix[:, 2] += rng.uniform(-aug.translate, aug.translate, 2) * (ow, oh)
+    if zoom:  # the view's centre anywhere in the frame, the view inside it
+        reach = 0.5 - 0.5 * (oh / h) / (scale + 1e-12)
+        shift = rng.uniform(-reach, reach, 2) * (w, h)
+        matrix[:, 2] -= matrix[:, :2] @ shift
+    else:
+        matrix[:, 2] += rng.uniform(-aug.translate, aug.translate, 2) * (ow, oh)
     hwc = np.ascontiguousarray(np.moveaxis(image01, 0, -1))
     border = cv2.BORDER_REFLECT_101 if aug.border == "reflect" else cv2.BORDER_CONSTANT
     img = cv2.warpAffine(hwc, matrix, (ow, oh), flags=cv2.INTER_LINEAR, borderMode=border)
