@@ -142,7 +142,6 @@ def segment_image(
                    f"{presence['probability']:.2f} for one, below its threshold "
                    f"{presence['threshold']:.2f}, so the mask is left empty (the coarse model's "
                    "own mask is drawn in orange).")
-    status += empty_rescue_note(result.params.get("empty_rescue"))
     for note in notes:
         gr.Warning(note)
     return (
@@ -279,20 +278,3 @@ class BatchMasks:
             "timings": result.timings,
             "seconds": time.perf_counter() - t0,
         }
-
-
-def empty_rescue_note(rescue: dict | None) -> str:
-    """The status line's words for report.json's ``empty_rescue`` ("" where it did not run)."""
-    if not rescue:
-        return ""
-    n, fraction = rescue["tiles"], rescue["tile_fraction"]
-    tiles = f"{n} x {n} tiles of {fraction:g} of the frame"
-    if rescue["found"]:
-        return (" The whole frame gave an empty mask; this one comes from a second look over "
-                f"{tiles}, for an object too small for the whole frame: check it.")
-    if rescue["found"] is None:
-        return (" The whole frame gave an empty mask; the image is too small to look again "
-                "over tiles.")
-    return (f" The whole frame gave an empty mask, and a second look over {tiles} found "
-            "nothing either.")
-
