@@ -26,7 +26,8 @@ def test_bench_reports_every_stage_and_the_refine_paths(monkeypatch):
                                       *(engines if lite else ())}
     engine = PRESETS["skin"].box_engine
     assert out["box_engine_auto"] == engine == "fuse"  # skin's, chosen on val and ISIC 2017
-    assert {"coarse", "refine_default", "refine_one_step"} <= set(out["stages"])
+    assert {"coarse", "refine_default", "refine_one_step",
+            "empty_rescue_tiles"} <= set(out["stages"])
     results = [c for c in calls if hasattr(c, "review_score") and c.review_score is not None]
     # refine --preset (mask and boxes) carries the coarse model's second opinion; the refiner
     # alone and segment do not

@@ -25,9 +25,10 @@ from medrefine.errors import ConfigError
 from medrefine.io import read_image, read_mask, write_mask
 from medrefine.pipeline import SegmentationPipeline
 from medrefine.postprocess import postprocess
-from medrefine.presets import sample_path
+from medrefine.presets import DEFAULT_EMPTY_RESCUE, get_preset, sample_path
 from medrefine.prompts import mask_boxes
 from medrefine.refine import RefineParams
+from medrefine.tiling import tiled_probs
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,10 @@ def run_bench(preset: str = "polyp", quick: bool = False, device: str = "cpu",
     gate = pipe.models.presence
     if gate is not None:  # the preset's image-level gate (medrefine.presence)
         stages["presence"] = timeit(lambda: gate.probability(image01, pipe.tta), reps)
+    if coarse.model_cfg.num_classes == 1:  # --empty-rescue's second look, on empty frames only
+        tiles = pipe.empty_rescue or get_preset(preset).empty_rescue or DEFAULT_EMPTY_RESCUE
+        stages["empty_rescue_tiles"] = timeit(
+            lambda: tiled_probs(coarse, loaded.array, dtype, pipe.tta, *tiles), reps)
     out["stages"] = stages
     pipe_coarse = SegmentationPipeline(preset=preset, device=device, use_diffusion=False)
     out["end_to_end"] = {"coarse_only": timeit(lambda: pipe_coarse.run(image_path), reps)}
