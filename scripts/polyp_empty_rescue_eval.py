@@ -15,6 +15,10 @@ Two measures, coarse only, with the preset's flips and post-processing:
         eval/rescue_etis.json [--weights W]
     python scripts/polyp_empty_rescue_eval.py free ../shared/data/kvasir_seg val \
         eval/rescue_free_kvasir_val.json [--weights W]
+
+``--tile-gate G``: a presence gate fitted on tiles (``scripts/make_tile_dataset.py``, then
+``medrefine train --stage presence``); tiles it judges to hold no polyp are left out
+(``tiling.tiled_probs(gate=)``). Measured, not shipped: the polyp model card.
 """
 
 import argparse
@@ -30,6 +34,7 @@ from medrefine.io import read_image
 from medrefine.metrics import segmentation_metrics
 from medrefine.postprocess import postprocess
 from medrefine.preprocess import from_grid, preprocess
+from medrefine.presence import PresenceGate
 from medrefine.presets import DEFAULT_EMPTY_RESCUE, PRESETS
 from medrefine.tiling import tile_boxes, tiled_probs
 from medrefine.training.data import find_pairs, read_label_map, split_pairs
@@ -42,10 +47,12 @@ parser.add_argument("out")
 parser.add_argument("--weights", default=str(PRESETS["polyp"].coarse_weights))
 parser.add_argument("--tiles", type=int, default=DEFAULT_EMPTY_RESCUE[0])
 parser.add_argument("--fraction", type=float, default=DEFAULT_EMPTY_RESCUE[1])
+parser.add_argument("--tile-gate", help="a presence gate for the tiles (safetensors)")
 args = parser.parse_args()
 
 torch.set_num_threads(2)
 seg = CoarseSegmenter.from_weights(args.weights, "cpu")
+gate = PresenceGate.load(args.tile_gate, args.weights, "cpu") if args.tile_gate else None
 post = PRESETS["polyp"].postprocess
 tta = PRESETS["polyp"].tta
 rows: dict = {}
@@ -63,6 +70,9 @@ for pair in split_pairs(args.data, find_pairs(args.data))[args.split]:
             if near[top:top + h, left:left + w].any():
                 continue
             x, grid = preprocess(loaded.array[:, top:top + h, left:left + w], seg.pre_cfg, dtype)
+            if gate is not None and gate.probability(x, tta) < gate.threshold:
+                found.append(None)
+                continue
             probs = from_grid(seg.predict_grid(x[None], tta)[0].cpu().numpy(), grid)[0]
             mask = postprocess(probs, post) > 0
             found.append(float(probs[mask].max()) if mask.any() else None)
@@ -73,7 +83,7 @@ for pair in split_pairs(args.data, find_pairs(args.data))[args.split]:
     row = {"whole": segmentation_metrics(mask, truth)}
     if not mask.any():
         t = time.perf_counter()
-        tiled = tiled_probs(seg, loaded.array, dtype, tta, args.tiles, args.fraction)
+        tiled = tiled_probs(seg, loaded.array, dtype, tta, args.tiles, args.fraction, gate)
         row["rescue_s"] = time.perf_counter() - t
         if tiled is not None and (postprocess(tiled[0], post) > 0).any():
             mask = postprocess(tiled[0], post) > 0

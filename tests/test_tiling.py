@@ -67,6 +67,29 @@ def test_tile_probabilities_map_back_to_their_pixels():
     assert np.median(error) < 1e-3 and error.mean() < 0.02  # resampled at the blocks' edges
 
 
+class BrightTiles:
+    """A tile gate: 'an object' where the tile's mean intensity is above a level."""
+
+    threshold = 0.5
+
+    def __init__(self, level: float):
+        self.level = level
+
+    def probability(self, image01, tta=()):
+        return float(image01.mean() > self.level)
+
+
+def test_a_tile_gate_leaves_out_the_tiles_it_finds_empty():
+    image = np.zeros((1, 300, 300), np.float32)
+    image[:, 200:, 200:] = 255.0  # only the bottom-right tile is mostly bright
+    probs = tiled_probs(Identity(size=64), image, "uint8", n=3, fraction=0.45,
+                        gate=BrightTiles(0.5))
+    assert probs[0, 250, 250] == pytest.approx(1.0, abs=1e-3)  # not averaged with dark tiles
+    assert not probs[0, :150].any()  # only dark tiles there, all left out: 0
+    assert probs[0, 220:, 220:].min() > 0.9  # the bright tile, unchanged
+    assert not tiled_probs(Identity(size=64), image, "uint8", gate=BrightTiles(2.0)).any()
+
+
 def test_an_image_too_small_to_tile_is_left_to_the_whole_frame():
     side = int(MIN_TILE_SIDE / 0.45) - 2
     assert tiled_probs(Identity(), np.zeros((1, side, side), np.float32), "uint8") is None

@@ -9,8 +9,11 @@ given), maps it back and averages the probabilities where tiles overlap.
 
     tiled_probs(coarse, image (C, H, W), source_dtype, n=3, fraction=0.45) -> (K, H, W)
 
-``Preset.empty_rescue_tiles`` uses it where the whole frame's mask comes out empty
+``Preset.empty_rescue`` uses it where the whole frame's mask comes out empty
 (``slices.slice_probs``): the rescue, reported per image in report.json as ``empty_rescue``.
+With ``gate`` (a presence gate fitted on tiles, ``medrefine.presence``), a tile it judges to
+hold no object is left out of the average: measured in ``scripts/polyp_empty_rescue_eval.py
+--tile-gate``, not shipped (the polyp model card, "Tiles for an empty frame").
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ from medrefine.preprocess import PreprocessConfig, from_grid, preprocess
 # The smallest tile side in pixels: below it a tile is upsampled beyond anything the model
 # saw in training, and the image is small enough for the whole-frame view.
 MIN_TILE_SIDE = 64
+
+
+class TileGate(Protocol):
+    """What the tiles read of a presence gate (``presence.PresenceGate``)."""
+
+    @property
+    def threshold(self) -> float: ...
+
+    def probability(self, image01: np.ndarray, tta: Sequence[str] = ()) -> float: ...
 
 
 class GridModel(Protocol):
@@ -60,19 +72,24 @@ def tile_boxes(shape: tuple[int, int], n: int, fraction: float
 
 
 def tiled_probs(coarse: GridModel, image: np.ndarray, source_dtype: str = "float32",
-                tta: Sequence[str] = (), n: int = 3, fraction: float = 0.45
-                ) -> np.ndarray | None:
+                tta: Sequence[str] = (), n: int = 3, fraction: float = 0.45,
+                gate: TileGate | None = None) -> np.ndarray | None:
     """Raw (C, H, W) -> (K, H, W) probabilities of the tiles, averaged where they overlap;
-    None when a tile would be smaller than ``MIN_TILE_SIDE`` pixels."""
+    None when a tile would be smaller than ``MIN_TILE_SIDE`` pixels. ``gate``: tiles it
+    judges to hold no object are left out (0 where no tile is left)."""
     boxes = tile_boxes(image.shape[1:], n, fraction)
     if min(boxes[0][2:]) < MIN_TILE_SIDE:
         return None
     prepared = [preprocess(image[:, t:t + th, s:s + tw], coarse.pre_cfg, source_dtype)
                 for t, s, th, tw in boxes]
+    kept = [True] * len(boxes) if gate is None else [
+        gate.probability(x, tta) >= gate.threshold for x, _ in prepared]
     grid_probs = coarse.predict_grid(np.stack([p[0] for p in prepared]), tta).cpu().numpy()
     total = np.zeros((grid_probs.shape[1], *image.shape[1:]), np.float32)
     count = np.zeros(image.shape[1:], np.float32)
-    for (t, s, th, tw), probs, (_, grid) in zip(boxes, grid_probs, prepared, strict=True):
-        total[:, t:t + th, s:s + tw] += from_grid(probs, grid)
-        count[t:t + th, s:s + tw] += 1.0
-    return np.clip(total / count, 0.0, 1.0)
+    for (t, s, th, tw), probs, (_, grid), keep in zip(boxes, grid_probs, prepared, kept,
+                                                        strict=True):
+        if keep:
+            total[:, t:t + th, s:s + tw] += from_grid(probs, grid)
+            count[t:t + th, s:s + tw] += 1.0
+    return np.clip(total / np.maximum(count, 1.0), 0.0, 1.0)
