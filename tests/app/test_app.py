@@ -424,6 +424,22 @@ def test_launch_defaults_are_loopback_with_an_upload_limit(monkeypatch):
     assert demo.delete_cache == (1800, 3600)  # Gradio's upload/output cache is swept
 
 
+@pytest.mark.parametrize("rescue", [False, True])
+def test_the_tiles_switch_looks_again_where_the_mask_is_empty_and_says_so(data_dir, rescue):
+    image = data_dir / "external" / "etis_larib" / "images" / "105.png"  # a polyp of 0.15%
+    if not image.is_file():
+        pytest.skip("the ETIS-Larib archive is not beside the repository")
+    args = ["polyp", None, None, False, 2, 0.3, False, 2, 0, 0.5, True, False, 0, rescue]
+    out = dict(zip(OUT, app.segment_image(None, str(image), None, None, "PNG", *args),
+                   strict=True))
+    mask = read_mask(out["mask_dl"]["value"])
+    if rescue:
+        assert "comes from a second look over 3 x 3 tiles" in out["status"] and mask.any()
+    else:
+        assert "second look" not in out["status"] and not mask.any()
+    out["session"].close()
+
+
 def test_the_status_says_when_the_presence_gate_left_the_mask_empty(data_dir):
     image = data_dir / "busi" / "images" / "normal_004.jpg"  # a val frame without a lesion
     if not image.is_file():

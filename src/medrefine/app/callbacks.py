@@ -76,6 +76,7 @@ def segment_image(
     fill_holes: bool,
     keep_largest: bool,
     min_object_size: float | None,
+    empty_rescue: bool = False,
     progress=gr.Progress(),  # noqa: B008 (how Gradio asks for a progress tracker)
 ):
     """Segment one image (or a volume's slice) and fill every output of the single tab."""
@@ -96,7 +97,8 @@ def segment_image(
     loaded = read_upload(image_file, slice_index)
     gt = ground_truth(gt_file, loaded) if gt_file else None
     progress(0.15, desc="loading the model")
-    pipe, notes = build_pipeline(source, coarse_file, refiner_file, use_diffusion, refine, post)
+    pipe, notes = build_pipeline(source, coarse_file, refiner_file, use_diffusion, refine, post,
+                                 empty_rescue)
     if pipe.refiner is not None:
         p = pipe.refine_params
         progress(0.3, desc=f"coarse mask, then {p.steps} diffusion steps x {p.samples} samples")
@@ -142,6 +144,7 @@ def segment_image(
                    f"{presence['probability']:.2f} for one, below its threshold "
                    f"{presence['threshold']:.2f}, so the mask is left empty (the coarse model's "
                    "own mask is drawn in orange).")
+    status += empty_rescue_note(result.params.get("empty_rescue"))
     for note in notes:
         gr.Warning(note)
     return (
@@ -205,6 +208,7 @@ def segment_batch(
     fill_holes: bool,
     keep_largest: bool,
     min_object_size: float | None,
+    empty_rescue: bool = False,
     progress=gr.Progress(),  # noqa: B008 (how Gradio asks for a progress tracker)
 ):
     """Segment several files; a bad file is reported and skipped. Returns a zip of the masks
@@ -223,7 +227,8 @@ def segment_batch(
         keep_largest,
         min_object_size,
     )
-    pipe, notes = build_pipeline(source, coarse_file, refiner_file, use_diffusion, refine, post)
+    pipe, notes = build_pipeline(source, coarse_file, refiner_file, use_diffusion, refine, post,
+                                 empty_rescue)
     folder = session.new_request()
     session.last = None
     masks = folder / "masks"
@@ -278,3 +283,20 @@ class BatchMasks:
             "timings": result.timings,
             "seconds": time.perf_counter() - t0,
         }
+
+
+def empty_rescue_note(rescue: dict | None) -> str:
+    """The status line's words for report.json's ``empty_rescue`` ("" where it did not run)."""
+    if not rescue:
+        return ""
+    n, fraction = rescue["tiles"], rescue["tile_fraction"]
+    tiles = f"{n} x {n} tiles of {fraction:g} of the frame"
+    if rescue["found"]:
+        return (" The whole frame gave an empty mask; this one comes from a second look over "
+                f"{tiles}, for an object too small for the whole frame: check it.")
+    if rescue["found"] is None:
+        return (" The whole frame gave an empty mask; the image is too small to look again "
+                "over tiles.")
+    return (f" The whole frame gave an empty mask, and a second look over {tiles} found "
+            "nothing either.")
+

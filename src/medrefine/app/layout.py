@@ -126,6 +126,13 @@ def build_app(
                         minimum=0,
                         label="Minimum object size (pixels)",
                     )
+                    empty_rescue = gr.Checkbox(
+                        False,
+                        label="Look again over tiles where the mask is empty",
+                        info="3 x 3 tiles of the image, for an object too small for the whole "
+                        "frame; on an image without one it may find one (see the preset's card)",
+                        elem_id="empty-rescue",
+                    )
             with gr.Column(scale=3):
                 with gr.Tabs():
                     with gr.Tab("Single image"):
@@ -258,7 +265,7 @@ def build_app(
         slice_index.release(callbacks.preview_slice, [image_file, slice_index], [preview])
         run.click(
             callbacks.segment_image,
-            [session, image_file, gt_file, slice_index, mask_format, *settings],
+            [session, image_file, gt_file, slice_index, mask_format, *settings, empty_rescue],
             results,
         )
         mask_format.input(callbacks.change_mask_format, [session, mask_format], [mask_dl])
@@ -271,7 +278,7 @@ def build_app(
         )
         batch_run.click(
             callbacks.segment_batch,
-            [session, batch_files, *settings],
+            [session, batch_files, *settings, empty_rescue],
             [session, batch_zip, batch_summary],
         )
     return demo

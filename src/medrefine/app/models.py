@@ -83,10 +83,14 @@ def use_model_lane(max_batch: int) -> None:
 
 @functools.lru_cache(maxsize=4)
 def _cached_pipeline(
-    preset: str | None, coarse: str | None, refiner: str | None, use_diffusion: bool, digest: str
+    preset: str | None, coarse: str | None, refiner: str | None, use_diffusion: bool, digest: str,
+    empty_rescue: bool = False,
 ) -> SegmentationPipeline:
-    """Loaded models, shared read-only by all sessions (``digest``: uploaded files' content)."""
-    pipe = SegmentationPipeline(coarse, refiner, use_diffusion=use_diffusion, preset=preset)
+    """Loaded models, shared read-only by all sessions (``digest``: uploaded files' content;
+    ``empty_rescue``: look again over tiles where the own mask is empty, else the preset's
+    choice)."""
+    pipe = SegmentationPipeline(coarse, refiner, use_diffusion=use_diffusion, preset=preset,
+                                empty_rescue="on" if empty_rescue else "auto")
     return pipe if _LANE is None else batched_pipeline(pipe, _LANE)
 
 
@@ -97,10 +101,12 @@ def build_pipeline(
     use_diffusion: bool,
     refine: dict[str, Any],
     post: dict[str, Any],
+    empty_rescue: bool = False,
 ) -> tuple[SegmentationPipeline, list[str]]:
     """A pipeline for one request (its own settings over shared models) and notes for the user.
 
-    A missing refiner (preset not fully installed, or none uploaded) falls back to coarse only."""
+    A missing refiner (preset not fully installed, or none uploaded) falls back to coarse only.
+    ``empty_rescue``: the "look again over tiles" switch (``--empty-rescue on``)."""
     notes: list[str] = []
     if source == UPLOADED:
         if not coarse_file:
@@ -113,7 +119,8 @@ def build_pipeline(
             use_diffusion = False
         refiner = refiner_file if use_diffusion else None
         digest = "|".join(file_sha256(p) for p in (coarse_file, refiner) if p)
-        cached = _cached_pipeline(None, coarse_file, refiner, use_diffusion, digest)
+        cached = _cached_pipeline(None, coarse_file, refiner, use_diffusion, digest,
+                                  bool(empty_rescue))
     else:
         preset = get_preset(source)
         if use_diffusion and not preset.refiner_weights.is_file():
@@ -122,7 +129,7 @@ def build_pipeline(
                 "showing the coarse mask only."
             )
             use_diffusion = False
-        cached = _cached_pipeline(source, None, None, use_diffusion, "")
+        cached = _cached_pipeline(source, None, None, use_diffusion, "", bool(empty_rescue))
     # settings are per request (the refiner's defaults with the request's changes, the
     # preset's post-processing with its switches); the models stay shared
     pipe = cached.with_settings(refine, postprocess_from(cached.models.postprocess, **post))
