@@ -25,6 +25,14 @@ from medrefine.training.data import AugmentConfig, augment_pair
 ETIS_MISSED = "external/etis_larib/images/105.png"
 
 
+@pytest.fixture
+def etis_frame(data_dir):
+    image = data_dir / ETIS_MISSED
+    if not image.is_file():
+        pytest.skip(f"{image} not found (the external archives beside the data)")
+    return image
+
+
 class Identity:
     """A 'model' whose probability is the image's first channel on its grid."""
 
@@ -123,8 +131,8 @@ def test_a_multi_class_model_is_not_rescued():
     assert resolve_models(preset="chest", device="cpu").empty_rescue == ()
 
 
-def test_the_tiles_find_the_small_polyp_the_whole_frame_misses(data_dir):
-    image = data_dir / ETIS_MISSED
+def test_the_tiles_find_the_small_polyp_the_whole_frame_misses(etis_frame):
+    image = etis_frame
     off = SegmentationPipeline(preset="polyp", use_diffusion=False, empty_rescue="off",
                                device="cpu")
     missed = off.run(image)
@@ -149,9 +157,9 @@ def test_a_frame_with_a_mask_is_never_looked_at_again(data_dir):
 
 
 @pytest.mark.parametrize("switch", ["on", "off"])
-def test_segment_reports_the_second_look(data_dir, tmp_path, switch):
+def test_segment_reports_the_second_look(etis_frame, tmp_path, switch):
     out = tmp_path / "out"
-    assert main(["segment", str(data_dir / ETIS_MISSED), "-o", str(out), "--preset", "polyp",
+    assert main(["segment", str(etis_frame), "-o", str(out), "--preset", "polyp",
                  "--no-refine", "--device", "cpu", "--empty-rescue", switch]) == 0
     report = json.loads((out / "report.json").read_text())
     entry = report["files"][0]
