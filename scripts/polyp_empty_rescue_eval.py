@@ -33,7 +33,7 @@ from medrefine.inference import CoarseSegmenter
 from medrefine.io import read_image
 from medrefine.metrics import segmentation_metrics
 from medrefine.postprocess import postprocess
-from medrefine.preprocess import from_grid, preprocess
+from medrefine.preprocess import from_grid, intensities01, to_grid
 from medrefine.presence import PresenceGate
 from medrefine.presets import DEFAULT_EMPTY_RESCUE, PRESETS
 from medrefine.tiling import tile_boxes, tiled_probs
@@ -65,11 +65,13 @@ for pair in split_pairs(args.data, find_pairs(args.data))[args.split]:
                            interpolation=cv2.INTER_NEAREST) > 0
     if args.mode == "free":
         near = cv2.dilate(truth.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+        frame01 = intensities01(loaded.array, seg.pre_cfg, dtype)  # as tiled_probs cuts tiles
         found = []
         for top, left, h, w in tile_boxes(truth.shape, args.tiles, args.fraction):
             if near[top:top + h, left:left + w].any():
                 continue
-            x, grid = preprocess(loaded.array[:, top:top + h, left:left + w], seg.pre_cfg, dtype)
+            x, grid = to_grid(frame01[:, top:top + h, left:left + w], seg.pre_cfg.size,
+                              seg.pre_cfg.resize)
             if gate is not None and gate.probability(x, tta) < gate.threshold:
                 found.append(None)
                 continue

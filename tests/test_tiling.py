@@ -14,7 +14,7 @@ from PIL import Image
 from medrefine.cli import main
 from medrefine.errors import ConfigError
 from medrefine.pipeline import SegmentationPipeline
-from medrefine.preprocess import PreprocessConfig
+from medrefine.preprocess import PreprocessConfig, normalize_intensity
 from medrefine.presets import DEFAULT_EMPTY_RESCUE, PRESETS, Preset
 from medrefine.resolve import resolve_models
 from medrefine.tiling import MIN_TILE_SIDE, check_tiles, tile_boxes, tiled_probs
@@ -96,6 +96,21 @@ def test_a_tile_gate_leaves_out_the_tiles_it_finds_empty():
     assert not probs[0, :150].any()  # only dark tiles there, all left out: 0
     assert probs[0, 220:, 220:].min() > 0.9  # the bright tile, unchanged
     assert not tiled_probs(Identity(size=64), image, "uint8", gate=BrightTiles(2.0)).any()
+
+
+def test_tiles_share_the_whole_frames_normalisation():
+    # 16-bit: the model's preprocessing stretches the frame's percentiles to [0, 1]; a tile cut
+    # from the raw image and normalised alone would stretch its own range instead
+    image = np.full((1, 300, 300), 1000.0, np.float32)
+    image[:, :150] = 3000.0
+    image[:, 150:, 150:] = 5000.0
+    probs = tiled_probs(Identity(size=64), image, "uint16", n=3, fraction=0.45)
+    frame01 = normalize_intensity(image, "percentile", source_dtype="uint16")
+    assert np.median(np.abs(probs - frame01)) < 1e-3  # the blocks' edges are resampled
+    # a tile wholly inside the 3000 block would be constant, so 0, if normalised alone
+    assert probs[0, 50, 50] == pytest.approx(0.5, abs=1e-3)
+    assert probs[0, 250, 50] == pytest.approx(0.0, abs=1e-3)
+    assert probs[0, 250, 250] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_an_image_too_small_to_tile_is_left_to_the_whole_frame():

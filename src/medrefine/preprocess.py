@@ -239,6 +239,15 @@ def _resize_chw(image: np.ndarray, size: tuple[int, int], interpolation: int) ->
 def preprocess(image: np.ndarray, cfg: PreprocessConfig, source_dtype: str = "float32"
                ) -> tuple[np.ndarray, GridInfo]:
     """Raw (C, H, W) -> image01 (cfg.channels, *cfg.size) in [0, 1] plus the grid mapping."""
+    return to_grid(intensities01(image, cfg, source_dtype), cfg.size, cfg.resize)
+
+
+def intensities01(image: np.ndarray, cfg: PreprocessConfig, source_dtype: str = "float32"
+                  ) -> np.ndarray:
+    """``preprocess`` on the image's own grid: raw (C, H, W) -> (cfg.channels, H, W) in [0, 1]
+    (normalised, channels, CLAHE and denoising as ``cfg`` says), not yet resized. Parts of an
+    image (``medrefine.tiling``) are cut from this, so they share the whole image's
+    normalisation."""
     if image.ndim != 3:
         raise InputError(f"expected a 2D image (C, H, W), got shape {image.shape}; "
                          "volumes are segmented slice by slice")
@@ -255,4 +264,4 @@ def preprocess(image: np.ndarray, cfg: PreprocessConfig, source_dtype: str = "fl
         image01 = clahe(image01, cfg.clahe_clip)
     if cfg.denoise != "none":
         image01 = denoise(image01, cfg.denoise)
-    return to_grid(image01, cfg.size, cfg.resize)
+    return image01

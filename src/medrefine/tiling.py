@@ -4,8 +4,10 @@ is a few grid pixels at 256 x 256 and can vanish there).
 
 ``tile_boxes`` lays ``n x n`` tiles, each ``fraction`` of the frame's side, evenly over the
 frame (the first at the top-left corner, the last at the bottom-right one); ``tiled_probs``
-runs each tile through the model's own preprocessing and the model (its test-time flips as
-given), maps it back and averages the probabilities where tiles overlap.
+cuts them from the frame as the model's own preprocessing prepares it (the whole frame's
+normalisation, so a tile is not stretched to its own range), resizes each to the model's
+grid, runs the model (its test-time flips as given), maps each back and averages the
+probabilities where tiles overlap.
 
     tiled_probs(coarse, image (C, H, W), source_dtype, n=3, fraction=0.45) -> (K, H, W)
 
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from medrefine.errors import ConfigError
-from medrefine.preprocess import PreprocessConfig, from_grid, preprocess
+from medrefine.preprocess import PreprocessConfig, from_grid, intensities01, to_grid
 
 # The smallest tile side in pixels: below it a tile is upsampled beyond anything the model
 # saw in training, and the image is small enough for the whole-frame view.
@@ -80,7 +82,9 @@ def tiled_probs(coarse: GridModel, image: np.ndarray, source_dtype: str = "float
     boxes = tile_boxes(image.shape[1:], n, fraction)
     if min(boxes[0][2:]) < MIN_TILE_SIDE:
         return None
-    prepared = [preprocess(image[:, t:t + th, s:s + tw], coarse.pre_cfg, source_dtype)
+    cfg = coarse.pre_cfg
+    frame01 = intensities01(image, cfg, source_dtype)  # the whole frame's normalisation
+    prepared = [to_grid(frame01[:, t:t + th, s:s + tw], cfg.size, cfg.resize)
                 for t, s, th, tw in boxes]
     kept = [True] * len(boxes) if gate is None else [
         gate.probability(x, tta) >= gate.threshold for x, _ in prepared]
