@@ -87,7 +87,7 @@ for pair in split_pairs(args.data, find_pairs(args.data))[args.split]:
         t = time.perf_counter()
         tiled = tiled_probs(seg, loaded.array, dtype, tta, args.tiles, args.fraction, gate)
         row["rescue_s"] = time.perf_counter() - t
-        if tiled is not None and (postprocess(tiled[0], post) > 0).any():
+        if tiled is not None:  # else the whole frame's (empty) mask stands
             mask = postprocess(tiled[0], post) > 0
     row["rescued"] = segmentation_metrics(mask, truth)
     rows[pair.image.stem] = row

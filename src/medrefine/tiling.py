@@ -29,8 +29,8 @@ import torch
 from medrefine.errors import ConfigError
 from medrefine.preprocess import PreprocessConfig, from_grid, intensities01, to_grid
 
-# The smallest tile side in pixels: below it a tile is upsampled beyond anything the model
-# saw in training, and the image is small enough for the whole-frame view.
+# The smallest tile side in pixels: an image whose tiles would be smaller is left to the
+# whole-frame view (a 0.45 tile of a 142-px image is 64 px, a quarter of the 256 grid).
 MIN_TILE_SIDE = 64
 
 
